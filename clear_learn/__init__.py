@@ -1,0 +1,34 @@
+"""clear-learn: spend a scarce token budget across many reasoning queries (CLEAR).
+
+The core (curves, allocation, fitting, rollout files, evaluation) needs only numpy and scipy;
+nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+from .allocation import AllocationResult, allocate, uniform_budgets
+from .curves import Curves
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "fit_curves": "clear_learn.fitting",
+    "FitResult": "clear_learn.fitting",
+    "read_rollouts": "clear_learn.rollouts",
+    "write_rollouts": "clear_learn.rollouts",
+    "validate_rollouts": "clear_learn.rollouts",
+    "RolloutValidationError": "clear_learn.rollouts",
+    "grid_optimum": "clear_learn.optimum",
+    "empirical_optimum": "clear_learn.optimum",
+}
+
+__all__ = ["Curves", "allocate", "AllocationResult", "uniform_budgets", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'clear_learn' has no attribute {name!r}")

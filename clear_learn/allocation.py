@@ -1,0 +1,456 @@
+"""The shadow-price allocator (CLEAR): per-query budgets under a total, in closed form.
+
+Maximise ``sum_i U_i(b_i)`` subject to ``sum_i b_i <= B`` and integer ``0 <= b_i <= max_tokens_i``
+(DESIGN.md section 3). For a price ``lambda`` each query takes its stationary budget
+``b_i(lambda) = tau_i - W_{-1}(-lambda / (p_i k_i)) / k_i`` (clipped to its cap) when that pays
+for its entry cost and 0 otherwise; the price is the smallest one whose integer demand fits in
+``B``. The leftover is then spent greedily by gain per token of a jump, which can revive an
+abandoned query.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from .curves import Curves, tangent_point, utility
+from .lambertw import solve_y_minus_log_y
+
+__all__ = ["AllocationResult", "allocate", "uniform_budgets", "as_caps"]
+
+#: Above this many queries the price is first located on a random subsample.
+SUBSAMPLE_ABOVE = 65_536
+SUBSAMPLE_SIZE = 32_768
+
+
+@dataclass(repr=False)
+class AllocationResult:
+    """What :func:`allocate` returns (in the spirit of ``scipy.optimize.OptimizeResult``).
+
+    Attributes
+    ----------
+    budgets : int64 array, one per query; ``sum(budgets) <= total_budget``.
+    abandoned : bool array, queries the allocator chose not to reason about (they hold
+        ``fallback_tokens``, 0 by default).
+    price : the shadow price ``lambda`` (expected accuracy per token) at the optimum.
+    expected_accuracy : mean of ``U_i(budgets_i)`` under the given curves.
+    expected_correct : sum of ``U_i(budgets_i)``.
+    total_budget, allocated : the budget given and the tokens handed out.
+    converged : whether the price search met its tolerance.
+    message : a one-line summary of how it ended.
+    """
+
+    budgets: np.ndarray
+    abandoned: np.ndarray
+    price: float
+    expected_accuracy: float
+    expected_correct: float
+    total_budget: int
+    allocated: int
+    fallback_tokens: int = 0
+    converged: bool = True
+    message: str = ""
+    info: dict = field(default_factory=dict)
+
+    @property
+    def n_abandoned(self) -> int:
+        return int(np.count_nonzero(self.abandoned))
+
+    def __len__(self) -> int:
+        return int(self.budgets.size)
+
+    def __repr__(self) -> str:
+        n = len(self)
+        return (f"AllocationResult(n={n}, total_budget={self.total_budget}, "
+                f"allocated={self.allocated}, abandoned={self.n_abandoned}, "
+                f"price={self.price:.6g}, expected_accuracy={self.expected_accuracy:.4f}, "
+                f"converged={self.converged}, message={self.message!r})")
+
+    def to_dict(self, *, arrays: bool = True) -> dict:
+        """A JSON-ready dict; ``arrays=False`` leaves out the per-query arrays."""
+        d = asdict(self)
+        d["n_abandoned"] = self.n_abandoned
+        if arrays:
+            d["budgets"] = self.budgets.tolist()
+            d["abandoned"] = self.abandoned.tolist()
+        else:
+            del d["budgets"], d["abandoned"]
+        return d
+
+    def to_json(self, **kwargs) -> str:
+        return json.dumps(self.to_dict(), **kwargs)
+
+
+def as_caps(max_tokens, n: int, name: str = "max_tokens") -> np.ndarray:
+    """Per-query caps as float64 (``inf`` for None), validated: whole numbers >= 0."""
+    if max_tokens is None:
+        return np.full(n, np.inf)
+    caps = np.asarray(max_tokens, dtype=np.float64)
+    if caps.ndim == 0:
+        caps = np.full(n, float(caps))
+    if caps.shape != (n,):
+        raise ValueError(f"{name} must be one number or one per query ({n}), got shape "
+                         f"{caps.shape}")
+    bad = ~(caps >= 0) | (np.isfinite(caps) & (caps != np.floor(caps)))
+    if np.any(bad):
+        i = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"{name} must be whole numbers >= 0 (or inf); index {i} is {caps[i]!r}")
+    return caps
+
+
+def uniform_budgets(n: int, total_budget: int, max_tokens=None) -> np.ndarray:
+    """The uniform split: ``floor(B / N)`` each, clipped to the caps."""
+    caps = as_caps(max_tokens, n)
+    each = total_budget // n if n else 0
+    return np.minimum(np.full(n, each, dtype=np.float64), caps).astype(np.int64)
+
+
+def allocate(curves: Curves, total_budget: int, *, max_tokens=None, fallback_tokens: int = 0,
+             max_fill_rounds: int = 10_000) -> AllocationResult:
+    """Split ``total_budget`` tokens among queries to maximise expected correct answers.
+
+    Parameters
+    ----------
+    curves : Curves
+        One shifted-surge curve per query.
+    total_budget : int
+        ``B >= 0``; the budgets returned never sum above it.
+    max_tokens : None, int or array of int
+        Per-query cap (``None``: no cap). Budgets never exceed it.
+    fallback_tokens : int
+        Budget for abandoned queries (many servers reject ``max_tokens < 1``). It is reserved
+        out of ``B``: queries that are funded get it too, below their own budget.
+    max_fill_rounds : int
+        Bound on the rounds of the greedy fill.
+
+    Returns
+    -------
+    AllocationResult
+
+    Notes
+    -----
+    Solves ``max sum_i U_i(b_i) s.t. sum_i b_i <= B, b_i in {0..max_tokens_i}``. The price
+    search uses the integer demand ``D(lambda) = sum_i floor(min(b_i(lambda), cap_i))`` over
+    solvent queries, so that rounding is accounted for; the remaining tokens go, in rounds,
+    either one each to the funded queries whose next token gains most or, as a jump, to the
+    abandoned query whose best affordable budget has the highest average gain per token.
+    """
+    if not isinstance(curves, Curves):
+        raise TypeError(f"curves must be a clear_learn.Curves, got {type(curves).__name__}")
+    n = len(curves)
+    total_budget = _as_whole("total_budget", total_budget)
+    fallback = _as_whole("fallback_tokens", fallback_tokens)
+    caps = as_caps(max_tokens, n)
+    if fallback and n * fallback > total_budget:
+        raise ValueError(f"fallback_tokens={fallback} for {n} queries needs {n * fallback} "
+                         f"tokens, more than total_budget={total_budget}")
+    if fallback and np.any(caps < fallback):
+        raise ValueError(f"fallback_tokens={fallback} exceeds max_tokens of some queries")
+
+    tau, p, k = curves.tau, curves.p, curves.k
+    if fallback:
+        # Every query holds `fallback` tokens; allocate the rest on curves seen from there.
+        tau_eff, caps_eff, budget_eff = np.maximum(tau - fallback, 0.0), caps - fallback, \
+            total_budget - n * fallback
+    else:
+        tau_eff, caps_eff, budget_eff = tau, caps, total_budget
+
+    extra, price, converged, info = _allocate_core(tau_eff, p, k, caps_eff, budget_eff,
+                                                   max_fill_rounds)
+    abandoned = extra == 0
+    budgets = extra + fallback
+    u = utility(budgets, tau, p, k)
+    allocated = int(budgets.sum())
+    expected = float(u.sum())
+    msg = (f"{n - int(abandoned.sum())} of {n} queries funded at price {price:.4g}; "
+           f"{total_budget - allocated} of {total_budget} tokens unspent")
+    return AllocationResult(budgets=budgets, abandoned=abandoned, price=float(price),
+                            expected_accuracy=expected / n if n else 0.0,
+                            expected_correct=expected, total_budget=total_budget,
+                            allocated=allocated, fallback_tokens=fallback, converged=converged,
+                            message=msg, info=info)
+
+
+def _as_whole(name: str, value) -> int:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a whole number, got {value!r}") from None
+    if not np.isfinite(v) or v < 0 or v != int(v):
+        raise ValueError(f"{name} must be a whole number >= 0, got {value!r}")
+    return int(v)
+
+
+class _Demand:
+    """The integer demand of a set of queries as a function of the log-price."""
+
+    def __init__(self, tau, p, k, caps, *, _parts=None):
+        self.tau, self.k, self.caps = tau, k, caps
+        if _parts is not None:
+            self.lpk, self.b_star, self.rate, self.log_rate = _parts
+            return
+        with np.errstate(divide="ignore"):
+            self.lpk = np.log(p * k)
+        self.b_star, self.rate = tangent_point(tau, p, k, caps)
+        with np.errstate(divide="ignore"):
+            self.log_rate = np.log(self.rate)
+
+    def subset(self, idx: np.ndarray) -> "_Demand":
+        parts = (self.lpk[idx], self.b_star[idx], self.rate[idx], self.log_rate[idx])
+        return _Demand(self.tau[idx], None, self.k[idx], self.caps[idx], _parts=parts)
+
+    def _funded(self, log_price: float):
+        idx = np.flatnonzero(self.log_rate > log_price)
+        y = solve_y_minus_log_y(self.lpk[idx] - log_price)
+        return idx, y
+
+    def budgets(self, log_price: float) -> np.ndarray:
+        """Integer budgets ``floor(min(b_i(lambda), cap_i))`` of solvent queries, 0 elsewhere."""
+        idx, y = self._funded(log_price)
+        b = np.zeros(self.tau.size)
+        b[idx] = np.floor(np.minimum(self.tau[idx] + y / self.k[idx], self.caps[idx]))
+        return b
+
+    def total(self, log_price: float) -> float:
+        return float(self.budgets(log_price).sum())
+
+    def total_and_slope(self, log_price: float) -> tuple[float, float]:
+        """Demand and its derivative in the log-price (the smooth part, uncapped queries)."""
+        idx, y = self._funded(log_price)
+        kf = self.k[idx]
+        b = self.tau[idx] + y / kf
+        cap = self.caps[idx]
+        free = b < cap
+        total = float(np.floor(np.where(free, b, cap)).sum())
+        slope = -float(np.sum(np.where(free, y / (kf * (y - 1.0 + 1e-300)), 0.0)))
+        return total, slope
+
+
+def _search_price(demand: _Demand, budget: float, lo: float, hi: float,
+                  max_evals: int, rtol: float = 1e-12) -> tuple[float, float, int]:
+    """Bisect for the smallest log-price with demand <= budget; returns (hi, lo, evals).
+
+    Assumes ``demand(lo) > budget >= demand(hi)``.
+    """
+    evals = 0
+    while hi - lo > rtol * max(1.0, abs(hi)) and evals < max_evals:
+        mid = 0.5 * (lo + hi)
+        if demand.total(mid) <= budget:
+            hi = mid
+        else:
+            lo = mid
+        evals += 1
+    return hi, lo, evals
+
+
+def _allocate_core(tau, p, k, caps, budget, max_fill_rounds):
+    n = tau.size
+    info: dict = {}
+    if n == 0:
+        return np.zeros(0, dtype=np.int64), 0.0, True, info
+    demand = _Demand(tau, p, k, caps)
+    useful = demand.rate > 0
+    if not np.any(useful):
+        return np.zeros(n, dtype=np.int64), 0.0, True, info
+    full = np.where(useful, caps, 0.0)
+    if np.all(np.isfinite(full)) and full.sum() <= budget:
+        # Ample: every query that can gain anything takes its cap.
+        return full.astype(np.int64), 0.0, True, {"ample": True}
+
+    hi = float(demand.log_rate[useful].max())
+    lo = float(demand.log_rate[useful].min()) - 60.0
+    if n > SUBSAMPLE_ABOVE:
+        log_price, b, converged, evals = _search_subsampled(demand, tau, p, k, caps, budget,
+                                                            lo, hi)
+        _trim(b, b.sum() - budget, tau, p, k)
+    else:
+        if demand.total(lo) <= budget:
+            log_price, converged, evals = lo, True, 1
+        else:
+            log_price, lo_end, evals = _search_price(demand, budget, lo, hi, max_evals=200)
+            converged = log_price - lo_end <= 1e-12 * max(1.0, abs(log_price))
+        b = demand.budgets(log_price)
+    info["price_evals"] = evals
+    rounds = _greedy_fill(b, budget - b.sum(), tau, p, k, caps, demand, max_fill_rounds)
+    info["fill_rounds"] = rounds
+    return b.astype(np.int64), float(np.exp(log_price)), converged, info
+
+
+def _search_subsampled(demand, tau, p, k, caps, budget, lo, hi, max_evals: int = 12):
+    """The price for many queries: located on a subsample, refined on a Taylor model.
+
+    The subsample's price, lowered by a margin, is an expansion point ``x0`` (log-price) at
+    which the funded queries' ``y`` are solved exactly once; for ``x >= x0`` their budgets
+    follow ``y(x) = y0 + y'(x - x0) + y''(x - x0)^2 / 2`` (``y' = -y/(y-1)``,
+    ``y'' = -y/(y-1)^3``, bounded since funded queries have ``y >= 1.79``). Regula falsi on
+    that model finds the price (to 1e-5 B); the budgets are then solved exactly there.
+    Returns ``(log_price, budgets, converged, evals)``.
+    """
+    n = tau.size
+    idx = np.random.default_rng(0).choice(n, SUBSAMPLE_SIZE, replace=False)
+    sub = demand.subset(idx)
+    scale = SUBSAMPLE_SIZE / n
+    if sub.total(lo) <= budget * scale:
+        est = lo
+    else:
+        est, _, _ = _search_price(sub, budget * scale, lo, hi, max_evals=60, rtol=1e-6)
+    margin = 0.05
+    evals = 0
+    while True:
+        x0 = max(est - margin, lo)
+        model = _TaylorDemand(demand, x0)
+        evals += 1
+        fa = model.total(x0) - budget
+        if fa > 0 or x0 <= lo:
+            break
+        margin *= 4.0
+    if fa <= 0:
+        return x0, demand.budgets(x0), True, evals
+    # Regula falsi (Illinois) on the model between x0 (over budget) and an upper end.
+    a = x0
+    b_, step = est, margin
+    fb = model.total(b_) - budget
+    while fb > 0:
+        a, fa = b_, fb
+        b_ = min(b_ + step, hi)
+        step *= 4.0
+        fb = model.total(b_) - budget
+    side = 0
+    converged = False
+    for _ in range(max_evals):
+        if fb >= -1e-5 * budget or b_ - a < 1e-9 * max(1.0, abs(b_)):
+            converged = True
+            break
+        x = (a * fb - b_ * fa) / (fb - fa)
+        if not a < x < b_:
+            x = 0.5 * (a + b_)
+        fx = model.total(x) - budget
+        evals += 1
+        if fx > 0:
+            a, fa = x, fx
+            if side == -1:
+                fb *= 0.5
+            side = -1
+        else:
+            b_, fb = x, fx
+            if side == 1:
+                fa *= 0.5
+            side = 1
+    return b_, model.exact_budgets(b_), converged, evals
+
+
+class _TaylorDemand:
+    """Budgets of the queries funded at log-price ``x0``, modelled for prices above it."""
+
+    def __init__(self, demand: _Demand, x0: float):
+        self.demand, self.x0 = demand, x0
+        idx, y0 = demand._funded(x0)
+        self.idx, self.y0 = idx, y0
+        inv_k = 1.0 / demand.k[idx]
+        ym1 = y0 - 1.0
+        self.a = demand.tau[idx] + y0 * inv_k
+        self.c1 = -y0 / ym1 * inv_k
+        self.c2 = -0.5 * y0 / (ym1 * ym1 * ym1) * inv_k
+        self.cap = demand.caps[idx]
+        self.log_rate = demand.log_rate[idx]
+
+    def total(self, x: float) -> float:
+        d = x - self.x0
+        b = np.minimum(self.a + d * (self.c1 + d * self.c2), self.cap)
+        np.floor(b, out=b)
+        return float(b[self.log_rate > x].sum())
+
+    def exact_budgets(self, x: float) -> np.ndarray:
+        """Budgets at ``x`` solved exactly (one Halley step from the model's start)."""
+        d = self.demand
+        keep = self.log_rate > x
+        idx = self.idx[keep]
+        dx = x - self.x0
+        start = (self.a[keep] + dx * (self.c1[keep] + dx * self.c2[keep]) - d.tau[idx]) \
+            * d.k[idx]
+        y = solve_y_minus_log_y(d.lpk[idx] - x, iterations=1, start=start)
+        b = np.zeros(d.tau.size)
+        b[idx] = np.floor(np.minimum(d.tau[idx] + y / d.k[idx], d.caps[idx]))
+        return b
+
+
+def _trim(b, excess, tau, p, k) -> None:
+    """Take ``excess`` tokens back, one each from the funded queries that lose least."""
+    excess = int(excess)
+    if excess <= 0:
+        return
+    funded = np.flatnonzero(b > 0)
+    bf = b[funded]
+    loss = utility(bf, tau[funded], p[funded], k[funded]) - utility(
+        bf - 1, tau[funded], p[funded], k[funded])
+    if excess >= funded.size:  # not expected: the model is accurate to far below a token
+        raise RuntimeError("allocation overshot the budget by more than one token per query")
+    take = np.argpartition(loss, excess - 1)[:excess]
+    b[funded[take]] -= 1
+
+
+def _greedy_fill(b, leftover, tau, p, k, caps, demand, max_rounds) -> int:
+    """Spend ``leftover`` tokens in place on ``b`` by gain per token; returns rounds used.
+
+    The options are one more token for a funded query (gain ``U(b+1) - U(b)``) and a jump
+    that revives an abandoned query (gain per token ``U(c) / c`` at its best affordable budget
+    ``c``). Each round takes the best options in order of gain per token while they fit;
+    the next round looks again with what is left.
+    """
+    leftover = int(leftover)
+    rounds = 0
+    while leftover > 0 and rounds < max_rounds:
+        rounds += 1
+        funded = np.flatnonzero((b > 0) & (b < caps))
+        bf, tf, pf, kf = b[funded], tau[funded], p[funded], k[funded]
+        g1 = utility(bf + 1, tf, pf, kf) - utility(bf, tf, pf, kf)
+        keep = g1 > 0
+        funded, g1 = funded[keep], g1[keep]
+        # A revival can only enter the top `leftover` options if it beats the
+        # leftover-th best one-token gain.
+        floor_rate = 0.0
+        if g1.size > leftover:
+            floor_rate = float(np.partition(g1, g1.size - leftover)[g1.size - leftover])
+        cand, cost, rate = _revivals(b, leftover, floor_rate, tau, p, k, caps, demand)
+        rates = np.concatenate([g1, rate])
+        costs = np.concatenate([np.ones(g1.size), cost])
+        who = np.concatenate([funded, cand])
+        if rates.size == 0:
+            break
+        if rates.size > leftover:
+            top = np.argpartition(-rates, leftover - 1)[:leftover]
+            rates, costs, who = rates[top], costs[top], who[top]
+        order = np.argsort(-rates, kind="stable")
+        cum = np.cumsum(costs[order])
+        n_take = int(np.searchsorted(cum, leftover, side="right"))
+        if n_take == 0:
+            break
+        chosen = order[:n_take]
+        b[who[chosen]] += costs[chosen]  # funded: one more token; revived: 0 -> cost
+        leftover -= int(cum[n_take - 1])
+    return rounds
+
+
+def _revivals(b, leftover, floor_rate, tau, p, k, caps, demand):
+    """Abandoned queries' best budgets within ``leftover`` and their gains per token.
+
+    Only queries whose best possible rate beats ``floor_rate`` are considered.
+    """
+    cand = np.flatnonzero((b == 0) & (demand.rate > floor_rate) & (tau < leftover)
+                          & (caps >= 1))
+    if cand.size == 0:
+        return cand, np.zeros(0), np.zeros(0)
+    limit = np.minimum(caps[cand], leftover)
+    bs = demand.b_star[cand]
+    tc, pc, kc = tau[cand], p[cand], k[cand]
+    lo_c = np.clip(np.floor(bs), 1.0, limit)
+    hi_c = np.clip(np.ceil(bs), 1.0, limit)
+    lo_r = utility(lo_c, tc, pc, kc) / lo_c
+    hi_r = utility(hi_c, tc, pc, kc) / hi_c
+    take_hi = hi_r > lo_r
+    cost = np.where(take_hi, hi_c, lo_c)
+    rate = np.where(take_hi, hi_r, lo_r)
+    ok = rate > 0
+    return cand[ok], cost[ok], rate[ok]
