@@ -1,0 +1,302 @@
+"""Rollout files (DESIGN.md section 6): read, validate, write, and turn into arrays.
+
+One JSON object per line, one line per query::
+
+    {"id": "gsm8k-17", "text": "...", "task": "gsm8k", "max_new_tokens": 512,
+     "rollouts": [{"tokens": 231, "correct": true}, {"tokens": 512, "correct": false}]}
+
+Files may be gzip-compressed (recognised by content, not by name). Fields beyond these are kept
+and ignored. Writing is atomic: a failed write leaves any earlier file in place.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+
+__all__ = [
+    "Problem",
+    "RolloutValidationError",
+    "RolloutArrays",
+    "read_rollouts",
+    "iter_jsonl",
+    "validate_rollouts",
+    "write_rollouts",
+    "write_jsonl",
+    "to_arrays",
+    "to_dataset",
+]
+
+REQUIRED = ("id", "text", "task", "max_new_tokens", "rollouts")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a rollout file: where (line, id, field) and what."""
+
+    line: int
+    field: str
+    message: str
+    id: str | None = None
+
+    def __str__(self) -> str:
+        where = f"line {self.line}"
+        if self.id is not None:
+            where += f" (id {self.id!r})"
+        return f"{where}: field '{self.field}': {self.message}"
+
+
+class RolloutValidationError(ValueError):
+    """Raised for an invalid rollout file; ``problems`` lists every problem found."""
+
+    def __init__(self, source: str, problems: list[Problem]):
+        self.source, self.problems = source, problems
+        shown = "\n  ".join(str(p) for p in problems[:20])
+        more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
+        super().__init__(f"{source}: {len(problems)} problem(s):\n  {shown}{more}")
+
+
+def _open_text(path: str | os.PathLike) -> io.TextIOBase:
+    path = Path(path)
+    with open(path, "rb") as fh:
+        magic = fh.read(2)
+    if magic == b"\x1f\x8b":
+        return gzip.open(path, "rt", encoding="utf-8")
+    return open(path, "r", encoding="utf-8")
+
+
+def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, Any, str | None]]:
+    """Yield ``(line_number, object_or_None, error_or_None)`` for each non-blank line."""
+    with _open_text(path) as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            if not raw.strip():
+                continue
+            try:
+                yield lineno, json.loads(raw), None
+            except json.JSONDecodeError as err:
+                yield lineno, None, f"not JSON ({err.msg} at column {err.colno})"
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _check_record(rec: Any, lineno: int, seen: dict[str, int]) -> list[Problem]:
+    if not isinstance(rec, dict):
+        return [Problem(lineno, "<line>", f"expected a JSON object, got {type(rec).__name__}")]
+    rid = rec.get("id")
+    rid_s = str(rid) if isinstance(rid, (str, int)) and not isinstance(rid, bool) else None
+    out: list[Problem] = []
+
+    def bad(field: str, msg: str) -> None:
+        out.append(Problem(lineno, field, msg, rid_s))
+
+    for name in REQUIRED:
+        if name not in rec:
+            bad(name, "missing")
+    if "id" in rec:
+        if rid_s is None or rid_s == "":
+            bad("id", f"must be a non-empty string or integer, got {rid!r}")
+        elif rid_s in seen:
+            bad("id", f"duplicate of line {seen[rid_s]}")
+        else:
+            seen[rid_s] = lineno
+    if "text" in rec and (not isinstance(rec["text"], str) or not rec["text"].strip()):
+        bad("text", "must be a non-empty string")
+    if "task" in rec and (not isinstance(rec["task"], str) or not rec["task"]):
+        bad("task", "must be a non-empty string")
+    cap = rec.get("max_new_tokens")
+    cap_ok = _is_int(cap) and cap > 0
+    if "max_new_tokens" in rec and not cap_ok:
+        bad("max_new_tokens", f"must be an integer > 0, got {cap!r}")
+    rolls = rec.get("rollouts")
+    if "rollouts" in rec:
+        if not isinstance(rolls, list):
+            bad("rollouts", f"must be a list, got {type(rolls).__name__}")
+        elif not rolls:
+            bad("rollouts", "is empty: a query needs at least one rollout")
+        else:
+            for j, r in enumerate(rolls):
+                f = f"rollouts[{j}]"
+                if not isinstance(r, dict):
+                    bad(f, "must be an object with 'tokens' and 'correct'")
+                    continue
+                t = r.get("tokens")
+                if "tokens" not in r:
+                    bad(f + ".tokens", "missing")
+                elif not _is_int(t):
+                    bad(f + ".tokens", f"must be an integer, got {t!r}")
+                elif t < 0:
+                    bad(f + ".tokens", f"is negative ({t})")
+                elif cap_ok and t > cap:
+                    bad(f + ".tokens", f"{t} exceeds max_new_tokens {cap}")
+                if "correct" not in r:
+                    bad(f + ".correct", "missing")
+                elif not isinstance(r["correct"], bool):
+                    bad(f + ".correct", f"must be true or false, got {r['correct']!r}")
+                if "finished" in r and not isinstance(r["finished"], bool):
+                    bad(f + ".finished", f"must be true or false, got {r['finished']!r}")
+    return out
+
+
+def validate_rollouts(source: str | os.PathLike | Iterable[dict]) -> list[Problem]:
+    """Every problem in a rollout file (a path) or in records (line = position + 1)."""
+    problems: list[Problem] = []
+    seen: dict[str, int] = {}
+    if isinstance(source, (str, os.PathLike)):
+        for lineno, rec, err in iter_jsonl(source):
+            if err is not None:
+                problems.append(Problem(lineno, "<line>", err))
+            else:
+                problems.extend(_check_record(rec, lineno, seen))
+    else:
+        for i, rec in enumerate(source):
+            problems.extend(_check_record(rec, i + 1, seen))
+    return problems
+
+
+def read_rollouts(path: str | os.PathLike, *, validate: bool = True) -> list[dict]:
+    """Read a rollout file (plain or gzip) into a list of dicts, one per query.
+
+    Raises :class:`RolloutValidationError` listing every problem (line, id, field) unless
+    ``validate=False``; a missing file raises ``FileNotFoundError``.
+    """
+    records, problems, seen = [], [], {}
+    for lineno, rec, err in iter_jsonl(path):
+        if err is not None:
+            problems.append(Problem(lineno, "<line>", err))
+            continue
+        if validate:
+            problems.extend(_check_record(rec, lineno, seen))
+        records.append(rec)
+    if problems and validate:
+        raise RolloutValidationError(str(path), problems)
+    if validate and not records:
+        raise RolloutValidationError(str(path), [Problem(0, "<file>", "holds no records")])
+    return records
+
+
+def write_jsonl(rows: Iterable[dict], path: str | os.PathLike) -> Path:
+    """Write dicts as JSON Lines atomically (gzip when the name ends in ``.gz``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as raw:
+            fh = gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) if path.suffix == ".gz" else raw
+            for row in rows:
+                fh.write(json.dumps(row, ensure_ascii=False).encode("utf-8") + b"\n")
+            if fh is not raw:
+                fh.close()
+            raw.flush()
+            os.fsync(raw.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def write_rollouts(records: Iterable[dict], path: str | os.PathLike, *,
+                   validate: bool = True) -> Path:
+    """Validate records and write them atomically; nothing is written if any is invalid."""
+    records = list(records)
+    if validate:
+        problems = validate_rollouts(records)
+        if problems:
+            raise RolloutValidationError(f"records for {path}", problems)
+    return write_jsonl(records, path)
+
+
+@dataclass
+class RolloutArrays:
+    """Rollouts of Q queries as padded arrays (``n_max`` = most rollouts of any query).
+
+    ``tokens`` (Q, n_max) int64, ``correct`` / ``cutoff`` / ``mask`` (Q, n_max) bool (``mask``
+    marks real rollouts), ``max_new_tokens`` (Q,) int64. ``cutoff`` is the rollout's
+    ``finished == false`` when given, else ``tokens == max_new_tokens``.
+    """
+
+    tokens: np.ndarray
+    correct: np.ndarray
+    cutoff: np.ndarray
+    mask: np.ndarray
+    max_new_tokens: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.tokens.shape[0])
+
+    @property
+    def counts(self) -> np.ndarray:
+        return self.mask.sum(axis=1)
+
+    def select(self, rows: np.ndarray) -> "RolloutArrays":
+        return RolloutArrays(self.tokens[rows], self.correct[rows], self.cutoff[rows],
+                             self.mask[rows], self.max_new_tokens[rows])
+
+    def with_mask(self, mask: np.ndarray) -> "RolloutArrays":
+        """The same rollouts with only those in ``mask`` (and the old mask) kept."""
+        m = self.mask & mask
+        return RolloutArrays(self.tokens, self.correct & m, self.cutoff & m, m,
+                             self.max_new_tokens)
+
+    def accuracy_at(self, budgets: np.ndarray) -> np.ndarray:
+        """Empirical ``acc_i(b_i) = #{j: correct_ij, tokens_ij <= b_i} / n_i``."""
+        b = np.asarray(budgets)[:, None]
+        hit = self.correct & self.mask & (self.tokens <= b)
+        return hit.sum(axis=1) / np.maximum(self.counts, 1)
+
+    def consumed_at(self, budgets: np.ndarray) -> np.ndarray:
+        """Mean tokens actually generated per query under budgets: ``mean_j min(L_ij, b_i)``."""
+        b = np.asarray(budgets)[:, None]
+        used = np.where(self.mask, np.minimum(self.tokens, b), 0)
+        return used.sum(axis=1) / np.maximum(self.counts, 1)
+
+
+def to_arrays(records: list[dict]) -> RolloutArrays:
+    """Pack validated records into :class:`RolloutArrays`."""
+    q = len(records)
+    n_max = max((len(r["rollouts"]) for r in records), default=0)
+    tokens = np.zeros((q, n_max), dtype=np.int64)
+    correct = np.zeros((q, n_max), dtype=bool)
+    cutoff = np.zeros((q, n_max), dtype=bool)
+    mask = np.zeros((q, n_max), dtype=bool)
+    caps = np.zeros(q, dtype=np.int64)
+    for i, rec in enumerate(records):
+        m = int(rec["max_new_tokens"])
+        caps[i] = m
+        for j, r in enumerate(rec["rollouts"]):
+            t = int(r["tokens"])
+            tokens[i, j] = t
+            correct[i, j] = bool(r["correct"])
+            fin = r.get("finished")
+            cutoff[i, j] = (not fin) if isinstance(fin, bool) else t >= m
+            mask[i, j] = True
+    return RolloutArrays(tokens, correct, cutoff, mask, caps)
+
+
+def to_dataset(records: list[dict]):
+    """The records as a Hugging Face ``datasets.Dataset`` (needs the ``datasets`` extra)."""
+    try:
+        import datasets
+    except ImportError as err:  # pragma: no cover - depends on the environment
+        raise ImportError("to_dataset needs the 'datasets' package: "
+                          "pip install 'clear-learn[datasets]'") from err
+    cols = {
+        "id": [str(r["id"]) for r in records],
+        "text": [r["text"] for r in records],
+        "task": [r["task"] for r in records],
+        "max_new_tokens": [int(r["max_new_tokens"]) for r in records],
+        "tokens": [[int(x["tokens"]) for x in r["rollouts"]] for r in records],
+        "correct": [[bool(x["correct"]) for x in r["rollouts"]] for r in records],
+    }
+    return datasets.Dataset.from_dict(cols)
