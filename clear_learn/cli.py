@@ -1,0 +1,265 @@
+"""The ``clear-learn`` command line: validate, fit, allocate, evaluate, simulate, import."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+DEFAULT_BUDGETS = "32,64,96,128,192,256,384,512"
+
+
+def _budgets(text: str) -> list[float]:
+    try:
+        vals = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"budgets must be comma-separated numbers: {text!r}")
+    if not vals or any(v < 0 for v in vals):
+        raise argparse.ArgumentTypeError(f"budgets must be numbers >= 0: {text!r}")
+    return vals
+
+
+def cmd_validate(args) -> int:
+    from .rollouts import validate_rollouts
+
+    status = 0
+    for path in args.files:
+        try:
+            problems = validate_rollouts(path)
+        except FileNotFoundError:
+            print(f"{path}: no such file", file=sys.stderr)
+            status = 1
+            continue
+        if problems:
+            status = 1
+            print(f"{path}: {len(problems)} problem(s)")
+            for p in problems[: args.max_problems]:
+                print(f"  {p}")
+            if len(problems) > args.max_problems:
+                print(f"  ... and {len(problems) - args.max_problems} more")
+        else:
+            n = sum(1 for _ in open_lines(path))
+            print(f"{path}: OK ({n} queries)")
+    return status
+
+
+def open_lines(path):
+    from .rollouts import iter_jsonl
+
+    return iter_jsonl(path)
+
+
+def cmd_fit(args) -> int:
+    from .fitting import fit_curves
+    from .rollouts import read_rollouts, write_jsonl
+
+    records = read_rollouts(args.rollouts)
+    res = fit_curves(records)
+    rows = res.curves.to_records([r["id"] for r in records])
+    for row, nll in zip(rows, res.nll):
+        row["nll"] = float(nll)
+    write_jsonl(rows, args.output)
+    print(f"fitted {len(rows)} curves ({res.message}, {res.n_iter} Newton steps); "
+          f"mean nll per rollout {res.nll.mean():.4f} -> {args.output}")
+    return 0
+
+
+def cmd_allocate(args) -> int:
+    from .allocation import allocate
+    from .curves import Curves
+    from .rollouts import iter_jsonl, write_jsonl
+
+    rows = []
+    for lineno, obj, err in iter_jsonl(args.curves):
+        if err is not None:
+            raise SystemExit(f"{args.curves}: line {lineno}: {err}")
+        rows.append(obj)
+    curves = Curves.from_records(rows)
+    n = len(curves)
+    if args.total_budget is not None:
+        total = args.total_budget
+    else:
+        total = int(args.per_query * n)
+    res = allocate(curves, total, max_tokens=args.max_tokens,
+                   fallback_tokens=args.fallback_tokens)
+    out = [{"id": r.get("id", i), "budget": int(b), "abandoned": bool(a)}
+           for i, (r, b, a) in enumerate(zip(rows, res.budgets, res.abandoned))]
+    if args.output:
+        write_jsonl(out, args.output)
+    print(json.dumps(res.to_dict(arrays=False)))
+    return 0
+
+
+def _load_or_simulate(path: str | None):
+    from .rollouts import read_rollouts
+    from .simulate import simulated_dataset
+
+    if path is None:
+        return simulated_dataset(), True
+    return read_rollouts(path), False
+
+
+def cmd_evaluate(args) -> int:
+    from .evaluation import evaluate_policies, plot_frontier, task_prior_curves
+
+    records, simulated = _load_or_simulate(args.rollouts)
+    label = "SIMULATED rollouts (sampled from known curves)" if simulated else args.rollouts
+    rng = np.random.default_rng(args.seed)
+    if args.test_tasks:
+        held = set(args.test_tasks.split(","))
+        test = [r for r in records if r["task"] in held]
+        train = [r for r in records if r["task"] not in held]
+    else:
+        order = rng.permutation(len(records))
+        cut = int(len(records) * (1 - args.test_fraction))
+        train = [records[i] for i in order[:cut]]
+        test = [records[i] for i in order[cut:]]
+    if not test:
+        raise SystemExit("no held-out queries: check --test-tasks / --test-fraction")
+    policies = {}
+    if train:
+        policies["clear-task-prior"] = task_prior_curves(train, [r["task"] for r in test])
+    if args.curves:
+        from .curves import Curves
+        from .rollouts import iter_jsonl
+
+        by_id = {str(o["id"]): o for _, o, _ in iter_jsonl(args.curves)}
+        missing = [r["id"] for r in test if str(r["id"]) not in by_id]
+        if missing:
+            raise SystemExit(f"{args.curves}: no curve for {len(missing)} held-out queries, "
+                             f"e.g. {missing[0]!r}")
+        policies["clear-given"] = Curves.from_records([by_id[str(r["id"])] for r in test])
+    print(f"evaluating on {label}: {len(test)} held-out queries "
+          f"({len(train)} for the task prior)")
+    report = evaluate_policies(test, policies, args.budgets, seed=args.seed, progress=True)
+    report.meta.update({"data": label, "simulated": simulated, "n_train": len(train)})
+    out = Path(args.out)
+    report.save(out / "report.json")
+    plot_frontier(report, out / "frontier.png",
+                  title=("SIMULATED: " if simulated else "") + "accuracy vs total tokens")
+    print("\nmean accuracy (scored on held-out rollouts)")
+    print(report.table())
+    if "oracle" in report.rows:
+        print("\nshare of the uniform-to-oracle gap closed")
+        print(report.table("gap_closed"))
+    print(f"\nwrote {out / 'report.json'} and {out / 'frontier.png'}")
+    return 0
+
+
+def cmd_simulate(args) -> int:
+    from .rollouts import write_rollouts
+    from .simulate import simulated_dataset
+
+    recs = simulated_dataset(args.per_task, args.rollouts_per_query, args.max_new_tokens,
+                             args.seed)
+    write_rollouts(recs, args.output)
+    print(f"wrote {len(recs)} SIMULATED queries to {args.output}")
+    return 0
+
+
+def cmd_import(args) -> int:
+    from .importers import (import_gsm8k_example_solutions, import_qwen25_math_eval,
+                            load_token_counter)
+    from .rollouts import write_rollouts
+
+    counter = load_token_counter(args.tokenizer)
+    fn = {"qwen25-math": import_qwen25_math_eval,
+          "gsm8k-example": import_gsm8k_example_solutions}[args.format]
+    recs = fn(args.source, counter=counter, max_new_tokens=args.max_new_tokens, progress=True)
+    write_rollouts(recs, args.output)
+    print(f"imported {len(recs)} queries ({args.format}, tokens by {counter.name}) "
+          f"-> {args.output}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="clear-learn",
+        description="Spend a token budget across reasoning queries with CLEAR: fit or "
+                    "predict each query's accuracy-vs-budget curve, then allocate by a "
+                    "shadow price.")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("validate", help="check rollout files; every problem is named by "
+                                        "line and field",
+                       description="Check rollout JSONL files (plain or gzip) against the "
+                                   "format; exit 1 if any problem is found.")
+    p.add_argument("files", nargs="+")
+    p.add_argument("--max-problems", type=int, default=50)
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("fit", help="fit one curve (tau, p, k) per query from its rollouts",
+                       description="Fit shifted-surge curves to each query's rollouts by "
+                                   "penalised maximum likelihood; writes JSONL rows "
+                                   "{id, tau, p, k, nll}.")
+    p.add_argument("rollouts")
+    p.add_argument("-o", "--output", required=True)
+    p.set_defaults(func=cmd_fit)
+
+    p = sub.add_parser("allocate", help="split a total budget among queries given curves",
+                       description="Allocate per-query budgets from a curves JSONL "
+                                   "(rows with tau, p, k and optional id).")
+    p.add_argument("curves")
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--total-budget", type=int)
+    g.add_argument("--per-query", type=float, help="average budget per query")
+    p.add_argument("--max-tokens", type=int, default=None, help="per-query cap")
+    p.add_argument("--fallback-tokens", type=int, default=0,
+                   help="budget given to abandoned queries (reserved from the total)")
+    p.add_argument("-o", "--output", help="write {id, budget, abandoned} rows here")
+    p.set_defaults(func=cmd_allocate)
+
+    p = sub.add_parser("evaluate", help="Pareto frontiers of policies on held-out queries",
+                       description="Compare uniform, CLEAR with a text-free task prior, "
+                                   "CLEAR with given curves, the oracle and the exact optimum "
+                                   "on held-out queries. Without a rollout file it runs on "
+                                   "the embedded SIMULATED default.")
+    p.add_argument("rollouts", nargs="?", default=None)
+    p.add_argument("--curves", help="curves JSONL (with ids) to evaluate as 'clear-given'")
+    p.add_argument("--budgets", type=_budgets, default=_budgets(DEFAULT_BUDGETS),
+                   help=f"average budgets per query (default {DEFAULT_BUDGETS})")
+    p.add_argument("--test-tasks", help="comma-separated tasks held out (default: a random "
+                                        "share of queries)")
+    p.add_argument("--test-fraction", type=float, default=0.5)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="runs/evaluate")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("simulate", help="write SIMULATED rollouts sampled from known curves")
+    p.add_argument("-o", "--output", required=True)
+    p.add_argument("--per-task", type=int, default=150)
+    p.add_argument("--rollouts-per-query", type=int, default=8)
+    p.add_argument("--max-new-tokens", type=int, default=512)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_simulate)
+
+    p = sub.add_parser("import", help="convert a Qwen2.5-Math eval output or the GSM8K "
+                                      "example solutions into rollouts",
+                       description="Token counts come from the named tokenizer: a "
+                                   "tokenizer.json, its directory, or pkg:PACKAGE.")
+    p.add_argument("format", choices=["qwen25-math", "gsm8k-example"])
+    p.add_argument("source")
+    p.add_argument("--tokenizer", required=True)
+    p.add_argument("--max-new-tokens", type=int, required=True,
+                   help="the generation cap to assume; longer responses count as cut off")
+    p.add_argument("-o", "--output", required=True)
+    p.set_defaults(func=cmd_import)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from .rollouts import RolloutValidationError
+
+    try:
+        return int(args.func(args) or 0)
+    except (RolloutValidationError, ValueError, FileNotFoundError) as err:
+        print(f"clear-learn {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,217 @@
+"""Evaluation on held-out queries (DESIGN.md section 5): Pareto frontiers of policies.
+
+Every allocation is scored with the queries' empirical accuracy curves, never with the
+curves that made it. When oracle curves are fitted on one half of each query's rollouts, every
+policy is scored on the other half, so that all are judged on the same rollouts.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+
+from .allocation import allocate, uniform_budgets
+from .curves import Curves
+from .fitting import fit_curves
+from .optimum import empirical_optimum
+from .rollouts import RolloutArrays, to_arrays
+
+__all__ = ["split_rollouts", "evaluate_policies", "EvalReport", "plot_frontier",
+           "task_prior_curves", "gap_closed"]
+
+Policy = Curves | Callable[[np.ndarray, int], np.ndarray]
+
+
+def split_rollouts(data: RolloutArrays, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Random disjoint halves of each query's rollouts: ``(fit_mask, score_mask)``.
+
+    A query with an odd count gives the extra rollout to the scoring half.
+    """
+    rng = np.random.default_rng(seed)
+    keys = np.where(data.mask, rng.random(data.mask.shape), np.inf)
+    rank = np.argsort(np.argsort(keys, axis=1), axis=1)
+    half = data.counts[:, None] // 2
+    fit = data.mask & (rank < half)
+    return fit, data.mask & ~fit
+
+
+def gap_closed(acc: float, uniform: float, oracle: float) -> float:
+    """Share of the uniform-to-oracle gap closed: ``(acc - uniform) / (oracle - uniform)``."""
+    gap = oracle - uniform
+    return float((acc - uniform) / gap) if gap > 1e-12 else float("nan")
+
+
+@dataclass
+class EvalReport:
+    """Per policy, one row per average budget; serialisable to JSON."""
+
+    rows: dict[str, list[dict]]
+    budgets_per_query: list[float]
+    n_queries: int
+    meta: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"n_queries": self.n_queries, "budgets_per_query": self.budgets_per_query,
+                "meta": self.meta, "policies": self.rows}
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        tmp.replace(path)
+        return path
+
+    def table(self, metric: str = "mean_accuracy") -> str:
+        """A plain-text table: one row per budget, one column per policy."""
+        names = list(self.rows)
+        head = "| tokens/query | " + " | ".join(names) + " |"
+        sep = "|---:|" + "---:|" * len(names)
+        lines = [head, sep]
+        for i, b in enumerate(self.budgets_per_query):
+            cells = [f"{self.rows[n][i][metric]:.3f}" for n in names]
+            lines.append(f"| {b:g} | " + " | ".join(cells) + " |")
+        return "\n".join(lines)
+
+
+def task_prior_curves(train: list[dict], test_tasks: Sequence[str]) -> Curves:
+    """A text-free predictor: each test query gets the median fitted curve of its task.
+
+    Tasks absent from ``train`` get the median over all training queries.
+    """
+    fit = fit_curves(train).curves
+    tasks = np.array([r["task"] for r in train])
+    overall = (np.median(fit.tau), np.median(fit.p), np.exp(np.median(np.log(fit.k))))
+    per_task = {}
+    for t in np.unique(tasks):
+        m = tasks == t
+        per_task[t] = (np.median(fit.tau[m]), np.median(fit.p[m]),
+                       np.exp(np.median(np.log(fit.k[m]))))
+    rows = [per_task.get(t, overall) for t in test_tasks]
+    return Curves(*(np.array(col) for col in zip(*rows)))
+
+
+def evaluate_policies(records: list[dict], policies: Mapping[str, Policy],
+                      budgets_per_query: Sequence[float], *, oracle: bool = True,
+                      optimum: bool = True, seed: int = 0, fallback_tokens: int = 0,
+                      stream: Sequence[int] | None = None, batch_size: int | None = None,
+                      progress: bool = False) -> EvalReport:
+    """Score allocation policies on held-out queries over a sweep of average budgets.
+
+    Parameters
+    ----------
+    records : held-out queries with rollouts.
+    policies : name -> :class:`Curves` (one per record, allocated by CLEAR) or a function
+        ``f(indices, total_budget) -> budgets``. ``uniform`` is always added.
+    budgets_per_query : average budgets ``B / N`` to sweep.
+    oracle : add ``oracle``: CLEAR on curves fitted to one half of each query's rollouts; all
+        policies are then scored on the other half.
+    optimum : add ``optimum``: the exact optimum of the (scoring) empirical curves.
+    stream, batch_size : evaluate on a traffic stream (indices into ``records``, repeats
+        allowed) cut into consecutive batches, each allocated on its own with
+        ``budget_per_query * len(batch)`` tokens. Default: all records as one batch.
+
+    Returns
+    -------
+    EvalReport
+        For each policy and budget: ``mean_accuracy``, ``allocated_tokens``,
+        ``consumed_tokens``, ``abandoned``, ``ratio_to_uniform`` and (with ``oracle``)
+        ``gap_closed``.
+    """
+    data = to_arrays(records)
+    if len(data) == 0:
+        raise ValueError("no queries to evaluate")
+    stream = np.arange(len(data)) if stream is None else np.asarray(stream, dtype=np.int64)
+    batch_size = batch_size or stream.size
+    batches = [stream[i:i + batch_size] for i in range(0, stream.size, batch_size)]
+    caps = data.max_new_tokens
+    score = data
+    curves: dict[str, Policy] = {"uniform": lambda idx, B: uniform_budgets(idx.size, B,
+                                                                             caps[idx])}
+    curves.update(policies)
+    meta: dict = {"seed": seed, "scored_on": "all rollouts", "n_batches": len(batches),
+                  "batch_size": int(batch_size)}
+    if oracle:
+        fit_mask, score_mask = split_rollouts(data, seed)
+        curves["oracle"] = fit_curves(data.with_mask(fit_mask)).curves
+        score = data.with_mask(score_mask)
+        meta["scored_on"] = "the half of each query's rollouts not used for oracle fits"
+    for name, pol in curves.items():
+        if isinstance(pol, Curves) and len(pol) != len(data):
+            raise ValueError(f"policy {name!r} has {len(pol)} curves for {len(data)} queries")
+    names = list(curves) + (["optimum"] if optimum else [])
+    sums = {name: np.zeros((len(budgets_per_query), 4)) for name in names}
+    it = batches
+    if progress:
+        from tqdm.auto import tqdm
+        it = tqdm(batches, desc="evaluating", unit="batch")
+    for idx in it:
+        sub = score.select(idx)
+        totals = [int(round(b * idx.size)) for b in budgets_per_query]
+        opt = None
+        if optimum:
+            opt = empirical_optimum([sub.tokens[i][sub.mask[i]] for i in range(idx.size)],
+                                    [sub.correct[i][sub.mask[i]] for i in range(idx.size)],
+                                    max(totals), max_tokens=caps[idx])
+        for j, B in enumerate(totals):
+            for name in names:
+                if name == "optimum":
+                    b = opt.budgets(B)
+                elif isinstance(curves[name], Curves):
+                    b = allocate(curves[name][idx], B, max_tokens=caps[idx],
+                                 fallback_tokens=fallback_tokens).budgets
+                else:
+                    b = np.asarray(curves[name](idx, B), dtype=np.int64)
+                if b.sum() > B or np.any(b > caps[idx]):
+                    raise AssertionError(f"policy {name!r} broke the budget at B={B}")
+                sums[name][j] += (sub.accuracy_at(b).sum(), b.sum(),
+                                  sub.consumed_at(b).sum(), np.count_nonzero(b == 0))
+    n = stream.size
+    rows: dict[str, list[dict]] = {}
+    for name in names:
+        rows[name] = [{"budget_per_query": float(bpq), "mean_accuracy": float(s[0] / n),
+                       "allocated_tokens": int(s[1]), "consumed_tokens": float(s[2]),
+                       "abandoned": int(s[3])}
+                      for bpq, s in zip(budgets_per_query, sums[name])]
+    for j in range(len(budgets_per_query)):
+        uni = rows["uniform"][j]["mean_accuracy"]
+        orc = rows["oracle"][j]["mean_accuracy"] if oracle else None
+        for name in rows:
+            r = rows[name][j]
+            r["ratio_to_uniform"] = r["mean_accuracy"] / uni if uni > 0 else float("inf")
+            if orc is not None:
+                r["gap_closed"] = gap_closed(r["mean_accuracy"], uni, orc)
+    return EvalReport(rows=rows, budgets_per_query=[float(b) for b in budgets_per_query],
+                      n_queries=int(n), meta=meta)
+
+
+def plot_frontier(report: EvalReport, path: str | Path, *, title: str = "") -> Path:
+    """Mean accuracy against total allocated tokens, one line per policy, saved as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    for name, rows in report.rows.items():
+        x = [r["allocated_tokens"] for r in rows]
+        y = [r["mean_accuracy"] for r in rows]
+        style = {"uniform": "k--", "optimum": "k:", "oracle": "C3-"}.get(name, "-")
+        ax.plot(x, y, style, marker="o", ms=3, label=name)
+    ax.set_xlabel(f"total tokens allocated ({report.n_queries} queries)")
+    ax.set_ylabel("mean accuracy (empirical, held-out rollouts)")
+    ax.set_title(title or "Accuracy against total tokens")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
