@@ -23,6 +23,8 @@ __all__ = ["AllocationResult", "allocate", "uniform_budgets", "as_caps"]
 #: Above this many queries the price is first located on a random subsample.
 SUBSAMPLE_ABOVE = 65_536
 SUBSAMPLE_SIZE = 32_768
+#: Up to this many queries, the solution is polished by forcing single queries in or out.
+POLISH_MAX_N = 1024
 
 
 @dataclass(repr=False)
@@ -275,7 +277,59 @@ def _allocate_core(tau, p, k, caps, budget, max_fill_rounds):
     info["price_evals"] = evals
     rounds = _greedy_fill(b, budget - b.sum(), tau, p, k, caps, demand, max_fill_rounds)
     info["fill_rounds"] = rounds
+    if n <= POLISH_MAX_N:
+        b, info["polish_swaps"] = _polish(b, budget, tau, p, k, caps, demand, max_fill_rounds)
     return b.astype(np.int64), float(np.exp(log_price)), converged, info
+
+
+def _polish(b, budget, tau, p, k, caps, demand, max_fill_rounds, n_candidates: int = 4,
+            max_rounds: int = 4):
+    """Improve a small allocation by forcing one query in, or out, of the funded set.
+
+    The Lagrangian funds queries in order of their insolvency price; near the critical price
+    that order can be wrong for the integer problem (with few queries, one query's entry cost
+    is a large share of the budget). For the few abandoned queries with the highest rates, and
+    the few funded ones with the lowest, re-solve with that query forced in (or out) and keep
+    the best. Returns ``(budgets, swaps made)``.
+    """
+    best_b, best_u = b, float(utility(b, tau, p, k).sum())
+    swaps = 0
+    for _ in range(max_rounds):
+        funded = best_b > 0
+        rate = demand.rate
+        out_idx = np.flatnonzero(~funded & (rate > 0))
+        in_idx = np.flatnonzero(funded)
+        cands = np.concatenate([out_idx[np.argsort(-rate[out_idx])[:n_candidates]],
+                                in_idx[np.argsort(rate[in_idx])[:n_candidates]]])
+        improved = False
+        for j in cands:
+            new_rate = rate.copy()
+            new_rate[j] = np.inf if not funded[j] else 0.0
+            with np.errstate(divide="ignore"):
+                new_log_rate = np.log(new_rate)
+            forced = _Demand(tau, None, k, caps, _parts=(demand.lpk, demand.b_star, new_rate,
+                                                         new_log_rate))
+            finite = np.isfinite(new_log_rate)
+            if not finite.any():
+                continue
+            hi = float(max(new_log_rate[finite].max(), demand.lpk[j])) + 1.0
+            lo = float(new_log_rate[finite].min()) - 60.0
+            if forced.total(hi) > budget:
+                continue  # the forced query alone does not fit
+            if forced.total(lo) <= budget:
+                x = lo
+            else:
+                x, _, _ = _search_price(forced, budget, lo, hi, max_evals=80, rtol=1e-10)
+            cand_b = forced.budgets(x)
+            _greedy_fill(cand_b, budget - cand_b.sum(), tau, p, k, caps, forced,
+                         max_fill_rounds)
+            u = float(utility(cand_b, tau, p, k).sum())
+            if u > best_u * (1 + 1e-12) + 1e-15:
+                best_b, best_u, improved = cand_b, u, True
+        if not improved:
+            break
+        swaps += 1
+    return best_b, swaps
 
 
 def _search_subsampled(demand, tau, p, k, caps, budget, lo, hi, max_evals: int = 12):

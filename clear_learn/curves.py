@@ -32,12 +32,14 @@ __all__ = [
 def surge_cdf(x: np.ndarray) -> np.ndarray:
     """``G(x) = 1 - (1 + x) exp(-x)`` for ``x > 0`` and 0 for ``x <= 0``, accurate for tiny ``x``."""
     x = np.maximum(np.asarray(x, dtype=np.float64), 0.0)
-    g = (1.0 + x) * np.exp(-x)
-    np.subtract(1.0, g, out=g)
+    g = 1.0 - (1.0 + x) * np.exp(-x)
     small = x < 1e-3
     if np.any(small):
         xs = x[small]
-        g[small] = xs * xs * (0.5 - xs * (1.0 / 3.0 - xs * (0.125 - xs / 30.0)))
+        series = xs * xs * (0.5 - xs * (1.0 / 3.0 - xs * (0.125 - xs / 30.0)))
+        if g.ndim == 0:
+            return series.reshape(())
+        g[small] = series
     return g
 
 
@@ -70,10 +72,12 @@ def stationary_budget(price: np.ndarray | float, tau: np.ndarray, p: np.ndarray,
     tau, p, k = (np.asarray(a, dtype=np.float64) for a in (tau, p, k))
     with np.errstate(divide="ignore", invalid="ignore"):
         L = np.log(p * k) - np.log(price)  # -ln z, z = lambda / (p k)
-    y = solve_y_minus_log_y(np.where(L >= 1.0, L, 1.0))
+    # at the peak itself L = 1 up to rounding
+    on_branch = L >= 1.0 - 1e-12
+    y = solve_y_minus_log_y(np.where(on_branch & np.isfinite(L), L, 1.0))
     with np.errstate(invalid="ignore"):
         b = tau + y / k
-    b = np.where(L >= 1.0, b, np.nan)
+    b = np.where(on_branch, b, np.nan)
     return np.where(np.isposinf(L), np.inf, b)
 
 

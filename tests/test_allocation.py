@@ -1,0 +1,135 @@
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import clear_learn.allocation as alloc_mod
+from clear_learn import Curves, allocate, uniform_budgets
+from clear_learn.optimum import grid_optimum
+from clear_learn.simulate import random_curves
+
+
+def curves_strategy(max_n=25):
+    n = st.integers(1, max_n)
+    return n.flatmap(lambda m: st.tuples(
+        st.lists(st.floats(0, 3000), min_size=m, max_size=m),
+        st.lists(st.floats(0, 1), min_size=m, max_size=m),
+        st.lists(st.floats(1e-4, 2.0), min_size=m, max_size=m),
+    )).map(lambda t: Curves(*t))
+
+
+@settings(max_examples=100, deadline=None)
+@given(curves_strategy(), st.integers(0, 60000), st.one_of(st.none(), st.integers(0, 4000)),
+       st.integers(0, 2))
+def test_budgets_are_feasible(curves, total, cap, fallback):
+    n = len(curves)
+    if fallback and (n * fallback > total or (cap is not None and cap < fallback)):
+        with pytest.raises(ValueError):
+            allocate(curves, total, max_tokens=cap, fallback_tokens=fallback)
+        return
+    res = allocate(curves, total, max_tokens=cap, fallback_tokens=fallback)
+    b = res.budgets
+    assert b.dtype == np.int64 and b.shape == (n,)
+    assert b.sum() <= total
+    assert np.all(b >= fallback)
+    if cap is not None:
+        assert np.all(b <= cap)
+    assert np.all(b[res.abandoned] == fallback)
+    assert res.allocated == b.sum()
+    assert np.isclose(res.expected_correct, curves.utility(b).sum())
+
+
+@settings(max_examples=100, deadline=None)
+@given(curves_strategy(), st.integers(0, 40000), st.integers(1, 20000),
+       st.one_of(st.none(), st.integers(1, 4000)))
+def test_more_budget_never_costs_more_than_one_query(curves, total, extra, cap):
+    """Expected correct answers with B + extra >= those with B, minus one query's worth.
+
+    The greedy solution is within max_i U_i of the concave-envelope (LP) bound, which is
+    non-decreasing in B: so the guarantee is a drop of at most max_i p_i expected answers
+    (a mean-accuracy drop of at most max_i p_i / N); in practice it is far smaller.
+    """
+    a = allocate(curves, total, max_tokens=cap).expected_correct
+    b = allocate(curves, total + extra, max_tokens=cap).expected_correct
+    assert b >= a - curves.p.max() - 1e-9
+
+
+def test_matches_grid_optimum_and_beats_uniform():
+    curves = random_curves(200, seed=0)
+    n = 200
+    frontier = grid_optimum(curves, 1200 * n, grid=10, max_tokens=4000)
+    for avg in (50, 150, 300, 600, 1200):
+        res = allocate(curves, avg * n, max_tokens=4000)
+        assert res.expected_correct >= 0.99 * frontier.best(avg * n)
+    res = allocate(curves, 150 * n, max_tokens=4000)
+    uni = curves.utility(uniform_budgets(n, 150 * n, 4000)).sum()
+    assert res.expected_correct >= 10 * uni
+
+
+def test_greedy_fill_revives_an_abandoned_query():
+    # Two identical hard queries: at B=1500 the Lagrangian funds one; the leftover is too
+    # small for the second at its stationary budget, the jump fill spends it.
+    c = Curves([100.0, 100.0, 600.0], [0.9, 0.9, 0.9], [0.02, 0.02, 0.02])
+    res = allocate(c, 1000)
+    assert res.budgets.sum() >= 990
+    assert np.count_nonzero(res.budgets) >= 2
+
+
+def test_fallback_tokens_go_to_abandoned_queries():
+    c = Curves([50.0, 5000.0], [0.9, 0.9], [0.05, 0.05])
+    res = allocate(c, 300, fallback_tokens=1)
+    assert res.abandoned.tolist() == [False, True]
+    assert res.budgets[1] == 1 and res.budgets.sum() <= 300
+    assert res.budgets[0] > 50
+
+
+def test_ample_budget_gives_every_useful_query_its_cap():
+    c = Curves([10.0, 10.0, 10.0], [0.5, 0.0, 1.0], [0.1, 0.1, 0.1])
+    res = allocate(c, 10_000, max_tokens=[100, 100, 50])
+    assert res.budgets.tolist() == [100, 0, 50]
+
+
+def test_no_budget_and_empty_input():
+    c = random_curves(10)
+    assert allocate(c, 0).budgets.sum() == 0
+    assert allocate(Curves([], [], []), 100).budgets.size == 0
+
+
+def test_large_inputs_take_the_subsampled_path(monkeypatch):
+    curves = random_curves(80_000, seed=3)
+    fast = allocate(curves, 300 * 80_000, max_tokens=4000)
+    assert fast.budgets.sum() <= 300 * 80_000
+    assert fast.budgets.sum() >= 300 * 80_000 - 4000
+    monkeypatch.setattr(alloc_mod, "SUBSAMPLE_ABOVE", 10**9)
+    exact = allocate(curves, 300 * 80_000, max_tokens=4000)
+    assert fast.expected_correct >= exact.expected_correct * (1 - 1e-5)
+    assert abs(np.log(fast.price / exact.price)) < 1e-3
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(total_budget=-1), "total_budget"),
+    (dict(total_budget=10.5), "total_budget"),
+    (dict(total_budget="x"), "total_budget"),
+    (dict(total_budget=100, max_tokens=[1, 2]), "max_tokens"),
+    (dict(total_budget=100, max_tokens=-3), "max_tokens"),
+    (dict(total_budget=100, max_tokens=2.5), "max_tokens"),
+    (dict(total_budget=5, fallback_tokens=1), "fallback_tokens"),
+])
+def test_bad_arguments_get_clear_errors(kwargs, match):
+    c = random_curves(10)
+    with pytest.raises((ValueError, TypeError), match=match):
+        allocate(c, **kwargs)
+
+
+def test_curves_type_is_checked():
+    with pytest.raises(TypeError, match="Curves"):
+        allocate([1, 2, 3], 100)
+
+
+def test_result_prints_and_serialises():
+    res = allocate(random_curves(5), 1000)
+    d = res.to_dict()
+    assert len(d["budgets"]) == 5 and "price" in d and "n_abandoned" in d
+    assert "AllocationResult(n=5" in repr(res)
+    import json
+    json.loads(res.to_json())
