@@ -1,0 +1,87 @@
+import json
+
+import numpy as np
+import pytest
+
+from clear_learn.evaluation import (evaluate_policies, gap_closed, plot_frontier,
+                                    split_rollouts, task_prior_curves)
+from clear_learn.rollouts import to_arrays
+from clear_learn.simulate import simulated_dataset
+from clear_learn.streams import burst_stream, mixture_stream, preset_streams, task_difficulty
+
+
+@pytest.fixture(scope="module")
+def data():
+    recs = simulated_dataset(n_per_task=60, seed=1)
+    order = np.random.default_rng(0).permutation(len(recs))
+    return [recs[i] for i in order[:90]], [recs[i] for i in order[90:]]
+
+
+def test_split_halves_are_disjoint_and_balanced(data):
+    a = to_arrays(data[1])
+    fit, score = split_rollouts(a, seed=3)
+    assert not np.any(fit & score) and np.array_equal(fit | score, a.mask)
+    assert np.all(fit.sum(1) == a.counts // 2)
+
+
+def test_report_orders_policies_sensibly(data, tmp_path):
+    train, test = data
+    prior = task_prior_curves(train, [r["task"] for r in test])
+    rep = evaluate_policies(test, {"clear-task-prior": prior}, [32, 128, 512])
+    rows = rep.rows
+    assert list(rows) == ["uniform", "clear-task-prior", "oracle", "optimum"]
+    for j, b in enumerate([32, 128, 512]):
+        best = rows["optimum"][j]["mean_accuracy"]
+        for name in rows:
+            r = rows[name][j]
+            assert r["mean_accuracy"] <= best + 1e-12  # the exact optimum is a ceiling
+            assert r["allocated_tokens"] <= b * len(test)
+            assert r["consumed_tokens"] <= r["allocated_tokens"] + 1e-9
+        assert rows["oracle"][j]["gap_closed"] in (1.0,) or np.isnan(
+            rows["oracle"][j]["gap_closed"])
+    assert rows["oracle"][0]["mean_accuracy"] > 2 * rows["uniform"][0]["mean_accuracy"]
+    path = rep.save(tmp_path / "r.json")
+    assert json.loads(path.read_text())["policies"]["uniform"][0]["budget_per_query"] == 32
+    png = plot_frontier(rep, tmp_path / "f.png")
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    assert "| 128 |" in rep.table()
+
+
+def test_function_policies_and_budget_checks(data):
+    test = data[1]
+    rep = evaluate_policies(test, {"zero": lambda idx, B: np.zeros(idx.size, int)}, [64],
+                            oracle=False, optimum=False)
+    assert rep.rows["zero"][0]["mean_accuracy"] == 0
+    with pytest.raises(AssertionError, match="broke the budget"):
+        evaluate_policies(test, {"greedy": lambda idx, B: np.full(idx.size, B)}, [64],
+                          oracle=False, optimum=False)
+    with pytest.raises(ValueError, match="curves for"):
+        from clear_learn.simulate import random_curves
+        evaluate_policies(test, {"bad": random_curves(3)}, [64])
+
+
+def test_streams(data):
+    recs = data[0] + data[1]
+    tasks = [r["task"] for r in recs]
+    s = mixture_stream(tasks, {"sim-easy": 3, "sim-hard": 1}, 4000, seed=1)
+    got = np.array(tasks)[s]
+    assert s.size == 4000 and 0.7 < np.mean(got == "sim-easy") < 0.8
+    assert np.array_equal(s, mixture_stream(tasks, {"sim-easy": 3, "sim-hard": 1}, 4000, 1))
+    with pytest.raises(ValueError, match="unknown task"):
+        mixture_stream(tasks, {"nope": 1}, 10)
+    b = burst_stream(tasks, 256, burst=64, seed=2)
+    assert all(len(set(np.array(tasks)[b[i:i + 64]])) == 1 for i in range(0, 256, 64))
+    diff = task_difficulty(recs)
+    assert list(diff)[0] == "sim-hard" and list(diff)[-1] == "sim-easy"
+    streams = preset_streams(recs, 300)
+    assert {"balanced", "easy-heavy", "hard-heavy", "bimodal", "bursts"} <= set(streams)
+    hard = np.array(tasks)[streams["hard-heavy"]]
+    easy = np.array(tasks)[streams["easy-heavy"]]
+    assert np.mean(hard == "sim-hard") > np.mean(easy == "sim-hard")
+    rep = evaluate_policies(recs, {}, [128], stream=streams["bursts"], batch_size=64)
+    assert rep.n_queries == 300 and rep.meta["n_batches"] == 5
+
+
+def test_gap_closed():
+    assert gap_closed(0.5, 0.2, 0.8) == pytest.approx(0.5)
+    assert np.isnan(gap_closed(0.5, 0.5, 0.5))
