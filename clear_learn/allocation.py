@@ -24,7 +24,11 @@ __all__ = ["AllocationResult", "allocate", "uniform_budgets", "as_caps"]
 SUBSAMPLE_ABOVE = 65_536
 SUBSAMPLE_SIZE = 32_768
 #: Up to this many queries, the solution is polished by forcing single queries in or out.
-POLISH_MAX_N = 1024
+POLISH_MAX_N = 2048
+#: Relative tolerance of the log-price search; the greedy fill spends what it leaves.
+PRICE_RTOL = 1e-8
+#: Polish only when the duality gap exceeds this share of the bound.
+POLISH_GAP = 1e-3
 
 
 @dataclass(repr=False)
@@ -40,6 +44,9 @@ class AllocationResult:
     expected_accuracy : mean of ``U_i(budgets_i)`` under the given curves.
     expected_correct : sum of ``U_i(budgets_i)``.
     total_budget, allocated : the budget given and the tokens handed out.
+    upper_bound : an upper bound on the expected correct answers of any allocation of
+        ``total_budget`` (weak Lagrangian duality), so ``expected_correct / upper_bound`` is a
+        certificate of near-optimality; NaN with ``fallback_tokens``.
     converged : whether the price search met its tolerance.
     message : a one-line summary of how it ended.
     """
@@ -52,9 +59,17 @@ class AllocationResult:
     total_budget: int
     allocated: int
     fallback_tokens: int = 0
+    upper_bound: float = float("nan")
     converged: bool = True
     message: str = ""
     info: dict = field(default_factory=dict)
+
+    @property
+    def optimality_gap(self) -> float:
+        """``1 - expected_correct / upper_bound``: how far from optimal it can at most be."""
+        if not self.upper_bound > 0:
+            return float("nan") if np.isnan(self.upper_bound) else 0.0
+        return max(0.0, 1.0 - self.expected_correct / self.upper_bound)
 
     @property
     def n_abandoned(self) -> int:
@@ -68,12 +83,14 @@ class AllocationResult:
         return (f"AllocationResult(n={n}, total_budget={self.total_budget}, "
                 f"allocated={self.allocated}, abandoned={self.n_abandoned}, "
                 f"price={self.price:.6g}, expected_accuracy={self.expected_accuracy:.4f}, "
+                f"optimality_gap<={self.optimality_gap:.2%}, "
                 f"converged={self.converged}, message={self.message!r})")
 
     def to_dict(self, *, arrays: bool = True) -> dict:
         """A JSON-ready dict; ``arrays=False`` leaves out the per-query arrays."""
         d = asdict(self)
         d["n_abandoned"] = self.n_abandoned
+        d["optimality_gap"] = self.optimality_gap
         if arrays:
             d["budgets"] = self.budgets.tolist()
             d["abandoned"] = self.abandoned.tolist()
@@ -166,13 +183,15 @@ def allocate(curves: Curves, total_budget: int, *, max_tokens=None, fallback_tok
     u = utility(budgets, tau, p, k)
     allocated = int(budgets.sum())
     expected = float(u.sum())
+    bound = info.pop("upper_bound", expected) if not fallback else float("nan")
     msg = (f"{n - int(abandoned.sum())} of {n} queries funded at price {price:.4g}; "
            f"{total_budget - allocated} of {total_budget} tokens unspent")
     return AllocationResult(budgets=budgets, abandoned=abandoned, price=float(price),
                             expected_accuracy=expected / n if n else 0.0,
                             expected_correct=expected, total_budget=total_budget,
-                            allocated=allocated, fallback_tokens=fallback, converged=converged,
-                            message=msg, info=info)
+                            allocated=allocated, fallback_tokens=fallback,
+                            upper_bound=float(bound), converged=converged, message=msg,
+                            info=info)
 
 
 def _as_whole(name: str, value) -> int:
@@ -259,7 +278,8 @@ def _allocate_core(tau, p, k, caps, budget, max_fill_rounds):
     full = np.where(useful, caps, 0.0)
     if np.all(np.isfinite(full)) and full.sum() <= budget:
         # Ample: every query that can gain anything takes its cap.
-        return full.astype(np.int64), 0.0, True, {"ample": True}
+        return full.astype(np.int64), 0.0, True, {
+            "ample": True, "upper_bound": float(utility(full, tau, p, k).sum())}
 
     hi = float(demand.log_rate[useful].max())
     lo = float(demand.log_rate[useful].min()) - 60.0
@@ -271,19 +291,36 @@ def _allocate_core(tau, p, k, caps, budget, max_fill_rounds):
         if demand.total(lo) <= budget:
             log_price, converged, evals = lo, True, 1
         else:
-            log_price, lo_end, evals = _search_price(demand, budget, lo, hi, max_evals=200)
-            converged = log_price - lo_end <= 1e-12 * max(1.0, abs(log_price))
+            log_price, lo_end, evals = _search_price(demand, budget, lo, hi, max_evals=200,
+                                                     rtol=PRICE_RTOL)
+            converged = log_price - lo_end <= PRICE_RTOL * max(1.0, abs(log_price))
         b = demand.budgets(log_price)
     info["price_evals"] = evals
     rounds = _greedy_fill(b, budget - b.sum(), tau, p, k, caps, demand, max_fill_rounds)
     info["fill_rounds"] = rounds
-    if n <= POLISH_MAX_N:
-        b, info["polish_swaps"] = _polish(b, budget, tau, p, k, caps, demand, max_fill_rounds)
+    bound = _dual_bound(demand, log_price, budget, tau, p, k)
+    if n <= POLISH_MAX_N and float(utility(b, tau, p, k).sum()) < bound * (1 - POLISH_GAP):
+        b, info["polish_swaps"] = _polish(b, budget, tau, p, k, caps, demand, max_fill_rounds,
+                                           log_price)
+    info["upper_bound"] = bound
     return b.astype(np.int64), float(np.exp(log_price)), converged, info
 
 
-def _polish(b, budget, tau, p, k, caps, demand, max_fill_rounds, n_candidates: int = 4,
-            max_rounds: int = 4):
+def _dual_bound(demand: _Demand, log_price: float, budget: float, tau, p, k) -> float:
+    """Weak-duality bound on the best expected correct answers of any feasible allocation.
+
+    For any price ``lambda >= 0``: ``OPT <= lambda B + sum_i max_{0<=b<=cap_i} (U_i(b) -
+    lambda b)``, the inner maxima being the Lagrangian's own per-query solutions.
+    """
+    lam = float(np.exp(log_price))
+    idx, y = demand._funded(log_price)
+    bc = np.minimum(tau[idx] + y / k[idx], demand.caps[idx])
+    gain = utility(bc, tau[idx], p[idx], k[idx]) - lam * bc
+    return float(lam * budget + np.maximum(gain, 0.0).sum())
+
+
+def _polish(b, budget, tau, p, k, caps, demand, max_fill_rounds, log_price,
+            n_candidates: int = 2, max_rounds: int = 3):
     """Improve a small allocation by forcing one query in, or out, of the funded set.
 
     The Lagrangian funds queries in order of their insolvency price; near the critical price
@@ -303,23 +340,16 @@ def _polish(b, budget, tau, p, k, caps, demand, max_fill_rounds, n_candidates: i
                                 in_idx[np.argsort(rate[in_idx])[:n_candidates]]])
         improved = False
         for j in cands:
+            force_in = not funded[j]
             new_rate = rate.copy()
-            new_rate[j] = np.inf if not funded[j] else 0.0
+            new_rate[j] = np.inf if force_in else 0.0
             with np.errstate(divide="ignore"):
                 new_log_rate = np.log(new_rate)
             forced = _Demand(tau, None, k, caps, _parts=(demand.lpk, demand.b_star, new_rate,
                                                          new_log_rate))
-            finite = np.isfinite(new_log_rate)
-            if not finite.any():
-                continue
-            hi = float(max(new_log_rate[finite].max(), demand.lpk[j])) + 1.0
-            lo = float(new_log_rate[finite].min()) - 60.0
-            if forced.total(hi) > budget:
+            x = _bracket_search(forced, budget, log_price, up=force_in)
+            if x is None:
                 continue  # the forced query alone does not fit
-            if forced.total(lo) <= budget:
-                x = lo
-            else:
-                x, _, _ = _search_price(forced, budget, lo, hi, max_evals=80, rtol=1e-10)
             cand_b = forced.budgets(x)
             _greedy_fill(cand_b, budget - cand_b.sum(), tau, p, k, caps, forced,
                          max_fill_rounds)
@@ -330,6 +360,33 @@ def _polish(b, budget, tau, p, k, caps, demand, max_fill_rounds, n_candidates: i
             break
         swaps += 1
     return best_b, swaps
+
+
+def _bracket_search(demand: _Demand, budget: float, x0: float, up: bool) -> float | None:
+    """Smallest log-price with demand <= budget, searched outward from ``x0``.
+
+    ``up``: the answer is expected above ``x0`` (demand was added), else below it.
+    Returns None when no price makes the demand fit.
+    """
+    step = 1e-3
+    if up:
+        lo, hi = x0, x0 + step
+        while demand.total(hi) > budget:
+            lo, step = hi, step * 8
+            hi = hi + step
+            if step > 1e4:
+                return None
+    else:
+        lo, hi = x0 - step, x0
+        if demand.total(hi) > budget:
+            return None
+        while demand.total(lo) <= budget:
+            hi, step = lo, step * 8
+            lo = lo - step
+            if step > 1e4:
+                return lo
+    x, _, _ = _search_price(demand, budget, lo, hi, max_evals=60, rtol=PRICE_RTOL)
+    return x
 
 
 def _search_subsampled(demand, tau, p, k, caps, budget, lo, hi, max_evals: int = 12):

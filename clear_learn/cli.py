@@ -137,6 +137,24 @@ def cmd_evaluate(args) -> int:
     report = evaluate_policies(test, policies, args.budgets, seed=args.seed, progress=True)
     report.meta.update({"data": label, "simulated": simulated, "n_train": len(train)})
     out = Path(args.out)
+    if args.streams:
+        from .streams import preset_streams
+
+        report.meta["streams"] = {}
+        print(f"\ntraffic streams ({args.stream_size} queries, batches of {args.batch_size}),"
+              " mean accuracy")
+        names = None
+        for sname, idx in preset_streams(test, args.stream_size, args.seed).items():
+            srep = evaluate_policies(test, policies, args.budgets, seed=args.seed,
+                                     stream=idx, batch_size=args.batch_size)
+            report.meta["streams"][sname] = srep.rows
+            if names is None:
+                names = list(srep.rows)
+                print("| stream | tokens/query | " + " | ".join(names) + " |")
+                print("|---|---:|" + "---:|" * len(names))
+            for j, b in enumerate(args.budgets):
+                cells = " | ".join(f"{srep.rows[n][j]['mean_accuracy']:.3f}" for n in names)
+                print(f"| {sname} | {b:g} | {cells} |")
     report.save(out / "report.json")
     plot_frontier(report, out / "frontier.png",
                   title=("SIMULATED: " if simulated else "") + "accuracy vs total tokens")
@@ -226,6 +244,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-fraction", type=float, default=0.5)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/evaluate")
+    p.add_argument("--streams", action="store_true",
+                   help="also evaluate preset traffic streams (balanced, easy-heavy, "
+                        "hard-heavy, bimodal, bursts, one task at a time) in batches")
+    p.add_argument("--stream-size", type=int, default=1024)
+    p.add_argument("--batch-size", type=int, default=64)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("simulate", help="write SIMULATED rollouts sampled from known curves")

@@ -58,9 +58,7 @@ def solve_y_minus_log_y(L: np.ndarray, *, iterations: int = 2,
         f -= delta
         num = 2.0 * f * t * (1.0 + t)
         den = 2.0 * t * t - f
-        with np.errstate(divide="ignore", invalid="ignore"):
-            num /= den
-        t -= np.where(den > 0, num, 0.0)
+        t -= np.divide(num, den, out=np.zeros_like(num), where=den > 0)
         np.maximum(t, 0.0, out=t)
     return 1.0 + t
 

@@ -37,6 +37,8 @@ def test_budgets_are_feasible(curves, total, cap, fallback):
     assert np.all(b[res.abandoned] == fallback)
     assert res.allocated == b.sum()
     assert np.isclose(res.expected_correct, curves.utility(b).sum())
+    if not fallback:
+        assert res.upper_bound >= res.expected_correct - 1e-9
 
 
 @settings(max_examples=100, deadline=None)
@@ -61,6 +63,9 @@ def test_matches_grid_optimum_and_beats_uniform():
     for avg in (50, 150, 300, 600, 1200):
         res = allocate(curves, avg * n, max_tokens=4000)
         assert res.expected_correct >= 0.99 * frontier.best(avg * n)
+        # the duality bound holds for every allocation, the grid optimum's included
+        assert res.upper_bound >= frontier.best(avg * n) - 1e-9
+        assert res.optimality_gap < 0.01
     res = allocate(curves, 150 * n, max_tokens=4000)
     uni = curves.utility(uniform_budgets(n, 150 * n, 4000)).sum()
     assert res.expected_correct >= 10 * uni

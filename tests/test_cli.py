@@ -23,11 +23,13 @@ def test_cli_end_to_end(tmp_path, capsys):
     budgets = [json.loads(line) for line in out.read_text().splitlines()]
     assert sum(b["budget"] for b in budgets) == summary["allocated"]
     assert main(["evaluate", str(sim), "--budgets", "64,256", "--out",
-                 str(tmp_path / "ev"), "--curves", str(curves)]) == 0
+                 str(tmp_path / "ev"), "--curves", str(curves), "--streams",
+                 "--stream-size", "128", "--batch-size", "32"]) == 0
     rep = json.loads((tmp_path / "ev" / "report.json").read_text())
     assert {"uniform", "clear-task-prior", "clear-given", "oracle", "optimum"} == set(
         rep["policies"])
     assert (tmp_path / "ev" / "frontier.png").exists()
+    assert "bursts" in rep["meta"]["streams"]
 
 
 def test_cli_reports_bad_input(tmp_path, capsys):
