@@ -1,0 +1,4 @@
+"""Rollout generation: models, problem sources, graders, backends and the resumable driver.
+
+Nothing here is imported by the core; each backend imports its engine only when chosen.
+"""

@@ -1,0 +1,173 @@
+"""The resumable rollout writer: problems in, one rollout record per problem out.
+
+Output is the rollout JSONL of DESIGN.md section 6, appended one complete line per problem
+(written with a single ``write`` and flushed to disk). Killed at any point and rerun with the
+same arguments, it drops a torn last line, skips the problems already written, and continues:
+nothing finished is lost or duplicated. Records written under different settings (model,
+sampling, cap) are refused rather than mixed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterable, Iterator, Protocol
+
+from .graders import grade
+
+__all__ = ["SamplingSettings", "Completion", "Backend", "generate_rollouts", "recover",
+           "QWEN_SYSTEM_PROMPT", "BOXED_SUFFIX", "sample_seed"]
+
+QWEN_SYSTEM_PROMPT = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
+BOXED_SUFFIX = "\nPlease reason step by step, and put your final answer within \\boxed{}."
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """How every problem is sampled (the project's defaults are its data set's settings)."""
+
+    n: int = 8
+    temperature: float = 0.8
+    top_p: float = 0.95
+    max_new_tokens: int = 512
+    seed: int = 0
+    system_prompt: str | None = QWEN_SYSTEM_PROMPT
+    suffix: str = BOXED_SUFFIX
+
+    def messages(self, text: str) -> list[dict]:
+        msgs = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
+        return msgs + [{"role": "user", "content": text + self.suffix}]
+
+
+@dataclass
+class Completion:
+    """One sampled response: ``tokens`` generated (the stop token not counted)."""
+
+    problem: int
+    sample: int
+    text: str
+    tokens: int
+    finished: bool
+
+
+class Backend(Protocol):
+    """What the driver needs of an engine."""
+
+    name: str
+    model_id: str
+
+    def generate(self, prompts: list[list[dict]], settings: SamplingSettings,
+                 seeds: list[list[int]]) -> Iterator[list[Completion]]:
+        """Yield, for each problem as soon as all its samples are done, its completions.
+
+        ``prompts[i]`` are chat messages; ``seeds[i][j]`` seeds sample ``j`` of problem ``i``.
+        """
+        ...
+
+
+def sample_seed(base: int, problem_id: str, j: int) -> int:
+    """A per-sample seed that depends only on the settings' seed, the problem and the index."""
+    h = hashlib.sha256(f"{base}:{problem_id}:{j}".encode()).digest()
+    return int.from_bytes(h[:4], "little") & 0x7FFFFFFF
+
+
+def recover(path: Path) -> dict[str, dict]:
+    """Records already in ``path`` by id; a torn or invalid last line is cut off in place."""
+    path = Path(path)
+    if not path.exists():
+        return {}
+    data = path.read_bytes()
+    keep = data.rfind(b"\n") + 1  # everything after the last newline is torn
+    lines = data[:keep].splitlines()
+    done: dict[str, dict] = {}
+    good_end = 0
+    offset = 0
+    for i, line in enumerate(lines):
+        offset += len(line) + 1
+        if not line.strip():
+            good_end = offset
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            if i == len(lines) - 1:
+                break  # a torn final line (e.g. killed while the disk buffered it)
+            raise ValueError(f"{path}: line {i + 1} is not JSON; refusing to append") from None
+        done[str(rec["id"])] = rec
+        good_end = offset
+    if good_end != len(data):
+        with open(path, "r+b") as fh:
+            fh.truncate(good_end)
+    return done
+
+
+def _generator_info(backend: Backend, settings: SamplingSettings) -> dict:
+    s = asdict(settings)
+    return {"backend": backend.name, "model": backend.model_id, **s}
+
+
+def generate_rollouts(problems: Iterable[dict], backend: Backend, out_path: str | Path,
+                      settings: SamplingSettings = SamplingSettings(), *,
+                      keep_text: bool = False, progress: bool = True,
+                      limit: int | None = None) -> dict:
+    """Sample, grade and append rollouts for every problem not yet in ``out_path``.
+
+    Returns a summary: problems written now, already present, generated tokens, seconds,
+    tokens per second.
+    """
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    done = recover(out_path)
+    info = _generator_info(backend, settings)
+    for rid, rec in done.items():
+        if rec.get("generator") != info:
+            raise ValueError(f"{out_path}: record {rid!r} was generated with other settings "
+                             f"({rec.get('generator')}); use another output file")
+    problems = list(problems)
+    ids = [str(p["id"]) for p in problems]
+    if len(set(ids)) != len(ids):
+        raise ValueError("problem ids are not unique")
+    todo = [p for p in problems if str(p["id"]) not in done]
+    if limit is not None:
+        todo = todo[:limit]
+    prompts = [settings.messages(p["text"]) for p in todo]
+    seeds = [[sample_seed(settings.seed, str(p["id"]), j) for j in range(settings.n)]
+             for p in todo]
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=len(todo), desc=f"rollouts ({backend.name})", unit="problem")
+    n_tokens, t0, written = 0, time.perf_counter(), 0
+    with open(out_path, "ab") as fh:
+        for comps in backend.generate(prompts, settings, seeds):
+            p = todo[comps[0].problem]
+            comps = sorted(comps, key=lambda c: c.sample)
+            rollouts = []
+            for c in comps:
+                r = {"tokens": int(c.tokens), "correct": bool(c.finished and grade(c.text, p)),
+                     "finished": bool(c.finished)}
+                if keep_text:
+                    r["text"] = c.text
+                rollouts.append(r)
+                n_tokens += int(c.tokens)
+            rec = {"id": str(p["id"]), "text": p["text"], "task": p["task"],
+                   "max_new_tokens": settings.max_new_tokens,
+                   **{k: p[k] for k in ("difficulty", "answer", "grader", "source") if k in p},
+                   "generator": info, "rollouts": rollouts}
+            fh.write((json.dumps(rec, ensure_ascii=False) + "\n").encode("utf-8"))
+            fh.flush()
+            os.fsync(fh.fileno())
+            written += 1
+            if bar is not None:
+                dt = time.perf_counter() - t0
+                bar.set_postfix(tok_s=f"{n_tokens / max(dt, 1e-9):.1f}")
+                bar.update(1)
+    if bar is not None:
+        bar.close()
+    dt = time.perf_counter() - t0
+    return {"written": written, "already_done": len(done), "tokens": n_tokens,
+            "seconds": dt, "tokens_per_second": n_tokens / dt if dt > 0 else 0.0}
