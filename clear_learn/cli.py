@@ -22,6 +22,18 @@ def _budgets(text: str) -> list[float]:
     return vals
 
 
+def _rows(path: str) -> list[dict]:
+    """JSON objects of a JSONL file; exits naming the first line that is not JSON."""
+    from .rollouts import iter_jsonl
+
+    rows = []
+    for lineno, obj, err in iter_jsonl(path):
+        if err is not None:
+            raise SystemExit(f"{path}: line {lineno}: {err}")
+        rows.append(obj)
+    return rows
+
+
 def cmd_validate(args) -> int:
     from .rollouts import validate_rollouts
 
@@ -41,15 +53,8 @@ def cmd_validate(args) -> int:
             if len(problems) > args.max_problems:
                 print(f"  ... and {len(problems) - args.max_problems} more")
         else:
-            n = sum(1 for _ in open_lines(path))
-            print(f"{path}: OK ({n} queries)")
+            print(f"{path}: OK ({len(_rows(path))} queries)")
     return status
-
-
-def open_lines(path):
-    from .rollouts import iter_jsonl
-
-    return iter_jsonl(path)
 
 
 def cmd_fit(args) -> int:
@@ -70,13 +75,9 @@ def cmd_fit(args) -> int:
 def cmd_allocate(args) -> int:
     from .allocation import allocate
     from .curves import Curves
-    from .rollouts import iter_jsonl, write_jsonl
+    from .rollouts import write_jsonl
 
-    rows = []
-    for lineno, obj, err in iter_jsonl(args.curves):
-        if err is not None:
-            raise SystemExit(f"{args.curves}: line {lineno}: {err}")
-        rows.append(obj)
+    rows = _rows(args.curves)
     curves = Curves.from_records(rows)
     n = len(curves)
     if args.total_budget is not None:
@@ -124,9 +125,8 @@ def cmd_evaluate(args) -> int:
         policies["clear-task-prior"] = task_prior_curves(train, [r["task"] for r in test])
     if args.curves:
         from .curves import Curves
-        from .rollouts import iter_jsonl
 
-        by_id = {str(o["id"]): o for _, o, _ in iter_jsonl(args.curves)}
+        by_id = {str(o["id"]): o for o in _rows(args.curves)}
         missing = [r["id"] for r in test if str(r["id"]) not in by_id]
         if missing:
             raise SystemExit(f"{args.curves}: no curve for {len(missing)} held-out queries, "
@@ -227,14 +227,8 @@ def cmd_rollouts(args) -> int:
     from .generation.backends import make_backend
     from .generation.driver import SamplingSettings, generate_rollouts
     from .generation.problems import join_shared_texts
-    from .rollouts import iter_jsonl
 
-    problems = []
-    for lineno, obj, err in iter_jsonl(args.problems):
-        if err is not None:
-            raise SystemExit(f"{args.problems}: line {lineno}: {err}")
-        problems.append(obj)
-    problems = join_shared_texts(problems)
+    problems = join_shared_texts(_rows(args.problems))
     model = args.model
     if model == "default":
         from .generation.models import fetch_model

@@ -1,0 +1,44 @@
+"""The project's embedded rollout data sets (real rollouts of a real LLM).
+
+- ``default``: reasoning-gym problems (texts included), ``clear_learn/data/rollouts-default.jsonl``;
+- ``benchmark``: GSM8K test and MATH-500 levels 1-3 problems, whose texts are not in the
+  repository: records are keyed by the shared file's name and line and the loader joins the
+  texts from ``../shared`` (or ``$CLEAR_LEARN_SHARED``).
+
+See ``clear_learn/data/DATACARD.md`` for the model, settings, sources, licenses and statistics.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .rollouts import RolloutValidationError, iter_jsonl, read_rollouts, validate_rollouts
+
+__all__ = ["DATA_DIR", "data_path", "load_rollouts"]
+
+DATA_DIR = Path(__file__).resolve().parent / "data"
+_FILES = {"default": "rollouts-default.jsonl", "benchmark": "rollouts-benchmark.jsonl"}
+
+
+def data_path(name: str) -> Path:
+    """Path of an embedded rollout file (``default`` or ``benchmark``)."""
+    if name not in _FILES:
+        raise ValueError(f"unknown data set {name!r}; known: {sorted(_FILES)}")
+    return DATA_DIR / _FILES[name]
+
+
+def load_rollouts(name: str = "default") -> list[dict]:
+    """Records of an embedded data set, validated (benchmark texts joined from ../shared)."""
+    path = data_path(name)
+    if not path.is_file():
+        raise FileNotFoundError(f"embedded data set {name!r} is not there yet: {path}")
+    if name == "default":
+        return read_rollouts(path)
+    from .generation.problems import join_shared_texts
+
+    records = [obj for _, obj, err in iter_jsonl(path) if err is None]
+    records = join_shared_texts(records)
+    problems = validate_rollouts(records)
+    if problems:
+        raise RolloutValidationError(str(path), problems)
+    return records
