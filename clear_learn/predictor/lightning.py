@@ -1,0 +1,71 @@
+"""The Lightning module that trains :class:`~clear_learn.predictor.model.CurveModel`.
+
+Loss ``likelihood`` (default): the rollouts' negative log-likelihood under the predicted curve
+(:mod:`clear_learn.predictor.nll`), needing no per-query fit. Loss ``regression``: mean squared
+error onto per-query fitted ``(log tau/M, log kM, logit p)``. Both report the same validation
+metric, ``val_nll`` (the likelihood with the flat floor of :mod:`clear_learn.fitting`).
+"""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+
+from .model import DEFAULT_BASE, CurveModel, raw_to_curve
+from .nll import rollout_nll
+
+__all__ = ["CurveLightningModule"]
+
+
+class CurveLightningModule(L.LightningModule):
+    def __init__(self, base_model: str = DEFAULT_BASE, lora_r: int = 8, lora_alpha: int = 16,
+                 lora_dropout: float = 0.1, lora_targets: tuple[str, ...] = ("query", "value"),
+                 head_hidden: int = 128, lr: float = 5e-4, head_lr: float = 3e-3,
+                 weight_decay: float = 0.01, loss: str = "likelihood", eps: float = 1e-3,
+                 max_length: int = 128):
+        super().__init__()
+        if loss not in ("likelihood", "regression"):
+            raise ValueError(f"loss must be 'likelihood' or 'regression', got {loss!r}")
+        self.save_hyperparameters()
+        self.model = CurveModel(base_model, lora_r=lora_r, lora_alpha=lora_alpha,
+                                lora_dropout=lora_dropout, lora_targets=tuple(lora_targets),
+                                head_hidden=head_hidden)
+
+    def forward(self, input_ids, attention_mask, cap):
+        return raw_to_curve(self.model(input_ids, attention_mask), cap)
+
+    def _nll(self, batch, tau, p_logit, k, smooth: bool) -> torch.Tensor:
+        return rollout_nll(tau, p_logit, k, batch["tokens"], batch["correct"],
+                           batch["cutoff"], batch["mask"], batch["cap"],
+                           eps=self.hparams.eps, smooth_floor=smooth)
+
+    def training_step(self, batch, batch_idx):
+        raw = self.model(batch["input_ids"], batch["attention_mask"])
+        if self.hparams.loss == "regression":
+            M = batch["cap"]
+            tau, p_logit, k = raw_to_curve(raw, M)
+            pred = torch.stack([torch.log(tau / M + 1e-6), torch.log(k * M), p_logit], 1)
+            loss = F.mse_loss(pred, batch["target"])
+        else:
+            tau, p_logit, k = raw_to_curve(raw, batch["cap"])
+            loss = self._nll(batch, tau, p_logit, k, smooth=True).mean()
+        self.log("train_loss", loss, prog_bar=True, batch_size=raw.shape[0])
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        tau, p_logit, k = self(batch["input_ids"], batch["attention_mask"], batch["cap"])
+        nll = self._nll(batch, tau, p_logit, k, smooth=False)
+        n = batch["mask"].sum(1).to(nll.dtype)
+        # mean per rollout over the whole validation set
+        self.log("val_nll", (nll * n).sum() / n.sum(), prog_bar=True, reduce_fx="mean",
+                 batch_size=int(n.sum()), sync_dist=True)
+
+    def configure_optimizers(self):
+        head = list(self.model.head.parameters())
+        head_ids = {id(q) for q in head}
+        enc = [q for q in self.model.parameters() if q.requires_grad and id(q) not in head_ids]
+        groups = [{"params": head, "lr": self.hparams.head_lr}]
+        if enc:
+            groups.append({"params": enc, "lr": self.hparams.lr})
+        return torch.optim.AdamW(groups, weight_decay=self.hparams.weight_decay)

@@ -1,0 +1,56 @@
+"""The rollouts' negative log-likelihood under predicted curves, in torch (DESIGN.md §4).
+
+Per rollout, with ``M`` the generation cap and ``f`` the Gamma(2, k) density of ``L - tau``:
+
+    correct, length L:   -log p - log((1 - eps) f(L - tau) + eps g(L))
+    incorrect, finished: -log(1 - p)
+    cut off at M:        -log(1 - p ((1 - eps) G(k (M - tau)) + eps))
+
+``g`` is a broad floor density. With ``smooth_floor`` it is ``2 sigmoid((L - tau) / s) / M``
+(``s = M / 8``), which still pulls ``tau`` below a correct rollout it has overshot (a flat
+floor gives no gradient there); without it, ``g = 1 / M`` as in :mod:`clear_learn.fitting`,
+so that reported likelihoods are comparable with the per-query fits.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["rollout_nll"]
+
+
+def rollout_nll(tau: torch.Tensor, p_logit: torch.Tensor, k: torch.Tensor,
+                tokens: torch.Tensor, correct: torch.Tensor, cutoff: torch.Tensor,
+                mask: torch.Tensor, cap: torch.Tensor, *, eps: float = 1e-3,
+                smooth_floor: bool = True) -> torch.Tensor:
+    """Mean NLL per rollout of each query: shape (B,). Inputs (B,) or (B, n) tensors.
+
+    ``p_logit`` is ``logit(p)`` (for stable ``log p`` and ``log(1 - p)``).
+    """
+    tokens = tokens.to(tau.dtype)
+    M = cap.to(tau.dtype)
+    x = tokens - tau[:, None]
+    kc = k[:, None]
+    kx = kc * x.clamp(min=0.0)
+    f = kc * kx * torch.exp(-kx)
+    if smooth_floor:
+        g = 2.0 * torch.sigmoid(x / (M[:, None] / 8.0)) / M[:, None]
+    else:
+        g = 1.0 / M[:, None]
+    log_q = torch.log((1.0 - eps) * f + eps * g)
+    logp = F.logsigmoid(p_logit)[:, None]
+    log1mp = F.logsigmoid(-p_logit)[:, None]
+    y = (k * (M - tau)).clamp(min=0.0)
+    G = 1.0 - (1.0 + y) * torch.exp(-y)
+    h = (1.0 - eps) * G + eps
+    p = torch.sigmoid(p_logit)
+    log_cut = torch.log1p(-(p * h).clamp(max=1.0 - 1e-7))[:, None]
+    corr = correct & mask
+    wrong = mask & ~correct & ~cutoff
+    cut = mask & ~correct & cutoff
+    ll = torch.where(corr, logp + log_q, torch.zeros_like(log_q))
+    ll = ll + torch.where(wrong, log1mp.expand_as(ll), torch.zeros_like(ll))
+    ll = ll + torch.where(cut, log_cut.expand_as(ll), torch.zeros_like(ll))
+    n = mask.sum(1).clamp(min=1)
+    return -ll.sum(1) / n

@@ -1,0 +1,183 @@
+"""Train a curve predictor with Lightning from a YAML config, export it, evaluate it.
+
+    python train/train.py --config configs/default.yaml [--set data.split=task ...] [--resume]
+
+Steps: seed everything; build ``RolloutDataModule`` and ``CurveLightningModule`` from the
+config's ``data`` and ``model`` sections and a ``Trainer`` from ``trainer`` (devices, strategy:
+DDP is a config change); fit with early stopping on ``val_nll`` and checkpoints in
+``run_dir`` (``--resume`` continues from the last one); export the best model as a
+``ClearPredictor`` to ``export.dir`` (atomically); evaluate it on the held-out split against
+uniform, the TF-IDF and length baselines, the oracle and the exact optimum.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def parse_value(text: str):
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> dict:
+    """The YAML config with ``section.key=value`` overrides applied."""
+    cfg = yaml.safe_load(Path(path).read_text())
+    for item in overrides:
+        if "=" not in item:
+            raise SystemExit(f"--set expects key=value, got {item!r}")
+        key, value = item.split("=", 1)
+        node = cfg
+        parts = key.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = parse_value(value)
+    return cfg
+
+
+def build_trainer(cfg: dict, run_dir: Path, *, callbacks_extra=()):
+    import lightning as L
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+
+    ckpt = ModelCheckpoint(dirpath=run_dir / "checkpoints", monitor="val_nll", mode="min",
+                           save_top_k=1, save_last=True, filename="best-{epoch}-{val_nll:.4f}")
+    es = EarlyStopping(mode="min", **cfg.get("early_stopping", {"monitor": "val_nll"}))
+    trainer = L.Trainer(default_root_dir=str(run_dir), callbacks=[ckpt, es, *callbacks_extra],
+                        enable_progress_bar=True, logger=L.pytorch.loggers.CSVLogger(
+                            str(run_dir), name="logs"), **cfg.get("trainer", {}))
+    return trainer, ckpt
+
+
+def export_predictor(module, dm, cfg: dict, metrics: dict | None = None):
+    """A ``ClearPredictor`` from a trained module, with its config and card."""
+    from clear_learn.predictor.export import ClearPredictor
+
+    records = dm.split_records("train")
+    gen = records[0].get("generator", {}) if records else {}
+    caps = {int(r["max_new_tokens"]) for r in dm.records}
+    if len(caps) != 1:
+        raise SystemExit(f"training data mixes generation caps {sorted(caps)}: a predictor's "
+                         "curves belong to one cap")
+    mcfg = cfg["model"]
+    pcfg = {
+        "base_model": cfg["data"]["base_model"],
+        "max_length": int(cfg["data"]["max_length"]),
+        "head_hidden": int(mcfg.get("head_hidden", 128)),
+        "lora": {k: mcfg[k] for k in ("lora_r", "lora_alpha", "lora_dropout", "lora_targets")
+                 if k in mcfg},
+        "generator": {"model": gen.get("model", "unknown"),
+                      "tokenizer": gen.get("model", "unknown") + " (its own tokenizer)",
+                      "backend": gen.get("backend"), "temperature": gen.get("temperature"),
+                      "top_p": gen.get("top_p"), "n": gen.get("n"),
+                      "max_new_tokens": caps.pop()},
+        "training": {"data": str(cfg["data"]["data"]), "split": cfg["data"]["split"],
+                     "test_tasks": list(cfg["data"].get("test_tasks") or []),
+                     "n_train": len(records), "seed": cfg.get("seed", 0),
+                     "loss": mcfg.get("loss", "likelihood")},
+        "metrics": metrics or {},
+    }
+    module.model.train(False)
+    return ClearPredictor(module.model, dm.tokenizer, pcfg)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", default=str(ROOT / "configs" / "default.yaml"))
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--resume", action="store_true", help="continue from run_dir's last ckpt")
+    ap.add_argument("--no-eval", action="store_true")
+    args = ap.parse_args(argv)
+    cfg = load_config(args.config, args.set)
+
+    import lightning as L
+    import torch
+
+    torch.set_num_threads(int(cfg.get("threads", 2)))
+    L.seed_everything(int(cfg.get("seed", 0)), workers=True)
+    from clear_learn.predictor.data import RolloutDataModule
+    from clear_learn.predictor.lightning import CurveLightningModule
+
+    run_dir = ROOT / cfg["run_dir"] if not os.path.isabs(cfg["run_dir"]) else Path(cfg["run_dir"])
+    dm = RolloutDataModule(seed=int(cfg.get("seed", 0)), **cfg["data"])
+    module = CurveLightningModule(base_model=cfg["data"]["base_model"],
+                                  max_length=cfg["data"]["max_length"], **cfg["model"])
+    module.model.train()  # from_pretrained returns eval mode
+    trainer, ckpt = build_trainer(cfg, run_dir)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    t0 = time.perf_counter()
+    trainer.fit(module, datamodule=dm, ckpt_path=str(last) if args.resume and last.exists()
+                else None)
+    train_s = time.perf_counter() - t0
+    if trainer.global_rank != 0:
+        return 0
+    best = ckpt.best_model_path
+    if best:
+        module = CurveLightningModule.load_from_checkpoint(best)
+    dm.setup("test")
+    metrics = {"train_seconds": round(train_s, 1), "best_val_nll":
+               round(float(ckpt.best_model_score), 4) if ckpt.best_model_score is not None
+               else None, "epochs": trainer.current_epoch}
+    pred = export_predictor(module, dm, cfg, metrics)
+    if not args.no_eval:
+        metrics.update(evaluate(pred, dm, cfg))
+        pred.config["metrics"] = metrics
+    out = Path(cfg["export"]["dir"])
+    out = out if out.is_absolute() else ROOT / out
+    pred.save_pretrained(out, merged=bool(cfg["export"].get("merged", False)))
+    print(f"\nexported predictor to {out}")
+    print(json.dumps(metrics, indent=2))
+    return 0
+
+
+def evaluate(pred, dm, cfg: dict) -> dict:
+    """Held-out figures: NLL and allocation frontiers against baselines."""
+    from clear_learn.evaluation import plot_frontier
+    from clear_learn.predictor.baselines import LengthCurvePredictor, TfidfCurvePredictor
+    from clear_learn.predictor.report import evaluate_predictors
+
+    train, test = dm.split_records("train"), dm.split_records("test")
+    texts = [r["text"] for r in test]
+    t0 = time.perf_counter()
+    learned = pred.predict(texts)
+    pred_s = time.perf_counter() - t0
+    predicted = {"clear-learned": learned,
+                 "clear-tfidf": TfidfCurvePredictor().fit(train).predict(texts),
+                 "clear-length": LengthCurvePredictor().fit(train).predict(texts)}
+    ecfg = cfg.get("evaluate", {})
+    budgets = ecfg.get("budgets_per_query", [64, 128, 256, 512])
+    report, nll = evaluate_predictors(test, predicted, budgets, seed=int(cfg.get("seed", 0)))
+    out = Path(ecfg.get("out", "runs/eval"))
+    out = out if out.is_absolute() else ROOT / out
+    report.meta.update({"n_train": len(train), "split": cfg["data"]["split"],
+                        "test_tasks": cfg["data"].get("test_tasks")})
+    report.save(out / "report.json")
+    plot_frontier(report, out / "frontier.png",
+                  title=f"held-out ({cfg['data']['split']} split): accuracy vs tokens")
+    print(f"\nheld-out queries: {len(test)} (train {len(train)}); mean accuracy")
+    print(report.table())
+    print("\nshare of the uniform-to-oracle gap closed")
+    print(report.table("gap_closed"))
+    print("\nNLL per held-out rollout: " + ", ".join(f"{k} {v:.4f}" for k, v in nll.items()))
+    gaps = {name: [r["gap_closed"] for r in rows] for name, rows in report.rows.items()}
+    return {"test_queries": len(test), "nll_per_rollout": {k: round(v, 4)
+                                                          for k, v in nll.items()},
+            "gap_closed": {k: [round(x, 3) for x in v] for k, v in gaps.items()},
+            "budgets_per_query": budgets,
+            "predict_seconds_per_query": pred_s / max(len(test), 1)}
+
+
+if __name__ == "__main__":
+    sys.exit(main())
