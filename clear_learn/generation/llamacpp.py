@@ -36,6 +36,17 @@ def render_chat(template: str | None, messages: list[dict]) -> str:
                                                        add_generation_prompt=True, tools=None)
 
 
+_SILENCE = None
+
+
+def _silence_llama(lc) -> None:
+    """Route llama.cpp's own logging to nowhere (it prints per context and per graph)."""
+    global _SILENCE
+    if _SILENCE is None:
+        _SILENCE = lc.llama_log_callback(lambda level, text, user_data: None)
+        lc.llama_log_set(_SILENCE, ctypes.c_void_p())
+
+
 class _Slot:
     __slots__ = ("problem", "sample", "sampler", "pos", "next_token", "pieces", "n_gen")
 
@@ -49,10 +60,12 @@ class LlamaCppBackend:
     name = "llamacpp"
 
     def __init__(self, model: str | Path, *, slots: int = 32, threads: int = 2,
-                 continuous: bool = True, model_id: str | None = None):
+                 continuous: bool = True, model_id: str | None = None, verbose: bool = False):
         import llama_cpp as lc
 
         self.lc = lc
+        if not verbose:
+            _silence_llama(lc)
         self.path = Path(model)
         if not self.path.is_file():
             raise FileNotFoundError(f"no GGUF model at {self.path}")
