@@ -56,10 +56,14 @@ def _find_tokenizer_json(spec: str) -> Path:
 
 
 def load_token_counter(spec: str) -> TokenCounter:
-    """A :class:`TokenCounter` for ``spec`` (a tokenizer.json, its directory, or ``pkg:NAME``).
+    """A :class:`TokenCounter` for ``spec``: a tokenizer.json, its directory, ``pkg:NAME``, a
+    GGUF model file (its embedded tokenizer, through ``transformers``), or ``default-model``
+    (the project's cached generator, Qwen2.5-Coder-1.5B-Instruct: the Qwen2.5 tokenizer).
 
     Needs the ``tokenizers`` package (the ``tokenizers`` extra). Loads from disk only.
     """
+    if spec == "default-model" or spec.endswith(".gguf"):
+        return _gguf_counter(spec)
     try:
         from tokenizers import Tokenizer
     except ImportError as err:  # pragma: no cover - depends on the environment
@@ -74,6 +78,28 @@ def load_token_counter(spec: str) -> TokenCounter:
         return [len(e.ids) for e in tok.encode_batch(texts, add_special_tokens=False)]
 
     return TokenCounter(name=spec, encode_batch=encode)
+
+
+def _gguf_counter(spec: str) -> TokenCounter:
+    from transformers import AutoTokenizer
+
+    if spec == "default-model":
+        from .generation.models import DEFAULT_MODEL, cache_dir
+
+        path = cache_dir() / "models" / DEFAULT_MODEL.filename
+        if not path.is_file():
+            raise FileNotFoundError(f"tokenizer {spec!r}: {path} not fetched yet "
+                                    "(run `clear-learn model`)")
+    else:
+        path = Path(spec)
+        if not path.is_file():
+            raise FileNotFoundError(f"tokenizer {spec!r}: no GGUF file at {path}")
+    tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+
+    def encode(texts: list[str]) -> list[int]:
+        return [len(ids) for ids in tok(texts, add_special_tokens=False)["input_ids"]]
+
+    return TokenCounter(name=f"gguf:{path.name}", encode_batch=encode)
 
 
 def _cap_rollouts(counts: np.ndarray, correct: list[bool], cap: int,

