@@ -176,6 +176,16 @@ class RolloutDataModule(L.LightningDataModule):
     def test_dataloader(self):
         return self._loader("test", False)
 
+    def median_curve(self) -> tuple[float, float, float]:
+        """Median per-query fitted ``(tau / M, k M, p)`` of the training split."""
+        from ..fitting import fit_curves
+
+        arr = to_arrays(self.split_records("train"))
+        fit = fit_curves(arr).curves
+        M = arr.max_new_tokens.astype(float)
+        return (float(np.median(fit.tau / M)), float(np.exp(np.median(np.log(fit.k * M)))),
+                float(np.median(fit.p)))
+
     def split_records(self, name: str) -> list[dict]:
         """The records of one split (after :meth:`setup`)."""
         return [self.records[i] for i in self.splits[name]]

@@ -177,6 +177,7 @@ class ClearPredictor:
         enc_dir = path / "encoder" if weights == "merged" else base
         try:
             model = CurveModel(cfg["base_model"], lora_r=0, head_hidden=int(cfg["head_hidden"]),
+                               length_feature=bool(cfg.get("length_feature", False)),
                                base_dir=enc_dir,
                                adapter_dir=path / "adapter" if weights == "adapter" else None)
             model.head.load_state_dict(load_file(str(path / "head.safetensors")))

@@ -9,10 +9,11 @@ metric, ``val_nll`` (the likelihood with the flat floor of :mod:`clear_learn.fit
 from __future__ import annotations
 
 import lightning as L
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .model import DEFAULT_BASE, CurveModel, raw_to_curve
+from .model import DEFAULT_BASE, K_SCALE, TAU_SCALE, CurveModel, raw_to_curve
 from .nll import rollout_nll
 
 __all__ = ["CurveLightningModule"]
@@ -21,7 +22,8 @@ __all__ = ["CurveLightningModule"]
 class CurveLightningModule(L.LightningModule):
     def __init__(self, base_model: str = DEFAULT_BASE, lora_r: int = 8, lora_alpha: int = 16,
                  lora_dropout: float = 0.1, lora_targets: tuple[str, ...] = ("query", "value"),
-                 head_hidden: int = 128, lr: float = 5e-4, head_lr: float = 3e-3,
+                 head_hidden: int = 128, length_feature: bool = True, lr: float = 5e-4,
+                 head_lr: float = 3e-3,
                  weight_decay: float = 0.01, loss: str = "likelihood", eps: float = 1e-3,
                  max_length: int = 128):
         super().__init__()
@@ -30,7 +32,25 @@ class CurveLightningModule(L.LightningModule):
         self.save_hyperparameters()
         self.model = CurveModel(base_model, lora_r=lora_r, lora_alpha=lora_alpha,
                                 lora_dropout=lora_dropout, lora_targets=tuple(lora_targets),
-                                head_hidden=head_hidden)
+                                head_hidden=head_hidden, length_feature=length_feature)
+
+    def on_fit_start(self) -> None:
+        """Start the head at the training split's median curve (not when resuming)."""
+        dm = getattr(self.trainer, "datamodule", None)
+        if self.trainer.ckpt_path is not None or not hasattr(dm, "median_curve"):
+            return
+        tau_rel, kM, p = dm.median_curve()
+        p = min(max(p, 0.02), 0.98)
+
+        def inv_softplus(y: float) -> float:
+            return float(np.log(np.expm1(max(y, 1e-4))))
+
+        last = self.model.head[-1]
+        with torch.no_grad():
+            last.weight.mul_(0.1)
+            last.bias.copy_(torch.tensor([inv_softplus(tau_rel / TAU_SCALE),
+                                          inv_softplus(kM / K_SCALE),
+                                          float(np.log(p / (1 - p)))]))
 
     def forward(self, input_ids, attention_mask, cap):
         return raw_to_curve(self.model(input_ids, attention_mask), cap)

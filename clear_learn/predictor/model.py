@@ -1,5 +1,8 @@
 """The curve predictor network: a pretrained text encoder with LoRA adapters and a small head.
 
+The head sees the mean-pooled encoding and (``length_feature``) the log of the text's length in
+tokens, a strong and family-independent signal of how long an answer takes.
+
 ``CurveModel(texts) -> raw (B, 3)``; :func:`raw_to_curve` maps raw outputs into range, in token
 units relative to the generation cap ``M``: ``tau = M softplus(r0) / 2``,
 ``k = softplus(r1) * 11.5 / M`` (so a zero output means ``tau ~ 0.35 M``, ``1/k ~ M / 8``) and
@@ -61,8 +64,8 @@ class CurveModel(nn.Module):
     def __init__(self, base_model: str = DEFAULT_BASE, *, lora_r: int = 8,
                  lora_alpha: int = 16, lora_dropout: float = 0.1,
                  lora_targets: tuple[str, ...] | list[str] = ("query", "value"),
-                 head_hidden: int = 128, base_dir: Path | None = None,
-                 adapter_dir: Path | None = None):
+                 head_hidden: int = 128, length_feature: bool = True,
+                 base_dir: Path | None = None, adapter_dir: Path | None = None):
         super().__init__()
         from transformers import AutoModel
 
@@ -82,7 +85,8 @@ class CurveModel(nn.Module):
             for prm in encoder.parameters():
                 prm.requires_grad_(False)
         self.encoder = encoder
-        hidden = encoder.config.hidden_size
+        self.length_feature = length_feature
+        hidden = encoder.config.hidden_size + (1 if length_feature else 0)
         self.head = nn.Sequential(nn.Linear(hidden, head_hidden), nn.GELU(),
                                   nn.Linear(head_hidden, 3))
 
@@ -93,4 +97,8 @@ class CurveModel(nn.Module):
         return (h * m).sum(1) / m.sum(1).clamp(min=1.0)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.head(self.pooled(input_ids, attention_mask))
+        x = self.pooled(input_ids, attention_mask)
+        if self.length_feature:  # log of the text's length in tokens, roughly unit scale
+            n = attention_mask.sum(1, keepdim=True).to(x.dtype)
+            x = torch.cat([x, torch.log1p(n) / 4.0], dim=1)
+        return self.head(x)
