@@ -167,7 +167,9 @@ def generate_rollouts(problems: Iterable[dict], backend: Backend, out_path: str 
             written += 1
             if bar is not None:
                 dt = time.perf_counter() - t0
-                bar.set_postfix(tok_s=f"{n_tokens / max(dt, 1e-9):.1f}")
+                # count tokens of unfinished samples too where the backend tracks them
+                live = getattr(backend, "generated_tokens", n_tokens)
+                bar.set_postfix(tok_s=f"{live / max(dt, 1e-9):.1f}")
                 bar.update(1)
     if bar is not None:
         bar.close()

@@ -82,6 +82,7 @@ class LlamaCppBackend:
         self.template = tmpl.decode() if tmpl else None
         self.ctx = None
         self._n_ctx = 0
+        self.generated_tokens = 0  # over all samples, finished or not (for progress)
 
     def __del__(self):  # pragma: no cover - interpreter shutdown order varies
         try:
@@ -231,6 +232,7 @@ class LlamaCppBackend:
                     continue
                 s.pieces.append(self._piece(tok))
                 s.n_gen += 1
+                self.generated_tokens += 1
                 s.pos += 1
                 s.next_token = tok
                 if s.n_gen >= settings.max_new_tokens:
