@@ -213,7 +213,7 @@ class LlamaCppBackend:
                         break
                     i, j = pending.popleft()
                     start(k, i, j)
-                    if not any(p[0] == i for p in pending):
+                    if not pending or pending[0][0] != i:  # pending is in problem order
                         lc.llama_memory_seq_rm(self.mem, holder, -1, -1)  # all samples begun
                         held = -1
             busy = [k for k, s in enumerate(slots) if s.problem >= 0]
