@@ -237,17 +237,6 @@ class _Demand:
     def total(self, log_price: float) -> float:
         return float(self.budgets(log_price).sum())
 
-    def total_and_slope(self, log_price: float) -> tuple[float, float]:
-        """Demand and its derivative in the log-price (the smooth part, uncapped queries)."""
-        idx, y = self._funded(log_price)
-        kf = self.k[idx]
-        b = self.tau[idx] + y / kf
-        cap = self.caps[idx]
-        free = b < cap
-        total = float(np.floor(np.where(free, b, cap)).sum())
-        slope = -float(np.sum(np.where(free, y / (kf * (y - 1.0 + 1e-300)), 0.0)))
-        return total, slope
-
 
 def _search_price(demand: _Demand, budget: float, lo: float, hi: float,
                   max_evals: int, rtol: float = 1e-12) -> tuple[float, float, int]:

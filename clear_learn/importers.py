@@ -116,7 +116,7 @@ def _cap_rollouts(counts: np.ndarray, correct: list[bool], cap: int,
 
 
 def _source_rows(path, required: dict[str, type], progress: bool):
-    """Yield ``(lineno, obj)`` of a JSONL file; raise naming every bad line and field."""
+    """``(lineno, obj)`` of each line of a JSONL file; raises naming every bad line and field."""
     problems: list[Problem] = []
     rows = []
     it = iter_jsonl(path)

@@ -52,7 +52,7 @@ def test_validator_names_line_and_field(tmp_path, bad, field, words):
     assert len(problems) == 1
     p = problems[0]
     assert p.line == 2 and p.field == field and words in p.message
-    assert f"line 2" in str(p) and field in str(p)
+    assert "line 2" in str(p) and field in str(p)
     with pytest.raises(RolloutValidationError, match=f"field '{field.replace('[', '.')}"):
         read_rollouts(path)
 

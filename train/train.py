@@ -13,7 +13,6 @@ uniform, the TF-IDF and length baselines, the oracle and the exact optimum.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import sys

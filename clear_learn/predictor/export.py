@@ -69,7 +69,7 @@ class ClearPredictor:
         if bad:
             raise ValueError(f"texts must be non-empty strings; index {bad[0]} is "
                              f"{texts[bad[0]]!r}")
-        taus, ps, ks = [], [], []
+        parts = []
         cap = float(self.max_new_tokens)
         with torch.inference_mode():
             order = np.argsort([len(t) for t in texts])  # similar lengths pad less
@@ -81,11 +81,11 @@ class ClearPredictor:
                 raw = self.model(enc["input_ids"], enc["attention_mask"])
                 tau, p_logit, k = raw_to_curve(raw, torch.full((len(idx),), cap,
                                                                device=self.device))
-                taus.append((idx, tau.double().cpu().numpy(),
+                parts.append((idx, tau.double().cpu().numpy(),
                              torch.sigmoid(p_logit).double().cpu().numpy(),
                              k.double().cpu().numpy()))
         out = np.zeros((3, len(texts)))
-        for idx, t, p, k in taus:
+        for idx, t, p, k in parts:
             out[0, idx], out[1, idx], out[2, idx] = t, p, k
         return Curves(out[0], out[1], out[2])
 
