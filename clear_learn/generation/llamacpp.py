@@ -1,8 +1,8 @@
 """llama.cpp backend: many sequences decoded together, with continuous batching.
 
 Each of ``slots`` sequences runs one sample; a step decodes one token of every busy slot in a
-single batch. A problem's prompt is decoded once into a holder sequence and shared with every
-sample through the unified KV cache (``llama_memory_seq_cp``); when a sample ends, the next
+single batch. A problem's prompt is decoded once into a holder sequence and copied to every
+sample's sequence (``llama_memory_seq_cp``); when a sample ends, the next
 pending sample starts in its slot at once (``continuous=True``), instead of the batch waiting
 for its longest sequence. Needs ``llama-cpp-python`` (compiled from source on install). Its
 AMX code paths die with SIGILL on some CPUs, so models load with ``use_extra_bufts = False``.
@@ -60,7 +60,8 @@ class LlamaCppBackend:
     name = "llamacpp"
 
     def __init__(self, model: str | Path, *, slots: int = 32, threads: int = 2,
-                 continuous: bool = True, model_id: str | None = None, verbose: bool = False):
+                 continuous: bool = True, kv_unified: bool = False,
+                 model_id: str | None = None, verbose: bool = False):
         import llama_cpp as lc
 
         self.lc = lc
@@ -70,6 +71,7 @@ class LlamaCppBackend:
         if not self.path.is_file():
             raise FileNotFoundError(f"no GGUF model at {self.path}")
         self.slots, self.threads, self.continuous = int(slots), int(threads), continuous
+        self.kv_unified = kv_unified
         self.model_id = model_id or self.path.name
         lc.llama_backend_init()
         mp = lc.llama_model_default_params()
@@ -123,7 +125,10 @@ class LlamaCppBackend:
         cp.n_seq_max = self.slots + 1
         cp.n_threads = self.threads
         cp.n_threads_batch = self.threads
-        cp.kv_unified = True  # the prompt's cells are shared by its samples, not copied
+        # Unified: one KV buffer, the prompt's cells shared by its samples, but every token
+        # attends over all cells of all sequences. Split (default): a stream per sequence, the
+        # prompt copied into each; far cheaper when prompts are short next to the answers.
+        cp.kv_unified = self.kv_unified
         self.ctx = lc.llama_init_from_model(self.model, cp)
         if not self.ctx:
             raise RuntimeError(f"llama.cpp could not create a context of {n_ctx} tokens")
@@ -153,7 +158,10 @@ class LlamaCppBackend:
         if not toks:
             return
         longest = max(len(t) for t in toks)
-        self._ensure_context(self.slots * (settings.max_new_tokens + 8) + 4 * longest + 256)
+        if self.kv_unified:
+            self._ensure_context(self.slots * (settings.max_new_tokens + 8) + 4 * longest + 256)
+        else:  # each of the slots + 1 streams gets n_ctx / n_seq_max cells
+            self._ensure_context((self.slots + 1) * (settings.max_new_tokens + longest + 16))
         lc.llama_memory_clear(self.mem, True)
         holder = self.slots
         n_batch = max(512, self.slots)
