@@ -218,3 +218,22 @@ def test_ddp_on_two_cpu_processes(sim_file, tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     assert "ddp" in (res.stdout + res.stderr).lower()
     assert (tmp_path / "pred" / "config.json").exists()
+
+
+def test_splits_by_query_and_by_task():
+    from clear_learn.predictor.data import split_records
+
+    recs = simulated_dataset(n_per_task=20, seed=1)
+    tr, va, te = split_records(recs, split="query", val_fraction=0.2, test_fraction=0.2)
+    assert len(tr) + len(va) + len(te) == 60 and not (set(tr) & set(te)) and len(te) == 12
+    tr, va, te = split_records(recs, split="task", test_tasks=["sim-hard"])
+    assert {recs[i]["task"] for i in te} == {"sim-hard"}
+    assert "sim-hard" not in {recs[i]["task"] for i in tr + va}
+    tr, va, te = split_records(recs, split="task", test_tasks=["sim-hard"],
+                               val_tasks=["sim-easy"])
+    assert {recs[i]["task"] for i in va} == {"sim-easy"}
+    assert {recs[i]["task"] for i in tr} == {"sim-medium"}
+    with pytest.raises(ValueError, match="overlap"):
+        split_records(recs, split="task", test_tasks=["sim-hard"], val_tasks=["sim-hard"])
+    with pytest.raises(ValueError, match="not in the data"):
+        split_records(recs, split="task", test_tasks=["nope"])

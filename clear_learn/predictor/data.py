@@ -31,17 +31,31 @@ def load_records(data: str | Path | list[dict]) -> list[dict]:
 
 
 def split_records(records: list[dict], *, split: str = "query",
-                  test_tasks: Sequence[str] = (), val_fraction: float = 0.15,
-                  test_fraction: float = 0.15, seed: int = 0
+                  test_tasks: Sequence[str] = (), val_tasks: Sequence[str] = (),
+                  val_fraction: float = 0.15, test_fraction: float = 0.15, seed: int = 0
                   ) -> tuple[list[int], list[int], list[int]]:
     """Indices of train, validation and test queries.
 
     ``split="query"``: random queries held out for validation and test. ``split="task"``: the
     queries of ``test_tasks`` are the test set (families never seen in training); validation
-    is a random share of the rest.
+    is a random share of the rest, or, with ``val_tasks``, those families (so that early
+    stopping selects for families the model has not seen either).
     """
     rng = np.random.default_rng(seed)
     n = len(records)
+    if split == "task" and val_tasks:
+        overlap = set(val_tasks) & set(test_tasks)
+        if overlap:
+            raise ValueError(f"val_tasks and test_tasks overlap: {sorted(overlap)}")
+        known = {r["task"] for r in records}
+        missing = (set(val_tasks) | set(test_tasks)) - known
+        if missing or not test_tasks:
+            raise ValueError(f"split='task' needs test_tasks present in the data; missing: "
+                             f"{sorted(missing)}")
+        test = [i for i, r in enumerate(records) if r["task"] in set(test_tasks)]
+        val = [i for i, r in enumerate(records) if r["task"] in set(val_tasks)]
+        held = set(test) | set(val)
+        return [i for i in range(n) if i not in held], val, test
     if split == "task":
         if not test_tasks:
             raise ValueError("split='task' needs test_tasks")
@@ -99,14 +113,16 @@ class RolloutDataModule(L.LightningDataModule):
     data : ``default`` (the embedded real data set), ``benchmark``, or a rollout file.
     base_model : encoder whose tokenizer is used (``pkg:NAME`` or a directory).
     max_length : tokens kept of each query text.
-    split, test_tasks, val_fraction, test_fraction, seed : see :func:`split_records`.
+    split, test_tasks, val_tasks, val_fraction, test_fraction, seed : see
+        :func:`split_records`.
     regression_targets : also attach per-query fitted ``(log tau/M, log kM, logit p)``
         (fitted on each query's own rollouts) for the regression loss.
     """
 
     def __init__(self, data: str | list = "default", base_model: str = DEFAULT_BASE,
                  max_length: int = 128, batch_size: int = 32, split: str = "query",
-                 test_tasks: Sequence[str] = (), val_fraction: float = 0.15,
+                 test_tasks: Sequence[str] = (), val_tasks: Sequence[str] = (),
+                 val_fraction: float = 0.15,
                  test_fraction: float = 0.15, seed: int = 0,
                  regression_targets: bool = False, num_workers: int = 0):
         super().__init__()
@@ -126,7 +142,7 @@ class RolloutDataModule(L.LightningDataModule):
         hp = self.hparams
         self.records = load_records(self.data)
         tr, va, te = split_records(self.records, split=hp.split, test_tasks=hp.test_tasks,
-                                   val_fraction=hp.val_fraction,
+                                   val_tasks=hp.val_tasks, val_fraction=hp.val_fraction,
                                    test_fraction=hp.test_fraction, seed=hp.seed)
         self.splits = {"train": tr, "val": va, "test": te}
         self.tokenizer = AutoTokenizer.from_pretrained(resolve_base_model(hp.base_model),
