@@ -154,7 +154,9 @@ def allocate(curves: Curves, total_budget: int, *, max_tokens=None, fallback_tok
     search uses the integer demand ``D(lambda) = sum_i floor(min(b_i(lambda), cap_i))`` over
     solvent queries, so that rounding is accounted for; the remaining tokens go, in rounds,
     either one each to the funded queries whose next token gains most or, as a jump, to the
-    abandoned query whose best affordable budget has the highest average gain per token.
+    abandoned query whose best affordable budget has the highest average gain per token. For up
+    to ``POLISH_MAX_N`` queries whose result is more than ``POLISH_GAP`` below the duality
+    bound, single queries are forced in or out of the funded set and the best kept.
     """
     if not isinstance(curves, Curves):
         raise TypeError(f"curves must be a clear_learn.Curves, got {type(curves).__name__}")
@@ -183,7 +185,9 @@ def allocate(curves: Curves, total_budget: int, *, max_tokens=None, fallback_tok
     u = utility(budgets, tau, p, k)
     allocated = int(budgets.sum())
     expected = float(u.sum())
-    bound = info.pop("upper_bound", expected) if not fallback else float("nan")
+    bound = info.pop("upper_bound", expected)
+    if fallback:  # a bound for the problem seen from the fallback, not for this one
+        bound = float("nan")
     msg = (f"{n - int(abandoned.sum())} of {n} queries funded at price {price:.4g}; "
            f"{total_budget - allocated} of {total_budget} tokens unspent")
     return AllocationResult(budgets=budgets, abandoned=abandoned, price=float(price),
