@@ -137,6 +137,7 @@ def test_reasoning_gym_problems_and_grading():
     assert len(first) == len(DEFAULT_SETTINGS)
     for p in ps[:8]:
         assert grade(f"\\boxed{{{p['answer']}}}", p)
+        assert grade(f"\\boxed{{\\text{{{p['answer']}}}}}", p)  # wrappers are removed
         assert not grade(r"\boxed{no idea}", p)
 
 

@@ -35,6 +35,20 @@ def last_boxed(text: str) -> str | None:
     return None
 
 
+_WRAPPER = re.compile(r"^\\(?:text|textbf|mathrm|mathbf|operatorname)\s*\{(.*)\}$", re.S)
+
+
+def unwrap(answer: str) -> str:
+    """A boxed answer without surrounding ``$`` and ``\\text{...}``-style wrappers."""
+    s = answer.strip()
+    while True:
+        s = s.strip().strip("$").strip()
+        m = _WRAPPER.match(s)
+        if not m:
+            return s
+        s = m.group(1)
+
+
 def _to_number(s: str) -> float | None:
     s = s.replace("\\$", "").replace("$", "").replace(",", "").replace("\\!", "")
     s = s.replace(" ", "")
@@ -89,6 +103,7 @@ def grade_reasoning_gym(response: str, problem: dict) -> bool:
     got = last_boxed(response)
     if got is None:
         return False
+    got = unwrap(got)
     src = problem["source"]
     ds = _rg_dataset(src["family"], json.dumps(src["config"], sort_keys=True), int(src["seed"]),
                      int(src["size"]))
