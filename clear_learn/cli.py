@@ -243,8 +243,27 @@ def cmd_rollouts(args) -> int:
     settings = SamplingSettings(n=args.n, temperature=args.temperature, top_p=args.top_p,
                                 max_new_tokens=args.max_new_tokens, seed=args.seed)
     summary = generate_rollouts(problems, backend, args.output, settings,
-                                keep_text=args.keep_text, limit=args.limit)
+                                keep_text=args.keep_text, texts_path=args.texts,
+                                limit=args.limit)
     print(json.dumps(summary))
+    return 0
+
+
+def cmd_regrade(args) -> int:
+    from .generation.driver import regrade
+    from .generation.problems import join_shared_texts
+    from .rollouts import read_rollouts, write_jsonl
+
+    records = read_rollouts(args.rollouts, validate=False)
+    problems = {str(p["id"]): p for p in join_shared_texts(_rows(args.problems))}
+    texts = {str(r["id"]): r["texts"] for r in _rows(args.texts)}  # the last copy of an id wins
+    new, changed = regrade(records, texts, problems)
+    out = args.output or args.rollouts
+    if not args.dry_run:
+        write_jsonl(new, out)
+    n = sum(len(r["rollouts"]) for r in new)
+    print(json.dumps({"records": len(new), "rollouts": n, "labels_changed": changed,
+                      "written": None if args.dry_run else str(out)}))
     return 0
 
 
@@ -369,7 +388,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="llama.cpp: wait for a whole batch (no continuous batching)")
     p.add_argument("--limit", type=int, help="at most this many new problems")
     p.add_argument("--keep-text", action="store_true", help="store each response's text")
+    p.add_argument("--texts", help="also append every response's text to this side file "
+                                   "(one line per problem), so the rollouts can be re-graded")
     p.set_defaults(func=cmd_rollouts)
+
+    p = sub.add_parser("regrade", help="recompute every rollout's correctness from saved "
+                                       "response texts (after a grader fix), atomically")
+    p.add_argument("rollouts")
+    p.add_argument("--texts", required=True, help="the side file written by rollouts --texts")
+    p.add_argument("--problems", required=True, help="the problem file the rollouts came from")
+    p.add_argument("-o", "--output", help="write here (default: replace the rollout file)")
+    p.add_argument("--dry-run", action="store_true", help="count changed labels, write nothing")
+    p.set_defaults(func=cmd_regrade)
     return ap
 
 

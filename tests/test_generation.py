@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from clear_learn.generation.driver import (Completion, SamplingSettings, generate_rollouts,
-                                           recover, sample_seed)
+                                           recover, regrade, sample_seed)
 from clear_learn.generation.graders import grade, grade_math, grade_numeric, last_boxed
 from clear_learn.rollouts import validate_rollouts
 
@@ -86,6 +86,35 @@ from clear_learn.generation.driver import SamplingSettings, generate_rollouts
 generate_rollouts(problems(40), FakeBackend(delay=0.05), {out!r}, SamplingSettings(n=3),
                   progress=False)
 """
+
+
+def test_saved_texts_regrade_labels(tmp_path):
+    """A side file of response texts lets a grader fix relabel rollouts without sampling."""
+    out, texts = tmp_path / "r.jsonl", tmp_path / "t.jsonl"
+    s = SamplingSettings(n=4, max_new_tokens=40)
+    probs = problems(3)
+    generate_rollouts(probs, FakeBackend(), out, s, texts_path=texts, progress=False)
+    recs = [json.loads(x) for x in out.read_text().splitlines()]
+    saved = {r["id"]: r["texts"] for r in map(json.loads, texts.read_text().splitlines())}
+    assert sorted(saved) == ["p0", "p1", "p2"] and all(len(t) == 4 for t in saved.values())
+    # same grader: nothing changes; a "fixed" answer key: the labels follow it
+    by_id = {p["id"]: p for p in probs}
+    same, changed = regrade(recs, saved, by_id)
+    assert changed == 0 and same == recs
+    fixed = {k: {**v, "answer": "wrong"} for k, v in by_id.items()}
+    new, changed = regrade(recs, saved, fixed)
+    assert changed == 6  # the 6 right answers no longer match an unparsable key
+    assert not any(x["correct"] for r in new for x in r["rollouts"])
+    assert recs[0]["rollouts"][0]["correct"] is True  # inputs untouched
+    with pytest.raises(ValueError, match="p1.*no saved response texts"):
+        regrade(recs, {"p0": saved["p0"]}, by_id)
+    # the CLI rewrites the file atomically
+    from clear_learn.cli import main
+
+    (tmp_path / "probs.jsonl").write_text("".join(json.dumps(v) + "\n" for v in fixed.values()))
+    assert main(["regrade", str(out), "--texts", str(texts), "--problems",
+                 str(tmp_path / "probs.jsonl")]) == 0
+    assert [json.loads(x) for x in out.read_text().splitlines()] == new
 
 
 def test_generation_killed_midway_resumes(tmp_path):

@@ -10,6 +10,8 @@ SLOTS="${SLOTS:-32}"
 THREADS="${THREADS:-2}"
 clear-learn model
 clear-learn rollouts clear_learn/data/problems-default.jsonl \
-    -o clear_learn/data/rollouts-default.jsonl --slots "$SLOTS" --threads "$THREADS"
+    -o clear_learn/data/rollouts-default.jsonl --texts runs/texts/rollouts-default.texts.jsonl \
+    --slots "$SLOTS" --threads "$THREADS"
 clear-learn rollouts clear_learn/data/problems-benchmark.jsonl \
-    -o clear_learn/data/rollouts-benchmark.jsonl --slots "$SLOTS" --threads "$THREADS"
+    -o clear_learn/data/rollouts-benchmark.jsonl --texts runs/texts/rollouts-benchmark.texts.jsonl \
+    --slots "$SLOTS" --threads "$THREADS"

@@ -10,6 +10,7 @@ without their texts and answers (keyed by the shared file's name and line).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -22,7 +23,7 @@ from .graders import grade
 from .problems import strip_shared_texts
 
 __all__ = ["SamplingSettings", "Completion", "Backend", "generate_rollouts", "recover",
-           "QWEN_SYSTEM_PROMPT", "BOXED_SUFFIX", "sample_seed"]
+           "regrade", "QWEN_SYSTEM_PROMPT", "BOXED_SUFFIX", "sample_seed"]
 
 QWEN_SYSTEM_PROMPT = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
 BOXED_SUFFIX = "\nPlease reason step by step, and put your final answer within \\boxed{}."
@@ -107,6 +108,13 @@ def recover(path: Path) -> dict[str, dict]:
     return done
 
 
+def _append_line(fh, obj: dict) -> None:
+    """One complete JSON line in a single write, flushed to disk."""
+    fh.write((json.dumps(obj, ensure_ascii=False) + "\n").encode("utf-8"))
+    fh.flush()
+    os.fsync(fh.fileno())
+
+
 def _generator_info(backend: Backend, settings: SamplingSettings) -> dict:
     s = asdict(settings)
     return {"backend": backend.name, "model": backend.model_id, **s}
@@ -114,16 +122,24 @@ def _generator_info(backend: Backend, settings: SamplingSettings) -> dict:
 
 def generate_rollouts(problems: Iterable[dict], backend: Backend, out_path: str | Path,
                       settings: SamplingSettings = SamplingSettings(), *,
-                      keep_text: bool = False, progress: bool = True,
-                      limit: int | None = None) -> dict:
+                      keep_text: bool = False, texts_path: str | Path | None = None,
+                      progress: bool = True, limit: int | None = None) -> dict:
     """Sample, grade and append rollouts for every problem not yet in ``out_path``.
 
-    Returns a summary: problems written now, already present, generated tokens, seconds,
-    tokens per second.
+    ``texts_path``, if given, receives every problem's response texts (one line
+    ``{"id", "texts"}`` per problem, appended before its record), so the compact rollout file
+    can be re-graded later (``regrade``) without sampling again. Returns a summary: problems
+    written now, already present, generated tokens, seconds, tokens per second.
     """
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     done = recover(out_path)
+    text_fh = None
+    if texts_path is not None:
+        texts_path = Path(texts_path)
+        texts_path.parent.mkdir(parents=True, exist_ok=True)
+        recover(texts_path)  # cut a torn last line; duplicates of an id are harmless
+        text_fh = open(texts_path, "ab")
     info = _generator_info(backend, settings)
     for rid, rec in done.items():
         if rec.get("generator") != info:
@@ -144,7 +160,10 @@ def generate_rollouts(problems: Iterable[dict], backend: Backend, out_path: str 
         from tqdm.auto import tqdm
         bar = tqdm(total=len(todo), desc=f"rollouts ({backend.name})", unit="problem")
     n_tokens, t0, written = 0, time.perf_counter(), 0
-    with open(out_path, "ab") as fh:
+    with contextlib.ExitStack() as stack:
+        fh = stack.enter_context(open(out_path, "ab"))
+        if text_fh is not None:
+            stack.enter_context(text_fh)
         for comps in backend.generate(prompts, settings, seeds):
             p = todo[comps[0].problem]
             comps = sorted(comps, key=lambda c: c.sample)
@@ -156,14 +175,14 @@ def generate_rollouts(problems: Iterable[dict], backend: Backend, out_path: str 
                     r["text"] = c.text
                 rollouts.append(r)
                 n_tokens += int(c.tokens)
+            if text_fh is not None:  # texts first: a record on disk always has its texts
+                _append_line(text_fh, {"id": str(p["id"]), "texts": [c.text for c in comps]})
             rec = {"id": str(p["id"]), "text": p["text"], "task": p["task"],
                    "max_new_tokens": settings.max_new_tokens,
                    **{k: p[k] for k in ("difficulty", "answer", "grader", "source") if k in p},
                    "generator": info, "rollouts": rollouts}
             rec = strip_shared_texts([rec])[0]  # shared benchmark texts never land in a file
-            fh.write((json.dumps(rec, ensure_ascii=False) + "\n").encode("utf-8"))
-            fh.flush()
-            os.fsync(fh.fileno())
+            _append_line(fh, rec)
             written += 1
             if bar is not None:
                 dt = time.perf_counter() - t0
@@ -176,3 +195,33 @@ def generate_rollouts(problems: Iterable[dict], backend: Backend, out_path: str 
     dt = time.perf_counter() - t0
     return {"written": written, "already_done": len(done), "tokens": n_tokens,
             "seconds": dt, "tokens_per_second": n_tokens / dt if dt > 0 else 0.0}
+
+
+def regrade(records: list[dict], texts: dict[str, list[str]], problems: dict[str, dict]
+            ) -> tuple[list[dict], int]:
+    """Records with every rollout's ``correct`` recomputed from its saved response text.
+
+    ``texts`` maps a record id to its responses (as ``generate_rollouts`` saved them),
+    ``problems`` maps it to the problem (with its answer and grader; shared benchmark texts
+    joined). Returns the new records (inputs untouched) and how many labels changed. A record
+    without texts, or whose texts do not match its rollouts, is an error naming it.
+    """
+    out, changed = [], 0
+    for rec in records:
+        rid = str(rec["id"])
+        if rid not in texts:
+            raise ValueError(f"record {rid!r}: no saved response texts")
+        if rid not in problems:
+            raise ValueError(f"record {rid!r}: not in the problem file")
+        resp = texts[rid]
+        if len(resp) != len(rec["rollouts"]):
+            raise ValueError(f"record {rid!r}: {len(resp)} saved texts for "
+                             f"{len(rec['rollouts'])} rollouts")
+        new = dict(rec)
+        new["rollouts"] = []
+        for r, t in zip(rec["rollouts"], resp):
+            ok = bool(r["finished"] and grade(t, problems[rid]))
+            changed += ok != bool(r["correct"])
+            new["rollouts"].append({**r, "correct": ok})
+        out.append(new)
+    return out, changed
