@@ -78,13 +78,19 @@ def cmd_allocate(args) -> int:
     from .rollouts import write_jsonl
 
     rows = _rows(args.curves)
-    curves = Curves.from_records(rows)
+    max_tokens = args.max_tokens
+    if args.predictor:
+        pred = _load_predictor(args.predictor)
+        curves = pred.predict(_texts(rows, args.curves))
+        max_tokens = pred.max_new_tokens if max_tokens is None else max_tokens
+    else:
+        curves = Curves.from_records(rows)
     n = len(curves)
     if args.total_budget is not None:
         total = args.total_budget
     else:
         total = int(args.per_query * n)
-    res = allocate(curves, total, max_tokens=args.max_tokens,
+    res = allocate(curves, total, max_tokens=max_tokens,
                    fallback_tokens=args.fallback_tokens)
     out = [{"id": r.get("id", i), "budget": int(b), "abandoned": bool(a)}
            for i, (r, b, a) in enumerate(zip(rows, res.budgets, res.abandoned))]
@@ -94,13 +100,44 @@ def cmd_allocate(args) -> int:
     return 0
 
 
+def _texts(rows: list[dict], path: str) -> list[str]:
+    """The ``text`` of every row; exits naming the first row without one."""
+    for i, r in enumerate(rows):
+        if not isinstance(r.get("text"), str) or not r["text"].strip():
+            raise SystemExit(f"{path}: row {i + 1} (id {r.get('id', i)!r}) has no 'text'")
+    return [r["text"] for r in rows]
+
+
+def cmd_predict(args) -> int:
+    from .rollouts import write_jsonl
+
+    rows = _rows(args.input)
+    texts = _texts(rows, args.input)
+    curves = _load_predictor(args.predictor).predict(texts, batch_size=args.batch_size)
+    out = [{"id": r.get("id", i), "tau": float(t), "p": float(q), "k": float(k)}
+           for i, (r, t, q, k) in enumerate(zip(rows, curves.tau, curves.p, curves.k))]
+    write_jsonl(out, args.output)
+    print(json.dumps({"queries": len(out), "written": args.output}))
+    return 0
+
+
 def _load_or_simulate(path: str | None):
     from .rollouts import read_rollouts
     from .simulate import simulated_dataset
 
     if path is None:
         return simulated_dataset(), True
+    if path in ("default", "benchmark") and not Path(path).exists():
+        from .datasets import load_rollouts
+
+        return load_rollouts(path), False
     return read_rollouts(path), False
+
+
+def _load_predictor(path: str):
+    from .predictor.export import ClearPredictor
+
+    return ClearPredictor.from_pretrained(path)
 
 
 def cmd_evaluate(args) -> int:
@@ -132,6 +169,13 @@ def cmd_evaluate(args) -> int:
             raise SystemExit(f"{args.curves}: no curve for {len(missing)} held-out queries, "
                              f"e.g. {missing[0]!r}")
         policies["clear-given"] = Curves.from_records([by_id[str(r["id"])] for r in test])
+    if args.predictor:
+        pred = _load_predictor(args.predictor)
+        caps = {int(r["max_new_tokens"]) for r in test}
+        if caps != {pred.max_new_tokens}:
+            print(f"warning: the predictor learned curves under a cap of {pred.max_new_tokens} "
+                  f"tokens; these rollouts have caps {sorted(caps)}", file=sys.stderr)
+        policies["clear-learned"] = pred.predict([r["text"] for r in test])
     print(f"evaluating on {label}: {len(test)} held-out queries "
           f"({len(train)} for the task prior)")
     report = evaluate_policies(test, policies, args.budgets, seed=args.seed, progress=True)
@@ -294,7 +338,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("allocate", help="split a total budget among queries given curves",
                        description="Allocate per-query budgets from a curves JSONL "
                                    "(rows with tau, p, k and optional id).")
-    p.add_argument("curves")
+    p.add_argument("curves", help="curves JSONL, or with --predictor a JSONL of {id, text}")
+    p.add_argument("--predictor", help="an exported predictor: predict the curves from each "
+                                       "row's text (max tokens default to its cap)")
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--total-budget", type=int)
     g.add_argument("--per-query", type=float, help="average budget per query")
@@ -304,13 +350,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", help="write {id, budget, abandoned} rows here")
     p.set_defaults(func=cmd_allocate)
 
+    p = sub.add_parser("predict", help="curves (tau, p, k) for texts from an exported predictor")
+    p.add_argument("predictor", help="an exported predictor directory")
+    p.add_argument("input", help="JSONL rows with 'text' (and optional 'id'); rollout files do")
+    p.add_argument("-o", "--output", required=True, help="write {id, tau, p, k} rows here")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.set_defaults(func=cmd_predict)
+
     p = sub.add_parser("evaluate", help="Pareto frontiers of policies on held-out queries",
                        description="Compare uniform, CLEAR with a text-free task prior, "
                                    "CLEAR with given curves, the oracle and the exact optimum "
                                    "on held-out queries. Without a rollout file it runs on "
                                    "the embedded SIMULATED default.")
-    p.add_argument("rollouts", nargs="?", default=None)
+    p.add_argument("rollouts", nargs="?", default=None,
+                   help="a rollout file, or 'default'/'benchmark' (the embedded real sets)")
     p.add_argument("--curves", help="curves JSONL (with ids) to evaluate as 'clear-given'")
+    p.add_argument("--predictor", help="an exported predictor directory, evaluated as "
+                                       "'clear-learned' (its curves from the texts alone)")
     p.add_argument("--budgets", type=_budgets, default=_budgets(DEFAULT_BUDGETS),
                    help=f"average budgets per query (default {DEFAULT_BUDGETS})")
     p.add_argument("--test-tasks", help="comma-separated tasks held out (default: a random "

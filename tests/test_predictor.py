@@ -131,6 +131,35 @@ def test_loading_works_with_the_network_off(trained, tmp_path, monkeypatch):
     assert len(pred.predict(["What is 3 + 4?"])) == 1
 
 
+def test_cli_predict_allocate_and_evaluate_with_a_predictor(trained, tmp_path, sim_file,
+                                                           capsys):
+    from clear_learn.cli import main
+    from clear_learn.predictor.export import ClearPredictor
+
+    _export(trained, tmp_path / "p")
+    texts = tmp_path / "q.jsonl"
+    texts.write_text("".join(json.dumps({"id": f"q{i}", "text": f"What is {i} + {i * 7}?"}) + "\n"
+                             for i in range(12)))
+    assert main(["predict", str(tmp_path / "p"), str(texts), "-o", str(tmp_path / "c.jsonl")]) == 0
+    rows = [json.loads(x) for x in (tmp_path / "c.jsonl").read_text().splitlines()]
+    direct = ClearPredictor.from_pretrained(tmp_path / "p").predict(
+        [f"What is {i} + {i * 7}?" for i in range(12)])
+    assert [r["id"] for r in rows] == [f"q{i}" for i in range(12)]
+    assert np.allclose([r["tau"] for r in rows], direct.tau)
+    assert main(["allocate", str(texts), "--predictor", str(tmp_path / "p"), "--total-budget",
+                 "1200", "-o", str(tmp_path / "b.jsonl")]) == 0
+    budgets = [json.loads(x)["budget"] for x in (tmp_path / "b.jsonl").read_text().splitlines()]
+    assert sum(budgets) <= 1200 and max(budgets) <= 512  # the predictor's cap by default
+    assert main(["evaluate", str(sim_file), "--predictor", str(tmp_path / "p"), "--budgets",
+                 "64,256", "--out", str(tmp_path / "ev")]) == 0
+    assert "clear-learned" in json.loads((tmp_path / "ev" / "report.json").read_text())["policies"]
+    (tmp_path / "bad.jsonl").write_text(json.dumps({"id": "x"}) + "\n")
+    with pytest.raises(SystemExit, match="row 1.*no 'text'"):
+        main(["predict", str(tmp_path / "p"), str(tmp_path / "bad.jsonl"), "-o",
+              str(tmp_path / "o.jsonl")])
+    capsys.readouterr()
+
+
 def test_bad_checkpoints_are_refused(trained, tmp_path):
     from clear_learn.predictor.export import ClearPredictor, PredictorLoadError
 
