@@ -277,8 +277,7 @@ def _allocate_core(tau, p, k, caps, budget, max_fill_rounds):
     hi = float(demand.log_rate[useful].max())
     lo = float(demand.log_rate[useful].min()) - 60.0
     if n > SUBSAMPLE_ABOVE:
-        log_price, b, converged, evals = _search_subsampled(demand, tau, p, k, caps, budget,
-                                                            lo, hi)
+        log_price, b, converged, evals = _search_subsampled(demand, budget, lo, hi)
         _trim(b, b.sum() - budget, tau, p, k)
     else:
         if demand.total(lo) <= budget:
@@ -382,7 +381,8 @@ def _bracket_search(demand: _Demand, budget: float, x0: float, up: bool) -> floa
     return x
 
 
-def _search_subsampled(demand, tau, p, k, caps, budget, lo, hi, max_evals: int = 12):
+def _search_subsampled(demand: _Demand, budget: float, lo: float, hi: float,
+                       max_evals: int = 12):
     """The price for many queries: located on a subsample, refined on a Taylor model.
 
     The subsample's price, lowered by a margin, is an expansion point ``x0`` (log-price) at
@@ -392,7 +392,7 @@ def _search_subsampled(demand, tau, p, k, caps, budget, lo, hi, max_evals: int =
     that model finds the price (to 1e-5 B); the budgets are then solved exactly there.
     Returns ``(log_price, budgets, converged, evals)``.
     """
-    n = tau.size
+    n = demand.caps.size
     idx = np.random.default_rng(0).choice(n, SUBSAMPLE_SIZE, replace=False)
     sub = demand.subset(idx)
     scale = SUBSAMPLE_SIZE / n
