@@ -249,6 +249,29 @@ def test_ddp_on_two_cpu_processes(sim_file, tmp_path):
     assert (tmp_path / "pred" / "config.json").exists()
 
 
+def test_leave_one_family_out_resumes(sim_file, tmp_path, capsys):
+    """Every held-out family is predicted by a model that never saw it; reruns reuse folds."""
+    sys.path.insert(0, str(ROOT / "train"))
+    import cross_family
+
+    args = ["--families", "sim-easy,sim-hard", "--out", str(tmp_path / "cv"),
+            "--set", f"data.data={sim_file}", "--set", f"run_dir={tmp_path / 'run'}",
+            "--set", "threads=1", "--set", "trainer.max_steps=2", "--set", "data.max_length=16",
+            "--set", "model.lora_r=2", "--set", "model.head_hidden=8",
+            "--set", "evaluate.budgets_per_query=[64,256]",
+            "--set", "trainer.enable_progress_bar=false"]
+    assert cross_family.main(args) == 0
+    rep = json.loads((tmp_path / "cv" / "report.json").read_text())
+    assert set(cross_family.POLICIES) <= set(rep["policies"])
+    assert rep["meta"]["families"] == ["sim-easy", "sim-hard"]
+    rows = [json.loads(x) for x in (tmp_path / "cv" / "folds" / "sim-hard.jsonl").read_text()
+            .splitlines()]
+    assert {r["policy"] for r in rows} == set(cross_family.POLICIES)
+    capsys.readouterr()
+    assert cross_family.main(args) == 0
+    assert capsys.readouterr().out.count("reusing") == 2
+
+
 def test_splits_by_query_and_by_task():
     from clear_learn.predictor.data import split_records
 

@@ -53,9 +53,9 @@ def build_trainer(cfg: dict, run_dir: Path, *, callbacks_extra=()):
     ckpt = ModelCheckpoint(dirpath=run_dir / "checkpoints", monitor="val_nll", mode="min",
                            save_top_k=1, save_last=True, filename="best-{epoch}-{val_nll:.4f}")
     es = EarlyStopping(mode="min", **cfg.get("early_stopping", {"monitor": "val_nll"}))
+    kwargs = {"enable_progress_bar": True, **cfg.get("trainer", {})}
     trainer = L.Trainer(default_root_dir=str(run_dir), callbacks=[ckpt, es, *callbacks_extra],
-                        enable_progress_bar=True, logger=L.pytorch.loggers.CSVLogger(
-                            str(run_dir), name="logs"), **cfg.get("trainer", {}))
+                        logger=L.pytorch.loggers.CSVLogger(str(run_dir), name="logs"), **kwargs)
     return trainer, ckpt
 
 
@@ -92,6 +92,48 @@ def export_predictor(module, dm, cfg: dict, metrics: dict | None = None):
     return ClearPredictor(module.model, dm.tokenizer, pcfg)
 
 
+def resolve(path: str | Path) -> Path:
+    """A config path, relative to the repository root unless absolute."""
+    path = Path(path)
+    return path if path.is_absolute() else ROOT / path
+
+
+def train_predictor(cfg: dict, *, resume: bool = False):
+    """Fit a predictor as ``cfg`` says; returns ``(predictor, datamodule, metrics)``.
+
+    On a DDP worker other than rank 0 the predictor is ``None``.
+    """
+    import lightning as L
+    import torch
+
+    torch.set_num_threads(int(cfg.get("threads", 2)))
+    L.seed_everything(int(cfg.get("seed", 0)), workers=True)
+    from clear_learn.predictor.data import RolloutDataModule
+    from clear_learn.predictor.lightning import CurveLightningModule
+
+    run_dir = resolve(cfg["run_dir"])
+    dm = RolloutDataModule(seed=int(cfg.get("seed", 0)), **cfg["data"])
+    module = CurveLightningModule(base_model=cfg["data"]["base_model"],
+                                  max_length=cfg["data"]["max_length"], **cfg["model"])
+    module.model.train()  # from_pretrained returns eval mode
+    trainer, ckpt = build_trainer(cfg, run_dir)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    t0 = time.perf_counter()
+    trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resume and last.exists()
+                else None)
+    train_s = time.perf_counter() - t0
+    if trainer.global_rank != 0:
+        return None, dm, {}
+    best = ckpt.best_model_path
+    if best:
+        module = CurveLightningModule.load_from_checkpoint(best)
+    dm.setup("test")
+    metrics = {"train_seconds": round(train_s, 1), "best_val_nll":
+               round(float(ckpt.best_model_score), 4) if ckpt.best_model_score is not None
+               else None, "epochs": trainer.current_epoch}
+    return export_predictor(module, dm, cfg, metrics), dm, metrics
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -101,41 +143,13 @@ def main(argv=None) -> int:
     ap.add_argument("--no-eval", action="store_true")
     args = ap.parse_args(argv)
     cfg = load_config(args.config, args.set)
-
-    import lightning as L
-    import torch
-
-    torch.set_num_threads(int(cfg.get("threads", 2)))
-    L.seed_everything(int(cfg.get("seed", 0)), workers=True)
-    from clear_learn.predictor.data import RolloutDataModule
-    from clear_learn.predictor.lightning import CurveLightningModule
-
-    run_dir = ROOT / cfg["run_dir"] if not os.path.isabs(cfg["run_dir"]) else Path(cfg["run_dir"])
-    dm = RolloutDataModule(seed=int(cfg.get("seed", 0)), **cfg["data"])
-    module = CurveLightningModule(base_model=cfg["data"]["base_model"],
-                                  max_length=cfg["data"]["max_length"], **cfg["model"])
-    module.model.train()  # from_pretrained returns eval mode
-    trainer, ckpt = build_trainer(cfg, run_dir)
-    last = run_dir / "checkpoints" / "last.ckpt"
-    t0 = time.perf_counter()
-    trainer.fit(module, datamodule=dm, ckpt_path=str(last) if args.resume and last.exists()
-                else None)
-    train_s = time.perf_counter() - t0
-    if trainer.global_rank != 0:
+    pred, dm, metrics = train_predictor(cfg, resume=args.resume)
+    if pred is None:
         return 0
-    best = ckpt.best_model_path
-    if best:
-        module = CurveLightningModule.load_from_checkpoint(best)
-    dm.setup("test")
-    metrics = {"train_seconds": round(train_s, 1), "best_val_nll":
-               round(float(ckpt.best_model_score), 4) if ckpt.best_model_score is not None
-               else None, "epochs": trainer.current_epoch}
-    pred = export_predictor(module, dm, cfg, metrics)
     if not args.no_eval:
         metrics.update(evaluate(pred, dm, cfg))
         pred.config["metrics"] = metrics
-    out = Path(cfg["export"]["dir"])
-    out = out if out.is_absolute() else ROOT / out
+    out = resolve(cfg["export"]["dir"])
     pred.save_pretrained(out, merged=bool(cfg["export"].get("merged", False)))
     print(f"\nexported predictor to {out}")
     print(json.dumps(metrics, indent=2))
@@ -159,8 +173,7 @@ def evaluate(pred, dm, cfg: dict) -> dict:
     ecfg = cfg.get("evaluate", {})
     budgets = ecfg.get("budgets_per_query", [64, 128, 256, 512])
     report, nll = evaluate_predictors(test, predicted, budgets, seed=int(cfg.get("seed", 0)))
-    out = Path(ecfg.get("out", "runs/eval"))
-    out = out if out.is_absolute() else ROOT / out
+    out = resolve(ecfg.get("out", "runs/eval"))
     report.meta.update({"n_train": len(train), "split": cfg["data"]["split"],
                         "test_tasks": cfg["data"].get("test_tasks")})
     report.save(out / "report.json")

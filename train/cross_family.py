@@ -1,0 +1,115 @@
+"""Leave-one-family-out evaluation: every query's curve comes from a model that never saw its
+task family, the situation of a router facing new kinds of traffic.
+
+    python train/cross_family.py [--config configs/default.yaml] [--families a,b,...]
+                                 [--set key=value ...] [--out runs/cross_family]
+
+For each family F: train as the config says with ``data.split=task``, ``test_tasks=[F]`` and,
+for early stopping, ``val_tasks=[the next family]`` (so validation also measures an unseen
+family); predict F's queries with the learned model and with the TF-IDF and length baselines
+fitted on the same training queries. The pooled out-of-family curves of all folds are then
+evaluated together (DESIGN.md section 5) against uniform, the oracle and the exact optimum.
+Each fold's curves are written as it finishes (``OUT/folds/F.jsonl``) and reused on a rerun,
+so an interrupted run resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from train import ROOT, load_config, resolve, train_predictor  # noqa: E402
+
+POLICIES = ("clear-learned", "clear-tfidf", "clear-length")
+
+
+def fold_curves(cfg: dict, family: str, val_family: str | None) -> dict[str, list[dict]]:
+    """Out-of-family curves of one fold: ``{policy: [{id, tau, p, k}, ...]}``."""
+    from clear_learn.predictor.baselines import LengthCurvePredictor, TfidfCurvePredictor
+
+    cfg = json.loads(json.dumps(cfg))  # a private copy
+    cfg["data"].update(split="task", test_tasks=[family],
+                       val_tasks=[val_family] if val_family else [])
+    cfg["run_dir"] = str(Path(cfg["run_dir"]) / "folds" / family)
+    pred, dm, metrics = train_predictor(cfg)
+    train, test = dm.split_records("train"), dm.split_records("test")
+    texts = [r["text"] for r in test]
+    curves = {"clear-learned": pred.predict(texts),
+              "clear-tfidf": TfidfCurvePredictor().fit(train).predict(texts),
+              "clear-length": LengthCurvePredictor().fit(train).predict(texts)}
+    print(f"fold {family}: {len(train)} train, {len(test)} test, {metrics}")
+    return {name: [{"id": r["id"], "tau": float(t), "p": float(q), "k": float(k)}
+                   for r, t, q, k in zip(test, c.tau, c.p, c.k)]
+            for name, c in curves.items()}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", default=str(ROOT / "configs" / "default.yaml"))
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--families", help="comma-separated folds (default: every task)")
+    ap.add_argument("--random-val", action="store_true",
+                    help="validate on random training queries instead of the next family")
+    ap.add_argument("--out", default="runs/cross_family")
+    args = ap.parse_args(argv)
+    cfg = load_config(args.config, args.set)
+
+    from clear_learn.curves import Curves
+    from clear_learn.evaluation import plot_frontier
+    from clear_learn.predictor.data import load_records
+    from clear_learn.predictor.report import evaluate_predictors
+    from clear_learn.rollouts import write_jsonl
+
+    records = load_records(cfg["data"]["data"])
+    tasks = sorted({r["task"] for r in records})
+    families = args.families.split(",") if args.families else tasks
+    unknown = set(families) - set(tasks)
+    if unknown:
+        raise SystemExit(f"--families: not in the data: {sorted(unknown)} (tasks: {tasks})")
+    if len(tasks) < 3:
+        raise SystemExit(f"leave-one-family-out needs at least 3 tasks, the data has {tasks}")
+    out = resolve(args.out)
+    pooled: dict[str, dict[str, dict]] = {name: {} for name in POLICIES}
+    for i, fam in enumerate(families):
+        path = out / "folds" / f"{fam}.jsonl"
+        if path.is_file():
+            rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+            got = {name: [r for r in rows if r["policy"] == name] for name in POLICIES}
+            print(f"fold {fam}: reusing {path}")
+        else:
+            val = None if args.random_val else tasks[(tasks.index(fam) + 1) % len(tasks)]
+            got = fold_curves(cfg, fam, val)
+            write_jsonl([{"policy": name, **r} for name, rs in got.items() for r in rs], path)
+        for name in POLICIES:
+            pooled[name].update({str(r["id"]): r for r in got[name]})
+    test = [r for r in records if r["task"] in set(families)]
+    curves = {name: Curves.from_records([pooled[name][str(r["id"])] for r in test])
+              for name in POLICIES}
+    budgets = cfg.get("evaluate", {}).get("budgets_per_query", [64, 128, 256, 512])
+    report, nll = evaluate_predictors(test, curves, budgets, seed=int(cfg.get("seed", 0)))
+    report.meta.update({"protocol": "leave-one-family-out", "families": families,
+                        "validation": "random" if args.random_val else "next family"})
+    report.save(out / "report.json")
+    plot_frontier(report, out / "frontier.png",
+                  title="unseen task families (leave-one-family-out)")
+    print(f"\nleave-one-family-out over {len(families)} families, {len(test)} queries; "
+          "mean accuracy")
+    print(report.table())
+    print("\nshare of the uniform-to-oracle gap closed")
+    print(report.table("gap_closed"))
+    print("\nNLL per rollout: " + ", ".join(f"{k} {v:.4f}" for k, v in nll.items()))
+    gaps = {n: float(np.nanmean([row["gap_closed"] for row in report.rows[n]]))
+            for n in POLICIES}
+    print("mean gap closed over budgets: " + ", ".join(f"{k} {v:.3f}" for k, v in gaps.items()))
+    print(f"\nwrote {out / 'report.json'} and {out / 'frontier.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
