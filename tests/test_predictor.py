@@ -117,6 +117,21 @@ def test_save_load_round_trip_is_identical(trained, tmp_path):
     assert np.allclose(a.tau, c.tau, rtol=1e-4) and np.allclose(a.p, c.p, atol=1e-5)
 
 
+def test_length_feature_sees_the_untruncated_text(trained, tmp_path):
+    """Texts longer than max_length still differ in length: the prefix is not the whole."""
+    from clear_learn.predictor.data import encode_texts
+
+    module, dm, _, _ = trained
+    long = "Tom has " + " and ".join(f"{i} apples" for i in range(60)) + ". How many?"
+    enc = encode_texts(dm.tokenizer, [long, "How many?"], 32)
+    assert len(enc["input_ids"][0]) == 32 and enc["n_tokens"][0] > 150
+    assert enc["n_tokens"][1] == len(enc["input_ids"][1])
+    pred = _export(trained, tmp_path / "p")
+    prefix = dm.tokenizer.decode(enc["input_ids"][0][1:-1])  # what the encoder sees of it
+    c = pred.predict([long, prefix])
+    assert c.tau[0] != c.tau[1]
+
+
 def test_loading_works_with_the_network_off(trained, tmp_path, monkeypatch):
     from clear_learn.predictor.export import ClearPredictor
 

@@ -16,7 +16,8 @@ import torch
 from ..rollouts import read_rollouts, to_arrays
 from .model import DEFAULT_BASE, resolve_base_model
 
-__all__ = ["split_records", "RolloutDataModule", "collate_rollouts", "load_records"]
+__all__ = ["split_records", "RolloutDataModule", "collate_rollouts", "load_records",
+           "encode_texts"]
 
 
 def load_records(data: str | Path | list[dict]) -> list[dict]:
@@ -77,6 +78,13 @@ def split_records(records: list[dict], *, split: str = "query",
             sorted(order[:n_test].tolist()))
 
 
+def encode_texts(tokenizer, texts: list[str], max_length: int) -> dict[str, list]:
+    """Token ids truncated to ``max_length``, and every text's untruncated length."""
+    full = tokenizer(texts, truncation=False, verbose=False)["input_ids"]
+    ids = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
+    return {"input_ids": ids, "n_tokens": [len(x) for x in full]}
+
+
 def collate_rollouts(rows: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
     """Pad a list of examples (``input_ids``, rollout lists, ``cap``) into tensors."""
     L_max = max(len(r["input_ids"]) for r in rows)
@@ -99,7 +107,9 @@ def collate_rollouts(rows: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
         msk[i, :m] = True
     batch = {"input_ids": ids, "attention_mask": att, "tokens": tok, "correct": cor,
              "cutoff": cut, "mask": msk,
-             "cap": torch.tensor([r["cap"] for r in rows], dtype=torch.float32)}
+             "cap": torch.tensor([r["cap"] for r in rows], dtype=torch.float32),
+             "n_tokens": torch.tensor([r.get("n_tokens", len(r["input_ids"])) for r in rows],
+                                      dtype=torch.float32)}
     if "target" in rows[0]:
         batch["target"] = torch.tensor([r["target"] for r in rows], dtype=torch.float32)
     return batch
@@ -172,8 +182,7 @@ class RolloutDataModule(L.LightningDataModule):
                                        np.log(p / (1 - p))], axis=1).tolist()
         ds = datasets.Dataset.from_dict(cols)
         tok, max_len = self.tokenizer, self.hparams.max_length
-        return ds.map(lambda b: {"input_ids": tok(b["text"], truncation=True,
-                                                  max_length=max_len)["input_ids"]},
+        return ds.map(lambda b: encode_texts(tok, b["text"], max_len),
                       batched=True, remove_columns=["text"])
 
     def _loader(self, name: str, shuffle: bool):

@@ -75,10 +75,14 @@ class ClearPredictor:
             order = np.argsort([len(t) for t in texts])  # similar lengths pad less
             for a in range(0, len(texts), batch_size):
                 idx = order[a:a + batch_size]
-                enc = self.tokenizer([texts[i] for i in idx], padding=True, truncation=True,
+                batch = [texts[i] for i in idx]
+                enc = self.tokenizer(batch, padding=True, truncation=True,
                                      max_length=int(self.config["max_length"]),
                                      return_tensors="pt").to(self.device)
-                raw = self.model(enc["input_ids"], enc["attention_mask"])
+                n_tok = torch.tensor([len(x) for x in self.tokenizer(
+                    batch, truncation=False, verbose=False)["input_ids"]],
+                    dtype=torch.float32, device=self.device)
+                raw = self.model(enc["input_ids"], enc["attention_mask"], n_tok)
                 tau, p_logit, k = raw_to_curve(raw, torch.full((len(idx),), cap,
                                                                device=self.device))
                 parts.append((idx, tau.double().cpu().numpy(),

@@ -52,8 +52,8 @@ class CurveLightningModule(L.LightningModule):
                                           inv_softplus(kM / K_SCALE),
                                           float(np.log(p / (1 - p)))]))
 
-    def forward(self, input_ids, attention_mask, cap):
-        return raw_to_curve(self.model(input_ids, attention_mask), cap)
+    def forward(self, input_ids, attention_mask, cap, n_tokens=None):
+        return raw_to_curve(self.model(input_ids, attention_mask, n_tokens), cap)
 
     def _nll(self, batch, tau, p_logit, k, smooth: bool) -> torch.Tensor:
         return rollout_nll(tau, p_logit, k, batch["tokens"], batch["correct"],
@@ -61,7 +61,7 @@ class CurveLightningModule(L.LightningModule):
                            eps=self.hparams.eps, smooth_floor=smooth)
 
     def training_step(self, batch, batch_idx):
-        raw = self.model(batch["input_ids"], batch["attention_mask"])
+        raw = self.model(batch["input_ids"], batch["attention_mask"], batch["n_tokens"])
         if self.hparams.loss == "regression":
             M = batch["cap"]
             tau, p_logit, k = raw_to_curve(raw, M)
@@ -74,7 +74,8 @@ class CurveLightningModule(L.LightningModule):
         return loss
 
     def validation_step(self, batch, batch_idx):
-        tau, p_logit, k = self(batch["input_ids"], batch["attention_mask"], batch["cap"])
+        tau, p_logit, k = self(batch["input_ids"], batch["attention_mask"], batch["cap"],
+                               batch["n_tokens"])
         nll = self._nll(batch, tau, p_logit, k, smooth=False)
         n = batch["mask"].sum(1).to(nll.dtype)
         # mean per rollout over the whole validation set

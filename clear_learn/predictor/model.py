@@ -1,7 +1,8 @@
 """The curve predictor network: a pretrained text encoder with LoRA adapters and a small head.
 
-The head sees the mean-pooled encoding and (``length_feature``) the log of the text's length in
-tokens, a strong and family-independent signal of how long an answer takes.
+The head sees the mean-pooled encoding and (``length_feature``) the log of the text's whole
+length in tokens (counted before truncation to ``max_length``), a strong and
+family-independent signal of how long an answer takes.
 
 ``CurveModel(texts) -> raw (B, 3)``; :func:`raw_to_curve` maps raw outputs into range, in token
 units relative to the generation cap ``M``: ``tau = M softplus(r0) / 2``,
@@ -93,9 +94,11 @@ class CurveModel(nn.Module):
         m = attention_mask.unsqueeze(-1).to(h.dtype)
         return (h * m).sum(1) / m.sum(1).clamp(min=1.0)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                n_tokens: torch.Tensor | None = None) -> torch.Tensor:
+        """Raw outputs; ``n_tokens`` are the texts' untruncated lengths (default: the mask's)."""
         x = self.pooled(input_ids, attention_mask)
         if self.length_feature:  # log of the text's length in tokens, roughly unit scale
-            n = attention_mask.sum(1, keepdim=True).to(x.dtype)
-            x = torch.cat([x, torch.log1p(n) / 4.0], dim=1)
+            n = attention_mask.sum(1) if n_tokens is None else n_tokens
+            x = torch.cat([x, torch.log1p(n.to(x.dtype)).unsqueeze(1) / 4.0], dim=1)
         return self.head(x)
