@@ -85,6 +85,7 @@ def export_predictor(module, dm, cfg: dict, metrics: dict | None = None):
         "training": {"data": str(cfg["data"]["data"]), "split": cfg["data"]["split"],
                      "test_tasks": list(cfg["data"].get("test_tasks") or []),
                      "n_train": len(records), "seed": cfg.get("seed", 0),
+                     "tasks": sorted({r["task"] for r in records}),
                      "loss": mcfg.get("loss", "likelihood")},
         "metrics": metrics or {},
     }

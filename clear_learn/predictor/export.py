@@ -246,7 +246,9 @@ def model_card(cfg: dict) -> str:
         "## Training data and metrics",
         "",
         f"- data: {cfg.get('training', {}).get('data', '?')}",
-        f"- split: {cfg.get('training', {}).get('split', '?')}",
+        f"- split: {cfg.get('training', {}).get('split', '?')}, "
+        f"{cfg.get('training', {}).get('n_train', '?')} training queries",
+        f"- task families trained on: {', '.join(cfg.get('training', {}).get('tasks', [])) or '?'}",
     ]
     for k, v in m.items():
         lines.append(f"- {k}: {v}")
