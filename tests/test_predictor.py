@@ -132,6 +132,45 @@ def test_length_feature_sees_the_untruncated_text(trained, tmp_path):
     assert c.tau[0] != c.tau[1]
 
 
+def test_surface_features():
+    from clear_learn.predictor.features import SURFACE_FEATURES, surface_features
+
+    f = surface_features(["What is 3 + 4?", "Add 12,345 and 6789 = ?", ""])
+    assert f.shape == (3, len(SURFACE_FEATURES)) and f.dtype == np.float32
+    names = list(SURFACE_FEATURES)
+    counts = np.expm1(f * np.array(list(SURFACE_FEATURES.values())))
+    assert np.allclose(counts[0, [names.index("numbers"), names.index("digits"),
+                                  names.index("operators")]], [2, 2, 1], atol=1e-4)
+    assert np.isclose(counts[1, names.index("longest_number")], 5, atol=1e-3)
+    assert np.all(f[2] == 0)
+
+
+def test_surface_feature_model_trains_exports_and_reloads(sim_file, tmp_path):
+    import lightning as L
+
+    from clear_learn.predictor.export import ClearPredictor
+    from clear_learn.predictor.lightning import CurveLightningModule
+
+    L.seed_everything(1)
+    dm = _dm(sim_file)
+    module = CurveLightningModule(lora_r=0, head_hidden=8, surface_features=True)
+    module.model.train()
+    _trainer(tmp_path, 3).fit(module, datamodule=dm)
+    sys.path.insert(0, str(ROOT / "train"))
+    from train import export_predictor, load_config
+
+    cfg = load_config(ROOT / "configs" / "default.yaml",
+                      ["model.head_hidden=8", "model.lora_r=0", "data.max_length=32",
+                       "model.surface_features=true"])
+    pred = export_predictor(module, dm, cfg)
+    pred.save_pretrained(tmp_path / "p")
+    texts = ["What is 3 + 4?", "Add 12,345 and 6789, then divide by 7."]
+    loaded = ClearPredictor.from_pretrained(tmp_path / "p")
+    assert loaded.config["surface_features"] is True
+    assert np.array_equal(pred.predict(texts).tau, loaded.predict(texts).tau)
+    assert "surface features" in (tmp_path / "p" / "README.md").read_text()
+
+
 def test_loading_works_with_the_network_off(trained, tmp_path, monkeypatch):
     from clear_learn.predictor.export import ClearPredictor
 

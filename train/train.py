@@ -75,6 +75,7 @@ def export_predictor(module, dm, cfg: dict, metrics: dict | None = None):
         "max_length": int(cfg["data"]["max_length"]),
         "head_hidden": int(mcfg.get("head_hidden", 128)),
         "length_feature": bool(mcfg.get("length_feature", True)),
+        "surface_features": bool(mcfg.get("surface_features", False)),
         "lora": {k: mcfg[k] for k in ("lora_r", "lora_alpha", "lora_dropout", "lora_targets")
                  if k in mcfg},
         "generator": {"model": gen.get("model", "unknown"),

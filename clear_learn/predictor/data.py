@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from ..rollouts import read_rollouts, to_arrays
+from .features import surface_features
 from .model import DEFAULT_BASE, resolve_base_model
 
 __all__ = ["split_records", "RolloutDataModule", "collate_rollouts", "load_records",
@@ -79,10 +80,12 @@ def split_records(records: list[dict], *, split: str = "query",
 
 
 def encode_texts(tokenizer, texts: list[str], max_length: int) -> dict[str, list]:
-    """Token ids truncated to ``max_length``, and every text's untruncated length."""
+    """Token ids truncated to ``max_length``, every text's untruncated length and its
+    surface features."""
     full = tokenizer(texts, truncation=False, verbose=False)["input_ids"]
     ids = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
-    return {"input_ids": ids, "n_tokens": [len(x) for x in full]}
+    return {"input_ids": ids, "n_tokens": [len(x) for x in full],
+            "surface": surface_features(texts).tolist()}
 
 
 def collate_rollouts(rows: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
@@ -110,6 +113,8 @@ def collate_rollouts(rows: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
              "cap": torch.tensor([r["cap"] for r in rows], dtype=torch.float32),
              "n_tokens": torch.tensor([r.get("n_tokens", len(r["input_ids"])) for r in rows],
                                       dtype=torch.float32)}
+    if "surface" in rows[0]:
+        batch["surface"] = torch.tensor([r["surface"] for r in rows], dtype=torch.float32)
     if "target" in rows[0]:
         batch["target"] = torch.tensor([r["target"] for r in rows], dtype=torch.float32)
     return batch

@@ -26,6 +26,7 @@ import numpy as np
 
 from ..allocation import AllocationResult, allocate
 from ..curves import Curves
+from .features import surface_features
 
 __all__ = ["ClearPredictor", "FORMAT_VERSION", "PredictorLoadError"]
 
@@ -82,7 +83,10 @@ class ClearPredictor:
                 n_tok = torch.tensor([len(x) for x in self.tokenizer(
                     batch, truncation=False, verbose=False)["input_ids"]],
                     dtype=torch.float32, device=self.device)
-                raw = self.model(enc["input_ids"], enc["attention_mask"], n_tok)
+                surface = None
+                if getattr(self.model, "surface_features", False):
+                    surface = torch.from_numpy(surface_features(batch)).to(self.device)
+                raw = self.model(enc["input_ids"], enc["attention_mask"], n_tok, surface)
                 tau, p_logit, k = raw_to_curve(raw, torch.full((len(idx),), cap,
                                                                device=self.device))
                 parts.append((idx, tau.double().cpu().numpy(),
@@ -182,6 +186,7 @@ class ClearPredictor:
         try:
             model = CurveModel(cfg["base_model"], lora_r=0, head_hidden=int(cfg["head_hidden"]),
                                length_feature=bool(cfg.get("length_feature", False)),
+                               surface_features=bool(cfg.get("surface_features", False)),
                                base_dir=enc_dir,
                                adapter_dir=path / "adapter" if weights == "adapter" else None)
             model.head.load_state_dict(load_file(str(path / "head.safetensors")))
@@ -241,7 +246,10 @@ def model_card(cfg: dict) -> str:
         f"- base encoder: {cfg.get('base_model')} (weights: {cfg.get('weights')}), max "
         f"{cfg.get('max_length')} text tokens",
         f"- LoRA: {cfg.get('lora', {})}",
-        f"- head: mean pooling -> {cfg.get('head_hidden')} -> 3",
+        f"- head: mean pooling"
+        f"{' + log text length' if cfg.get('length_feature') else ''}"
+        f"{' + surface features' if cfg.get('surface_features') else ''}"
+        f" -> {cfg.get('head_hidden')} -> 3",
         "",
         "## Training data and metrics",
         "",

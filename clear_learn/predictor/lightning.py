@@ -22,7 +22,8 @@ __all__ = ["CurveLightningModule"]
 class CurveLightningModule(L.LightningModule):
     def __init__(self, base_model: str = DEFAULT_BASE, lora_r: int = 8, lora_alpha: int = 16,
                  lora_dropout: float = 0.1, lora_targets: tuple[str, ...] = ("query", "value"),
-                 head_hidden: int = 128, length_feature: bool = True, lr: float = 5e-4,
+                 head_hidden: int = 128, length_feature: bool = True,
+                 surface_features: bool = False, lr: float = 5e-4,
                  head_lr: float = 3e-3,
                  weight_decay: float = 0.01, loss: str = "likelihood", eps: float = 1e-3,
                  max_length: int = 128):
@@ -32,7 +33,8 @@ class CurveLightningModule(L.LightningModule):
         self.save_hyperparameters()
         self.model = CurveModel(base_model, lora_r=lora_r, lora_alpha=lora_alpha,
                                 lora_dropout=lora_dropout, lora_targets=tuple(lora_targets),
-                                head_hidden=head_hidden, length_feature=length_feature)
+                                head_hidden=head_hidden, length_feature=length_feature,
+                                surface_features=surface_features)
 
     def on_fit_start(self) -> None:
         """Start the head at the training split's median curve (not when resuming)."""
@@ -52,8 +54,8 @@ class CurveLightningModule(L.LightningModule):
                                           inv_softplus(kM / K_SCALE),
                                           float(np.log(p / (1 - p)))]))
 
-    def forward(self, input_ids, attention_mask, cap, n_tokens=None):
-        return raw_to_curve(self.model(input_ids, attention_mask, n_tokens), cap)
+    def forward(self, input_ids, attention_mask, cap, n_tokens=None, surface=None):
+        return raw_to_curve(self.model(input_ids, attention_mask, n_tokens, surface), cap)
 
     def _nll(self, batch, tau, p_logit, k, smooth: bool) -> torch.Tensor:
         return rollout_nll(tau, p_logit, k, batch["tokens"], batch["correct"],
@@ -61,7 +63,8 @@ class CurveLightningModule(L.LightningModule):
                            eps=self.hparams.eps, smooth_floor=smooth)
 
     def training_step(self, batch, batch_idx):
-        raw = self.model(batch["input_ids"], batch["attention_mask"], batch["n_tokens"])
+        raw = self.model(batch["input_ids"], batch["attention_mask"], batch["n_tokens"],
+                         batch.get("surface"))
         if self.hparams.loss == "regression":
             M = batch["cap"]
             tau, p_logit, k = raw_to_curve(raw, M)
@@ -75,7 +78,7 @@ class CurveLightningModule(L.LightningModule):
 
     def validation_step(self, batch, batch_idx):
         tau, p_logit, k = self(batch["input_ids"], batch["attention_mask"], batch["cap"],
-                               batch["n_tokens"])
+                               batch["n_tokens"], batch.get("surface"))
         nll = self._nll(batch, tau, p_logit, k, smooth=False)
         n = batch["mask"].sum(1).to(nll.dtype)
         # mean per rollout over the whole validation set

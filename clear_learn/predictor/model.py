@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._paths import package_dir
+from .features import SURFACE_FEATURES
 
 __all__ = ["CurveModel", "raw_to_curve", "resolve_base_model", "DEFAULT_BASE"]
 
@@ -63,6 +64,7 @@ class CurveModel(nn.Module):
                  lora_alpha: int = 16, lora_dropout: float = 0.1,
                  lora_targets: tuple[str, ...] | list[str] = ("query", "value"),
                  head_hidden: int = 128, length_feature: bool = True,
+                 surface_features: bool = False,
                  base_dir: Path | None = None, adapter_dir: Path | None = None):
         super().__init__()
         from transformers import AutoModel
@@ -84,7 +86,9 @@ class CurveModel(nn.Module):
                 prm.requires_grad_(False)
         self.encoder = encoder
         self.length_feature = length_feature
-        hidden = encoder.config.hidden_size + (1 if length_feature else 0)
+        self.surface_features = surface_features
+        hidden = (encoder.config.hidden_size + (1 if length_feature else 0)
+                  + (len(SURFACE_FEATURES) if surface_features else 0))
         self.head = nn.Sequential(nn.Linear(hidden, head_hidden), nn.GELU(),
                                   nn.Linear(head_hidden, 3))
 
@@ -95,10 +99,17 @@ class CurveModel(nn.Module):
         return (h * m).sum(1) / m.sum(1).clamp(min=1.0)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                n_tokens: torch.Tensor | None = None) -> torch.Tensor:
-        """Raw outputs; ``n_tokens`` are the texts' untruncated lengths (default: the mask's)."""
+                n_tokens: torch.Tensor | None = None,
+                surface: torch.Tensor | None = None) -> torch.Tensor:
+        """Raw outputs; ``n_tokens`` are the texts' untruncated lengths (default: the mask's),
+        ``surface`` their :func:`~clear_learn.predictor.features.surface_features`."""
         x = self.pooled(input_ids, attention_mask)
+        parts = [x]
         if self.length_feature:  # log of the text's length in tokens, roughly unit scale
             n = attention_mask.sum(1) if n_tokens is None else n_tokens
-            x = torch.cat([x, torch.log1p(n.to(x.dtype)).unsqueeze(1) / 4.0], dim=1)
-        return self.head(x)
+            parts.append(torch.log1p(n.to(x.dtype)).unsqueeze(1) / 4.0)
+        if self.surface_features:
+            if surface is None:
+                raise ValueError("this model uses surface features: pass surface=")
+            parts.append(surface.to(x.dtype))
+        return self.head(torch.cat(parts, dim=1))
