@@ -45,6 +45,17 @@ def gap_closed(acc: float, uniform: float, oracle: float) -> float:
     return float((acc - uniform) / gap) if gap > 1e-12 else float("nan")
 
 
+def _strict(obj):
+    """``obj`` with every non-finite float replaced by ``None`` (strict JSON has no NaN)."""
+    if isinstance(obj, dict):
+        return {k: _strict(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_strict(v) for v in obj]
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    return obj
+
+
 @dataclass
 class EvalReport:
     """Per policy, one row per average budget; serialisable to JSON."""
@@ -62,7 +73,7 @@ class EvalReport:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        tmp.write_text(json.dumps(_strict(self.to_dict()), indent=2, allow_nan=False) + "\n")
         tmp.replace(path)
         return path
 

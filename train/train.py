@@ -19,6 +19,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -153,9 +154,14 @@ def main(argv=None) -> int:
         pred.config["metrics"] = metrics
     out = resolve(cfg["export"]["dir"])
     pred.save_pretrained(out, merged=bool(cfg["export"].get("merged", False)))
-    print(f"\nexported predictor to {out}")
-    print(json.dumps(metrics, indent=2))
+    print(f"\nexported predictor to {out} (trained {metrics['train_seconds']} s, "
+          f"{metrics['epochs']} epochs, best val NLL {metrics['best_val_nll']})")
     return 0
+
+
+def _finite(x: float) -> float | None:
+    """``x``, or ``None`` where it is not a number (strict JSON has no NaN)."""
+    return float(x) if x is not None and np.isfinite(x) else None
 
 
 def evaluate(pred, dm, cfg: dict) -> dict:
@@ -186,11 +192,15 @@ def evaluate(pred, dm, cfg: dict) -> dict:
     print("\nshare of the uniform-to-oracle gap closed")
     print(report.table("gap_closed"))
     print("\nNLL per held-out rollout: " + ", ".join(f"{k} {v:.4f}" for k, v in nll.items()))
-    gaps = {name: [r["gap_closed"] for r in rows] for name, rows in report.rows.items()}
+    print(f"wrote {out / 'report.json'} and {out / 'frontier.png'}")
+    gaps = {name: [_finite(r["gap_closed"]) for r in rows] for name, rows in report.rows.items()}
     return {"test_queries": len(test), "nll_per_rollout": {k: round(v, 4)
                                                           for k, v in nll.items()},
-            "gap_closed": {k: [round(x, 3) for x in v] for k, v in gaps.items()},
+            "gap_closed": {k: [None if x is None else round(x, 3) for x in v]
+                           for k, v in gaps.items()},
             "budgets_per_query": budgets,
+            "mean_accuracy": {k: [round(r["mean_accuracy"], 4) for r in rows]
+                              for k, rows in report.rows.items()},
             "predict_seconds_per_query": pred_s / max(len(test), 1)}
 
 
