@@ -167,6 +167,22 @@ def test_reasoning_gym_problems_and_grading():
         assert grade(f"\\boxed{{{p['answer']}}}", p)
         assert grade(f"\\boxed{{\\text{{{p['answer']}}}}}", p)  # wrappers are removed
         assert not grade(r"\boxed{no idea}", p)
+    # LaTeX scientific notation is the same number as the 'e' notation asked for
+    pw = next(p for p in ps if p["task"] == "power_function")
+    mant, exp = f"{float(pw['answer']):.2e}".split("e")
+    assert grade(f"\\boxed{{{mant} \\times 10^{{{int(exp)}}}}}", pw)
+    assert grade(f"\\boxed{{{mant}e^{{{int(exp)}}}}}", pw)
+    assert not grade(f"\\boxed{{{mant} \\times 10^{{{int(exp) + 1}}}}}", pw)
+
+
+def test_scientific_to_e():
+    from clear_learn.generation.graders import scientific_to_e
+
+    assert scientific_to_e(r"3.50 \times 10^{-1}") == "3.50e-1"
+    assert scientific_to_e(r"-2.786 \cdot 10^6") == "-2.786e6"
+    assert scientific_to_e("1.00e^0") == "1.00e0"
+    assert scientific_to_e("5.85e+12") == "5.85e+12"
+    assert scientific_to_e("Tuesday") == "Tuesday"
 
 
 def test_embedded_problem_files_match_their_generator():

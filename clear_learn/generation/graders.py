@@ -49,6 +49,21 @@ def unwrap(answer: str) -> str:
         s = m.group(1)
 
 
+_SCI = re.compile(r"^\s*([-+]?\d+(?:\.\d+)?)\s*(?:\\times|\\cdot|×|x|\*)\s*10\s*\^\s*"
+                  r"\{?\s*([-+−]?\s*\d+)\s*\}?\s*$")
+_E_POWER = re.compile(r"^\s*([-+]?\d+(?:\.\d+)?)\s*[eE]\s*\^\s*\{?\s*([-+]?\d+)\s*\}?\s*$")
+
+
+def scientific_to_e(answer: str) -> str:
+    """``1.23 \\times 10^{-4}`` (or ``\\cdot``, ``×``, ``e^{-4}``) as ``1.23e-4``; other text as
+    it is. The number is the same; only LaTeX spelled it differently from 'e' notation."""
+    m = _SCI.match(answer) or _E_POWER.match(answer)
+    if not m:
+        return answer
+    exp = m.group(2).replace(" ", "").replace("−", "-")
+    return f"{m.group(1)}e{exp}"
+
+
 def _to_number(s: str) -> float | None:
     s = s.replace("\\$", "").replace("$", "").replace(",", "").replace("\\!", "")
     s = s.replace(" ", "")
@@ -103,7 +118,7 @@ def grade_reasoning_gym(response: str, problem: dict) -> bool:
     got = last_boxed(response)
     if got is None:
         return False
-    got = unwrap(got)
+    got = scientific_to_e(unwrap(got))
     src = problem["source"]
     ds = _rg_dataset(src["family"], json.dumps(src["config"], sort_keys=True), int(src["seed"]),
                      int(src["size"]))
