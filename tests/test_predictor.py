@@ -110,6 +110,9 @@ def test_save_load_round_trip_is_identical(trained, tmp_path):
     cfg = json.loads((tmp_path / "p" / "config.json").read_text())
     assert cfg["format_version"] == 1 and cfg["base_model"].startswith("pkg:")
     assert "/" not in cfg["base_model"]  # no absolute path of the training machine
+    for f in (tmp_path / "p").rglob("*"):
+        if f.is_file() and f.suffix in (".json", ".md"):
+            assert "site-packages" not in f.read_text() and str(ROOT) not in f.read_text(), f
     assert (tmp_path / "p" / "README.md").read_text().startswith("# clear-learn predictor")
     # merged weights load to the same predictions
     pred.save_pretrained(tmp_path / "m", merged=True)

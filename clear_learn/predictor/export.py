@@ -128,6 +128,7 @@ class ClearPredictor:
                 cfg["weights"] = "merged"
             elif hasattr(enc, "save_pretrained") and hasattr(enc, "peft_config"):
                 enc.save_pretrained(tmp / "adapter")
+                _relocatable_adapter(tmp / "adapter", str(cfg.get("base_model", "")))
                 cfg["weights"] = "adapter"
             else:
                 cfg["weights"] = "base"
@@ -194,6 +195,16 @@ class ClearPredictor:
             raise PredictorLoadError(f"{path}: could not load weights: {err}") from None
         tokenizer = AutoTokenizer.from_pretrained(base, local_files_only=True)
         return cls(model, tokenizer, cfg, device=device)
+
+
+def _relocatable_adapter(adapter: Path, base_spec: str) -> None:
+    """Name the base by its spec (``pkg:...``) where peft wrote this machine's absolute path;
+    drop peft's generated card, which repeats that path (the predictor has its own card)."""
+    conf = adapter / "adapter_config.json"
+    data = json.loads(conf.read_text())
+    data["base_model_name_or_path"] = base_spec
+    conf.write_text(json.dumps(data, indent=2) + "\n")
+    (adapter / "README.md").unlink(missing_ok=True)
 
 
 def _swap_into_place(tmp: Path, path: Path) -> None:
