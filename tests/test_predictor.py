@@ -313,7 +313,8 @@ def test_leave_one_family_out_resumes(sim_file, tmp_path, capsys):
 
     args = ["--families", "sim-easy,sim-hard", "--out", str(tmp_path / "cv"),
             "--set", f"data.data={sim_file}", "--set", f"run_dir={tmp_path / 'run'}",
-            "--set", "threads=1", "--set", "trainer.max_steps=2", "--set", "data.max_length=16",
+            "--set", "threads=1", "--set", "trainer.max_epochs=1", "--set", "data.max_length=16",
+            "--set", "trainer.limit_train_batches=2",
             "--set", "model.lora_r=2", "--set", "model.head_hidden=8",
             "--set", "evaluate.budgets_per_query=[64,256]",
             "--set", "trainer.enable_progress_bar=false"]
