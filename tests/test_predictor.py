@@ -347,3 +347,20 @@ def test_splits_by_query_and_by_task():
         split_records(recs, split="task", test_tasks=["sim-hard"], val_tasks=["sim-hard"])
     with pytest.raises(ValueError, match="not in the data"):
         split_records(recs, split="task", test_tasks=["nope"])
+
+
+def test_committed_default_checkpoint_loads_and_allocates():
+    """The shipped predictor stays loadable by this code, offline, and allocates under its cap."""
+    from clear_learn.predictor.export import ClearPredictor
+
+    path = ROOT / "checkpoints" / "default"
+    if not (path / "config.json").is_file():
+        pytest.skip("no committed default checkpoint")
+    pred = ClearPredictor.from_pretrained(path)
+    assert pred.max_new_tokens == 512
+    texts = ["What is 3 + 4?", "Compute -831.3627^3 to 3 significant figures.",
+             'How many times does the letter "e" appear in the text: "seventeen sheep"?']
+    curves = pred.predict(texts)
+    assert np.all(np.isfinite(curves.tau)) and np.all((curves.p >= 0) & (curves.p <= 1))
+    res = pred.allocate(texts, 600)
+    assert res.budgets.sum() <= 600 and res.budgets.max() <= 512
