@@ -84,6 +84,34 @@ def test_short_training_lowers_validation_loss(trained):
     assert np.isfinite(before) and after < before - 0.05
 
 
+def test_checkpoints_are_slim_and_reload_and_resume(sim_file, tmp_path):
+    """Lightning checkpoints hold LoRA and head only; reload is exact; fit resumes from one."""
+    from clear_learn.predictor.lightning import CurveLightningModule
+
+    dm = _dm(sim_file)
+    module = CurveLightningModule(lora_r=4, head_hidden=16)
+    module.model.train()
+    trainer = _trainer(tmp_path, 2)
+    trainer.fit(module, datamodule=dm)
+    ckpt = tmp_path / "m.ckpt"
+    trainer.save_checkpoint(ckpt)
+    assert ckpt.stat().st_size < 5e6  # the 90 MB base is not in it
+    saved = torch.load(ckpt, weights_only=False)["state_dict"]
+    assert any("lora_" in k for k in saved) and any(k.startswith("model.head") for k in saved)
+    again = CurveLightningModule.load_from_checkpoint(ckpt)
+    batch = next(iter(dm.val_dataloader()))
+    module.train(False)
+    again.train(False)
+    with torch.no_grad():
+        args = (batch["input_ids"], batch["attention_mask"], batch["cap"], batch["n_tokens"])
+        for a, b in zip(module(*args), again(*args)):
+            assert torch.equal(a, b)
+    resumed = _trainer(tmp_path, 4)
+    resumed.fit(CurveLightningModule(lora_r=4, head_hidden=16), datamodule=dm,
+                ckpt_path=str(ckpt))
+    assert resumed.global_step == 4
+
+
 def _export(trained, path):
     sys.path.insert(0, str(ROOT / "train"))
     from train import export_predictor, load_config
