@@ -356,6 +356,12 @@ def test_leave_one_family_out_resumes(sim_file, tmp_path, capsys):
     capsys.readouterr()
     assert cross_family.main(args) == 0
     assert capsys.readouterr().out.count("reusing") == 2
+    with pytest.raises(SystemExit, match="another config"):
+        cross_family.main(args + ["--set", "model.lora_r=3"])
+    fold = tmp_path / "cv" / "folds" / "sim-easy.jsonl"
+    fold.write_text("".join(x + "\n" for x in fold.read_text().splitlines()[1:]))
+    assert cross_family.main(args) == 0  # a fold that no longer covers its family is redone
+    assert capsys.readouterr().out.count("reusing") == 1
 
 
 def test_splits_by_query_and_by_task():

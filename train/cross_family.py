@@ -48,6 +48,33 @@ def fold_curves(cfg: dict, family: str, val_family: str | None) -> dict[str, lis
             for name, c in curves.items()}
 
 
+def check_same_config(out: Path, cfg: dict, random_val: bool) -> None:
+    """Record the run's config in ``OUT/config.json``; refuse to mix folds of another one."""
+    want = {"config": cfg, "random_val": bool(random_val)}
+    path = out / "config.json"
+    if path.is_file():
+        have = json.loads(path.read_text())
+        if have != json.loads(json.dumps(want)):
+            raise SystemExit(f"{out} holds folds of another config ({path}): pass another "
+                             "--out, or delete it to start over")
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(want, indent=1))
+
+
+def load_fold(path: Path, ids: set[str]) -> dict[str, list[dict]] | None:
+    """A saved fold's curves if it covers exactly the family's queries ``ids`` (else the data
+    has changed since it was written, and it is trained again)."""
+    if not path.is_file():
+        return None
+    rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+    got = {name: [r for r in rows if r["policy"] == name] for name in POLICIES}
+    if any({str(r["id"]) for r in got[name]} != ids for name in POLICIES):
+        print(f"{path}: written for other queries of this family; training it again")
+        return None
+    return got
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -75,12 +102,13 @@ def main(argv=None) -> int:
     if len(tasks) < 3:
         raise SystemExit(f"leave-one-family-out needs at least 3 tasks, the data has {tasks}")
     out = resolve(args.out)
+    check_same_config(out, cfg, args.random_val)
     pooled: dict[str, dict[str, dict]] = {name: {} for name in POLICIES}
     for i, fam in enumerate(families):
         path = out / "folds" / f"{fam}.jsonl"
-        if path.is_file():
-            rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
-            got = {name: [r for r in rows if r["policy"] == name] for name in POLICIES}
+        ids = {str(r["id"]) for r in records if r["task"] == fam}
+        got = load_fold(path, ids)
+        if got is not None:
             print(f"fold {fam}: reusing {path}")
         else:
             val = None if args.random_val else tasks[(tasks.index(fam) + 1) % len(tasks)]
