@@ -334,6 +334,34 @@ def test_ddp_on_two_cpu_processes(sim_file, tmp_path):
     assert (tmp_path / "pred" / "config.json").exists()
 
 
+def test_main_job_evaluates_then_refits_on_every_query(sim_file, tmp_path, capsys):
+    """train.py end to end: held-out tables, then (refit_all) weights refitted on all queries
+    for the held-out run's best epochs, with the held-out run's metrics on the card."""
+    sys.path.insert(0, str(ROOT / "train"))
+    import train
+
+    from clear_learn.predictor.export import ClearPredictor
+    from clear_learn.rollouts import read_rollouts
+
+    args = ["--set", f"data.data={sim_file}", "--set", "data.max_length=16",
+            "--set", "threads=1", "--set", "trainer.max_epochs=2",
+            "--set", "trainer.limit_train_batches=2", "--set", "model.lora_r=2",
+            "--set", "model.head_hidden=8", "--set", "evaluate.budgets_per_query=[64,256]",
+            "--set", f"evaluate.out={tmp_path / 'eval'}", "--set", f"run_dir={tmp_path / 'run'}",
+            "--set", f"export.dir={tmp_path / 'pred'}", "--set", "export.refit_all=true",
+            "--set", "trainer.enable_progress_bar=false"]
+    assert train.main(args) == 0
+    out = capsys.readouterr().out
+    assert "share of the uniform-to-oracle gap closed" in out and "refitting on every" in out
+    assert (tmp_path / "eval" / "frontier.png").is_file()
+    pred = ClearPredictor.from_pretrained(tmp_path / "pred")
+    training, metrics = pred.config["training"], pred.config["metrics"]
+    assert training["refit_all"] and training["split"] == "all"
+    assert training["n_train"] == len(read_rollouts(sim_file))
+    assert 1 <= metrics["best_epochs"] <= 2 and "gap_closed" in metrics
+    assert "refitted on every query" in (tmp_path / "pred" / "README.md").read_text()
+
+
 def test_leave_one_family_out_resumes(sim_file, tmp_path, capsys):
     """Every held-out family is predicted by a model that never saw it; reruns reuse folds."""
     sys.path.insert(0, str(ROOT / "train"))
@@ -381,6 +409,9 @@ def test_splits_by_query_and_by_task():
         split_records(recs, split="task", test_tasks=["sim-hard"], val_tasks=["sim-hard"])
     with pytest.raises(ValueError, match="not in the data"):
         split_records(recs, split="task", test_tasks=["nope"])
+    assert split_records(recs, split="all") == (list(range(60)), [], [])
+    with pytest.raises(ValueError, match="'query', 'task' or 'all'"):
+        split_records(recs, split="families")
 
 
 def test_committed_default_checkpoint_loads_and_allocates():

@@ -5,9 +5,12 @@
 Steps: seed everything; build ``RolloutDataModule`` and ``CurveLightningModule`` from the
 config's ``data`` and ``model`` sections and a ``Trainer`` from ``trainer`` (devices, strategy:
 DDP is a config change); fit with early stopping on ``val_nll`` and checkpoints in
-``run_dir`` (``--resume`` continues from the last one); export the best model as a
-``ClearPredictor`` to ``export.dir`` (atomically); evaluate it on the held-out split against
-uniform, the TF-IDF and length baselines, the oracle and the exact optimum.
+``run_dir`` (``--resume`` continues from the last one); evaluate the best model on the
+held-out split against uniform, the TF-IDF and length baselines, the oracle and the exact
+optimum; export it as a ``ClearPredictor`` to ``export.dir`` (atomically). With
+``export.refit_all: true`` the exported weights are instead the same recipe refitted on every
+query for the held-out run's best number of epochs (the card says so; its metrics are the
+held-out run's).
 """
 
 from __future__ import annotations
@@ -133,8 +136,48 @@ def train_predictor(cfg: dict, *, resume: bool = False):
     dm.setup("test")
     metrics = {"train_seconds": round(train_s, 1), "best_val_nll":
                round(float(ckpt.best_model_score), 4) if ckpt.best_model_score is not None
-               else None, "epochs": trainer.current_epoch}
+               else None, "epochs": trainer.current_epoch,
+               "best_epochs": best_epochs(best) if best else trainer.current_epoch}
     return export_predictor(module, dm, cfg, metrics), dm, metrics
+
+
+def best_epochs(ckpt_path: str | Path) -> int:
+    """How many epochs had been trained when the checkpoint at ``ckpt_path`` was written."""
+    import torch
+
+    return int(torch.load(ckpt_path, map_location="cpu", weights_only=False)["epoch"]) + 1
+
+
+def refit_on_all(cfg: dict, epochs: int):
+    """The same recipe trained on every query for ``epochs`` epochs (no validation, no test):
+    the weights to ship once a held-out run has measured the recipe and chosen ``epochs``.
+    Returns ``(predictor, datamodule, seconds)``."""
+    import lightning as L
+    import torch
+
+    torch.set_num_threads(int(cfg.get("threads", 2)))
+    L.seed_everything(int(cfg.get("seed", 0)), workers=True)
+    from clear_learn.predictor.data import RolloutDataModule
+    from clear_learn.predictor.lightning import CurveLightningModule
+
+    cfg = json.loads(json.dumps(cfg))  # a private copy
+    cfg["data"].update(split="all", test_tasks=[], val_tasks=[])
+    dm = RolloutDataModule(seed=int(cfg.get("seed", 0)), **cfg["data"])
+    module = CurveLightningModule(base_model=cfg["data"]["base_model"],
+                                  max_length=cfg["data"]["max_length"], **cfg["model"])
+    module.model.train()
+    kwargs = {"enable_progress_bar": True, **cfg.get("trainer", {})}
+    kwargs.update(max_epochs=int(epochs), limit_val_batches=0, num_sanity_val_steps=0,
+                  enable_checkpointing=False)
+    run_dir = resolve(cfg["run_dir"]) / "refit"
+    trainer = L.Trainer(default_root_dir=str(run_dir),
+                        logger=L.pytorch.loggers.CSVLogger(str(run_dir), name="logs"), **kwargs)
+    t0 = time.perf_counter()
+    trainer.fit(module, datamodule=dm)
+    secs = time.perf_counter() - t0
+    if trainer.global_rank != 0:
+        return None, dm, secs
+    return export_predictor(module, dm, cfg), dm, secs
 
 
 def main(argv=None) -> int:
@@ -152,6 +195,15 @@ def main(argv=None) -> int:
     if not args.no_eval:
         metrics.update(evaluate(pred, dm, cfg))
         pred.config["metrics"] = metrics
+    if cfg["export"].get("refit_all"):
+        epochs = int(metrics["best_epochs"])
+        print(f"\nrefitting on every query for {epochs} epochs (the held-out run's best)")
+        pred, _, secs = refit_on_all(cfg, epochs)
+        if pred is None:
+            return 0
+        metrics["refit_seconds"] = round(secs, 1)
+        pred.config["metrics"] = metrics
+        pred.config["training"].update(refit_all=True, held_out_split=cfg["data"]["split"])
     out = resolve(cfg["export"]["dir"])
     pred.save_pretrained(out, merged=bool(cfg["export"].get("merged", False)))
     print(f"\nexported predictor to {out} (trained {metrics['train_seconds']} s, "

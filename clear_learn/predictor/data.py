@@ -41,7 +41,8 @@ def split_records(records: list[dict], *, split: str = "query",
     ``split="query"``: random queries held out for validation and test. ``split="task"``: the
     queries of ``test_tasks`` are the test set (families never seen in training); validation
     is a random share of the rest, or, with ``val_tasks``, those families (so that early
-    stopping selects for families the model has not seen either).
+    stopping selects for families the model has not seen either). ``split="all"``: every
+    query trains (no validation, no test).
     """
     rng = np.random.default_rng(seed)
     n = len(records)
@@ -70,8 +71,10 @@ def split_records(records: list[dict], *, split: str = "query",
         rest = rest[rng.permutation(rest.size)]
         n_val = int(round(val_fraction * rest.size))
         return sorted(rest[n_val:].tolist()), sorted(rest[:n_val].tolist()), test
+    if split == "all":  # the final refit of a recipe already measured on a held-out split
+        return list(range(n)), [], []
     if split != "query":
-        raise ValueError(f"split must be 'query' or 'task', got {split!r}")
+        raise ValueError(f"split must be 'query', 'task' or 'all', got {split!r}")
     order = rng.permutation(n)
     n_test = int(round(test_fraction * n))
     n_val = int(round(val_fraction * n))

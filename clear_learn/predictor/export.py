@@ -269,6 +269,9 @@ def model_card(cfg: dict) -> str:
         f"{cfg.get('training', {}).get('n_train', '?')} training queries",
         f"- task families trained on: {', '.join(cfg.get('training', {}).get('tasks', [])) or '?'}",
     ]
+    if cfg.get("training", {}).get("refit_all"):
+        lines.append("- these weights: the same recipe refitted on every query for the held-out "
+                     "run's best number of epochs; the metrics below are that held-out run's")
     for k, v in m.items():
         lines.append(f"- {k}: {v}")
     lines += ["", "## Intended use", "",
