@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -104,11 +103,9 @@ def resolve(path: str | Path) -> Path:
     return path if path.is_absolute() else ROOT / path
 
 
-def train_predictor(cfg: dict, *, resume: bool = False):
-    """Fit a predictor as ``cfg`` says; returns ``(predictor, datamodule, metrics)``.
-
-    On a DDP worker other than rank 0 the predictor is ``None``.
-    """
+def build_modules(cfg: dict):
+    """Threads and seeds set, then ``(datamodule, lightning module)`` as ``cfg`` says, the
+    module in train mode (``from_pretrained`` returns eval mode)."""
     import lightning as L
     import torch
 
@@ -117,11 +114,22 @@ def train_predictor(cfg: dict, *, resume: bool = False):
     from clear_learn.predictor.data import RolloutDataModule
     from clear_learn.predictor.lightning import CurveLightningModule
 
-    run_dir = resolve(cfg["run_dir"])
     dm = RolloutDataModule(seed=int(cfg.get("seed", 0)), **cfg["data"])
     module = CurveLightningModule(base_model=cfg["data"]["base_model"],
                                   max_length=cfg["data"]["max_length"], **cfg["model"])
-    module.model.train()  # from_pretrained returns eval mode
+    module.model.train()
+    return dm, module
+
+
+def train_predictor(cfg: dict, *, resume: bool = False):
+    """Fit a predictor as ``cfg`` says; returns ``(predictor, datamodule, metrics)``.
+
+    On a DDP worker other than rank 0 the predictor is ``None``.
+    """
+    from clear_learn.predictor.lightning import CurveLightningModule
+
+    run_dir = resolve(cfg["run_dir"])
+    dm, module = build_modules(cfg)
     trainer, ckpt = build_trainer(cfg, run_dir)
     last = run_dir / "checkpoints" / "last.ckpt"
     t0 = time.perf_counter()
@@ -153,19 +161,10 @@ def refit_on_all(cfg: dict, epochs: int):
     the weights to ship once a held-out run has measured the recipe and chosen ``epochs``.
     Returns ``(predictor, datamodule, seconds)``."""
     import lightning as L
-    import torch
-
-    torch.set_num_threads(int(cfg.get("threads", 2)))
-    L.seed_everything(int(cfg.get("seed", 0)), workers=True)
-    from clear_learn.predictor.data import RolloutDataModule
-    from clear_learn.predictor.lightning import CurveLightningModule
 
     cfg = json.loads(json.dumps(cfg))  # a private copy
     cfg["data"].update(split="all", test_tasks=[], val_tasks=[])
-    dm = RolloutDataModule(seed=int(cfg.get("seed", 0)), **cfg["data"])
-    module = CurveLightningModule(base_model=cfg["data"]["base_model"],
-                                  max_length=cfg["data"]["max_length"], **cfg["model"])
-    module.model.train()
+    dm, module = build_modules(cfg)
     kwargs = {"enable_progress_bar": True, **cfg.get("trainer", {})}
     kwargs.update(max_epochs=int(epochs), limit_val_batches=0, num_sanity_val_steps=0,
                   enable_checkpointing=False)
