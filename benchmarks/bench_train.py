@@ -1,6 +1,6 @@
 """Seconds per training step of the predictor on this CPU, and what a full run would take.
 
-    python benchmarks/bench_train.py [--threads 2] [--batch-size 16] [--steps 8] [--set k=v]
+    python benchmarks/bench_train.py [--threads 2] [--steps 8] [--set data.batch_size=16 ...]
 
 Builds the data module and the Lightning module from ``configs/default.yaml`` (overrides with
 ``--set`` as in ``train/train.py``) on the embedded data set, then times forward, backward and
@@ -32,18 +32,12 @@ def main() -> None:
     args = ap.parse_args()
     import torch
 
-    from train import load_config
+    from train import build_modules, load_config
 
-    torch.set_num_threads(args.threads)
     cfg = load_config(args.config, args.set)
-    from clear_learn.predictor.data import RolloutDataModule
-    from clear_learn.predictor.lightning import CurveLightningModule
-
-    dm = RolloutDataModule(seed=int(cfg.get("seed", 0)), **cfg["data"])
+    cfg["threads"] = args.threads
+    dm, module = build_modules(cfg)
     dm.setup("fit")
-    module = CurveLightningModule(base_model=cfg["data"]["base_model"],
-                                  max_length=cfg["data"]["max_length"], **cfg["model"])
-    module.model.train()
     module.log = lambda *a, **k: None  # no trainer attached
     opt = module.configure_optimizers()
     loader = dm.train_dataloader()
