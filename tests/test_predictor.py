@@ -362,6 +362,24 @@ def test_main_job_evaluates_then_refits_on_every_query(sim_file, tmp_path, capsy
     assert "refitted on every query" in (tmp_path / "pred" / "README.md").read_text()
 
 
+def test_regression_loss_trains_from_the_config(sim_file, tmp_path):
+    """model.loss=regression through train.build_modules: targets are attached, steps run."""
+    sys.path.insert(0, str(ROOT / "train"))
+    import train
+
+    cfg = train.load_config(ROOT / "configs" / "default.yaml", [
+        f"data.data={sim_file}", "data.max_length=16", "threads=1", "model.lora_r=2",
+        "model.head_hidden=8", "model.loss=regression"])
+    dm, module = train.build_modules(cfg)
+    trainer = _trainer(tmp_path, 3)
+    trainer.fit(module, datamodule=dm)
+    assert trainer.global_step == 3 and np.isfinite(float(trainer.callback_metrics["train_loss"]))
+    plain = _dm(sim_file)
+    plain.setup("fit")
+    with pytest.raises(ValueError, match="regression_targets"):
+        module.training_step(next(iter(plain.train_dataloader())), 0)
+
+
 def test_leave_one_family_out_resumes(sim_file, tmp_path, capsys):
     """Every held-out family is predicted by a model that never saw it; reruns reuse folds."""
     sys.path.insert(0, str(ROOT / "train"))

@@ -114,7 +114,10 @@ def build_modules(cfg: dict):
     from clear_learn.predictor.data import RolloutDataModule
     from clear_learn.predictor.lightning import CurveLightningModule
 
-    dm = RolloutDataModule(seed=int(cfg.get("seed", 0)), **cfg["data"])
+    data = dict(cfg["data"])
+    # the regression loss needs each query's own fitted curve as its target
+    data.setdefault("regression_targets", cfg["model"].get("loss") == "regression")
+    dm = RolloutDataModule(seed=int(cfg.get("seed", 0)), **data)
     module = CurveLightningModule(base_model=cfg["data"]["base_model"],
                                   max_length=cfg["data"]["max_length"], **cfg["model"])
     module.model.train()

@@ -80,6 +80,9 @@ class CurveLightningModule(L.LightningModule):
         raw = self.model(batch["input_ids"], batch["attention_mask"], batch["n_tokens"],
                          batch.get("surface"))
         if self.hparams.loss == "regression":
+            if "target" not in batch:
+                raise ValueError("loss 'regression' needs per-query fitted targets: build the "
+                                 "data module with regression_targets=True")
             M = batch["cap"]
             tau, p_logit, k = raw_to_curve(raw, M)
             pred = torch.stack([torch.log(tau / M + 1e-6), torch.log(k * M), p_logit], 1)
