@@ -432,6 +432,20 @@ def test_splits_by_query_and_by_task():
         split_records(recs, split="families")
 
 
+def test_several_data_sources_train_together(tmp_path):
+    from clear_learn.predictor.data import load_records
+
+    a, b = simulated_dataset(n_per_task=3, seed=1), simulated_dataset(n_per_task=2, seed=2)
+    for r in b:
+        r["id"] = "b-" + r["id"]
+    write_rollouts(a, tmp_path / "a.jsonl")
+    write_rollouts(b, tmp_path / "b.jsonl")
+    both = load_records([str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl")])
+    assert [r["id"] for r in both] == [r["id"] for r in a + b]
+    with pytest.raises(ValueError, match="must not overlap"):
+        load_records([str(tmp_path / "a.jsonl"), str(tmp_path / "a.jsonl")])
+
+
 def test_committed_default_checkpoint_loads_and_allocates():
     """The shipped predictor stays loadable by this code, offline, and allocates under its cap."""
     from clear_learn.predictor.export import ClearPredictor

@@ -69,6 +69,10 @@ def export_predictor(module, dm, cfg: dict, metrics: dict | None = None):
     records = dm.split_records("train")
     gen = records[0].get("generator", {}) if records else {}
     caps = {int(r["max_new_tokens"]) for r in dm.records}
+    models = {r.get("generator", {}).get("model", "unknown") for r in dm.records}
+    if len(models) != 1:
+        raise SystemExit(f"training data mixes generating models {sorted(models)}: a "
+                         "predictor's curves belong to one model")
     if len(caps) != 1:
         raise SystemExit(f"training data mixes generation caps {sorted(caps)}: a predictor's "
                          "curves belong to one cap")
@@ -86,7 +90,7 @@ def export_predictor(module, dm, cfg: dict, metrics: dict | None = None):
                       "backend": gen.get("backend"), "temperature": gen.get("temperature"),
                       "top_p": gen.get("top_p"), "n": gen.get("n"),
                       "max_new_tokens": caps.pop()},
-        "training": {"data": str(cfg["data"]["data"]), "split": cfg["data"]["split"],
+        "training": {"data": _json_data(cfg["data"]["data"]), "split": cfg["data"]["split"],
                      "test_tasks": list(cfg["data"].get("test_tasks") or []),
                      "n_train": len(records), "seed": cfg.get("seed", 0),
                      "tasks": sorted({r["task"] for r in records}),
@@ -95,6 +99,11 @@ def export_predictor(module, dm, cfg: dict, metrics: dict | None = None):
     }
     module.model.train(False)
     return ClearPredictor(module.model, dm.tokenizer, pcfg)
+
+
+def _json_data(data) -> str | list[str]:
+    """The config's data sources as the card records them."""
+    return [str(d) for d in data] if isinstance(data, (list, tuple)) else str(data)
 
 
 def resolve(path: str | Path) -> Path:

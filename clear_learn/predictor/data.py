@@ -21,10 +21,21 @@ __all__ = ["split_records", "RolloutDataModule", "collate_rollouts", "load_recor
            "encode_texts"]
 
 
-def load_records(data: str | Path | list[dict]) -> list[dict]:
-    """``default``/``benchmark`` (embedded data sets), a rollout file, or records."""
-    if isinstance(data, list):
-        return data
+def load_records(data: str | Path | Sequence) -> list[dict]:
+    """Records of ``default``/``benchmark`` (embedded data sets), a rollout file, a list of
+    those (concatenated; an id may appear once), or a list of records as they are."""
+    if isinstance(data, (list, tuple)) and all(isinstance(d, dict) for d in data):
+        return list(data)
+    if isinstance(data, (list, tuple)):
+        records, seen = [], {}
+        for source in data:
+            for rec in load_records(source):
+                if rec["id"] in seen:
+                    raise ValueError(f"id {rec['id']!r} is in both {seen[rec['id']]!r} and "
+                                     f"{source!r}: data sources must not overlap")
+                seen[rec["id"]] = source
+                records.append(rec)
+        return records
     if str(data) in ("default", "benchmark"):
         from ..datasets import load_rollouts
 
@@ -128,7 +139,8 @@ class RolloutDataModule(L.LightningDataModule):
 
     Parameters
     ----------
-    data : ``default`` (the embedded real data set), ``benchmark``, or a rollout file.
+    data : ``default`` (the embedded real data set), ``benchmark``, a rollout file, or a list
+        of those (trained on together).
     base_model : encoder whose tokenizer is used (``pkg:NAME`` or a directory).
     max_length : tokens kept of each query text.
     split, test_tasks, val_tasks, val_fraction, test_fraction, seed : see
@@ -144,7 +156,8 @@ class RolloutDataModule(L.LightningDataModule):
                  test_fraction: float = 0.15, seed: int = 0,
                  regression_targets: bool = False, num_workers: int = 0):
         super().__init__()
-        self.save_hyperparameters(ignore=["data"] if isinstance(data, list) else None)
+        records_given = isinstance(data, list) and any(isinstance(d, dict) for d in data)
+        self.save_hyperparameters(ignore=["data"] if records_given else None)
         self.data = data
         self.records: list[dict] | None = None
         self.splits: dict[str, list[int]] = {}

@@ -264,7 +264,7 @@ def model_card(cfg: dict) -> str:
         "",
         "## Training data and metrics",
         "",
-        f"- data: {cfg.get('training', {}).get('data', '?')}",
+        f"- data: {_sources(cfg.get('training', {}).get('data', '?'))}",
         f"- split: {cfg.get('training', {}).get('split', '?')}, "
         f"{cfg.get('training', {}).get('n_train', '?')} training queries",
         f"- task families trained on: {', '.join(cfg.get('training', {}).get('tasks', [])) or '?'}",
@@ -279,3 +279,8 @@ def model_card(cfg: dict) -> str:
               "Not a correctness predictor for any single query; scored only on the task "
               "families listed in its training data.", ""]
     return "\n".join(lines)
+
+
+def _sources(data) -> str:
+    """Training data sources for the card: one name or path, or several joined."""
+    return " + ".join(map(str, data)) if isinstance(data, list) else str(data)
