@@ -148,6 +148,32 @@ def test_save_load_round_trip_is_identical(trained, tmp_path):
     assert np.allclose(a.tau, c.tau, rtol=1e-4) and np.allclose(a.p, c.p, atol=1e-5)
 
 
+def test_training_can_start_from_an_exported_predictor(trained, sim_file, tmp_path):
+    """model.init_from (recalibration): fitting starts at the exported weights, not at a fresh
+    head; a predictor of another architecture is refused, naming the field."""
+    from clear_learn.predictor.export import PredictorLoadError, load_into
+    from clear_learn.predictor.lightning import CurveLightningModule
+
+    pred = _export(trained, tmp_path / "p")
+    dm = _dm(sim_file, max_length=32)
+    module = CurveLightningModule(lora_r=4, head_hidden=32, max_length=32, lr=0.0, head_lr=0.0,
+                                  weight_decay=0.0, init_from=str(tmp_path / "p"))
+    module.model.train()
+    _trainer(tmp_path, 1).fit(module, datamodule=dm)  # lr 0: the weights stay as loaded
+    module.model.train(False)
+    texts = [r["text"] for r in dm.split_records("test")][:8]
+    enc = pred.tokenizer(texts, padding=True, truncation=True, max_length=32,
+                         return_tensors="pt")
+    n = torch.tensor([float(len(pred.tokenizer(t)["input_ids"])) for t in texts])
+    with torch.no_grad():
+        got = module.model(enc["input_ids"], enc["attention_mask"], n)
+        want = pred.model(enc["input_ids"], enc["attention_mask"], n)
+    assert torch.allclose(got, want, atol=1e-5)
+    other = CurveLightningModule(lora_r=2, head_hidden=32)
+    with pytest.raises(PredictorLoadError, match="lora_r: 2 here, 4 in"):
+        load_into(other.model, tmp_path / "p", other.hparams)
+
+
 def test_length_feature_sees_the_untruncated_text(trained, tmp_path):
     """Texts longer than max_length still differ in length: the prefix is not the whole."""
     from clear_learn.predictor.data import encode_texts

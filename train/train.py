@@ -94,7 +94,8 @@ def export_predictor(module, dm, cfg: dict, metrics: dict | None = None):
                      "test_tasks": list(cfg["data"].get("test_tasks") or []),
                      "n_train": len(records), "seed": cfg.get("seed", 0),
                      "tasks": sorted({r["task"] for r in records}),
-                     "loss": mcfg.get("loss", "likelihood")},
+                     "loss": mcfg.get("loss", "likelihood"),
+                     "init_from": mcfg.get("init_from")},
         "metrics": metrics or {},
     }
     module.model.train(False)
@@ -127,8 +128,11 @@ def build_modules(cfg: dict):
     # the regression loss needs each query's own fitted curve as its target
     data.setdefault("regression_targets", cfg["model"].get("loss") == "regression")
     dm = RolloutDataModule(seed=int(cfg.get("seed", 0)), **data)
+    mcfg = dict(cfg["model"])
+    if mcfg.get("init_from"):
+        mcfg["init_from"] = str(resolve(mcfg["init_from"]))
     module = CurveLightningModule(base_model=cfg["data"]["base_model"],
-                                  max_length=cfg["data"]["max_length"], **cfg["model"])
+                                  max_length=cfg["data"]["max_length"], **mcfg)
     module.model.train()
     return dm, module
 

@@ -28,7 +28,7 @@ from ..allocation import AllocationResult, allocate
 from ..curves import Curves
 from .features import surface_features
 
-__all__ = ["ClearPredictor", "FORMAT_VERSION", "PredictorLoadError"]
+__all__ = ["ClearPredictor", "FORMAT_VERSION", "PredictorLoadError", "load_into"]
 
 FORMAT_VERSION = 1
 _REQUIRED = ("config.json", "head.safetensors")
@@ -197,6 +197,35 @@ class ClearPredictor:
         return cls(model, tokenizer, cfg, device=device)
 
 
+def load_into(model, path: str | os.PathLike, hparams) -> None:
+    """Copy an exported predictor's trained weights (LoRA adapter and head) into ``model``, a
+    :class:`~clear_learn.predictor.model.CurveModel` built with ``hparams``; raises
+    :class:`PredictorLoadError` when the two architectures differ (naming the fields)."""
+    src = ClearPredictor.from_pretrained(path)
+    cfg = src.config
+    if cfg["weights"] != "adapter":
+        raise PredictorLoadError(f"{path}: init_from needs an adapter predictor, this one has "
+                                 f"weights={cfg['weights']!r} (export it with merged=False)")
+    want = {"base_model": cfg["base_model"], "head_hidden": cfg["head_hidden"],
+            "length_feature": cfg.get("length_feature", False),
+            "surface_features": cfg.get("surface_features", False),
+            "lora_r": cfg.get("lora", {}).get("lora_r"),
+            "lora_targets": list(cfg.get("lora", {}).get("lora_targets") or [])}
+    have = {key: (list(hparams[key]) if key == "lora_targets" else hparams[key])
+            for key in want}
+    diff = [f"{key}: {have[key]!r} here, {want[key]!r} in {path}" for key in want
+            if have[key] != want[key]]
+    if diff:
+        raise PredictorLoadError("init_from: the model config differs from the predictor's: "
+                                 + "; ".join(diff))
+    missing, unexpected = model.load_state_dict(src.model.state_dict(), strict=False)
+    trainable = {n for n, q in model.named_parameters() if q.requires_grad}
+    if unexpected or trainable & set(missing):
+        raise PredictorLoadError(f"init_from {path}: weights do not fit (missing "
+                                 f"{sorted(trainable & set(missing))[:3]}, unexpected "
+                                 f"{sorted(unexpected)[:3]})")
+
+
 def _relocatable_adapter(adapter: Path, base_spec: str) -> None:
     """Name the base by its spec (``pkg:...``) where peft wrote this machine's absolute path;
     drop peft's generated card, which repeats that path (the predictor has its own card)."""
@@ -268,6 +297,8 @@ def model_card(cfg: dict) -> str:
         f"- split: {cfg.get('training', {}).get('split', '?')}, "
         f"{cfg.get('training', {}).get('n_train', '?')} training queries",
         f"- task families trained on: {', '.join(cfg.get('training', {}).get('tasks', [])) or '?'}",
+        *([f"- started from the predictor {cfg['training']['init_from']} (recalibration)"]
+          if cfg.get("training", {}).get("init_from") else []),
     ]
     if cfg.get("training", {}).get("refit_all"):
         lines.append("- these weights: the same recipe refitted on every query for the held-out "

@@ -26,7 +26,7 @@ class CurveLightningModule(L.LightningModule):
                  surface_features: bool = False, lr: float = 5e-4,
                  head_lr: float = 3e-3,
                  weight_decay: float = 0.01, loss: str = "likelihood", eps: float = 1e-3,
-                 max_length: int = 128):
+                 max_length: int = 128, init_from: str | None = None):
         super().__init__()
         if loss not in ("likelihood", "regression"):
             raise ValueError(f"loss must be 'likelihood' or 'regression', got {loss!r}")
@@ -37,9 +37,17 @@ class CurveLightningModule(L.LightningModule):
                                 surface_features=surface_features)
 
     def on_fit_start(self) -> None:
-        """Start the head at the training split's median curve (not when resuming)."""
+        """Start from the exported predictor ``init_from`` (recalibration), else the head at
+        the training split's median curve; neither when resuming a checkpoint."""
+        if self.trainer.ckpt_path is not None:
+            return
+        if self.hparams.init_from:
+            from .export import load_into
+
+            load_into(self.model, self.hparams.init_from, self.hparams)
+            return
         dm = getattr(self.trainer, "datamodule", None)
-        if self.trainer.ckpt_path is not None or not hasattr(dm, "median_curve"):
+        if not hasattr(dm, "median_curve"):
             return
         tau_rel, kM, p = dm.median_curve()
         p = min(max(p, 0.02), 0.98)
