@@ -59,7 +59,8 @@ def main() -> None:
         "Regenerate or extend (resumable; several sessions of a 2-core CPU):",
         "`nice -n 19 bash train/generate_data.sh`, then `python train/datacard.py`. Order: the "
         "first 125 default problems (a balanced prefix, 5-6 per difficulty setting), the "
-        "benchmark file, the rest of the default. Response texts are kept out of the repo in `runs/texts/`; after a grader fix, "
+        "benchmark file, the rest of the default. Response texts are kept out of the repo in "
+        "`runs/texts/`; after a grader fix, "
         "`clear-learn regrade` relabels from them without sampling again.",
         "",
         "## Model and settings",
