@@ -285,7 +285,8 @@ def model_card(cfg: dict) -> str:
         "",
         f"- base encoder: {cfg.get('base_model')} (weights: {cfg.get('weights')}), max "
         f"{cfg.get('max_length')} text tokens",
-        f"- LoRA: {cfg.get('lora', {})}",
+        "- LoRA: " + (", ".join(f"{k.removeprefix('lora_')} {v}"
+                                 for k, v in cfg.get("lora", {}).items()) or "none"),
         f"- head: mean pooling"
         f"{' + log text length' if cfg.get('length_feature') else ''}"
         f"{' + surface features' if cfg.get('surface_features') else ''}"
@@ -303,8 +304,7 @@ def model_card(cfg: dict) -> str:
     if cfg.get("training", {}).get("refit_all"):
         lines.append("- these weights: the same recipe refitted on every query for the held-out "
                      "run's best number of epochs; the metrics below are that held-out run's")
-    for k, v in m.items():
-        lines.append(f"- {k}: {v}")
+    lines += _metric_lines(m)
     lines += ["", "## Intended use", "",
               "Routing token budgets across batches of reasoning queries for the model above. "
               "Not a correctness predictor for any single query; scored only on the task "
@@ -315,3 +315,35 @@ def model_card(cfg: dict) -> str:
 def _sources(data) -> str:
     """Training data sources for the card: one name or path, or several joined."""
     return " + ".join(map(str, data)) if isinstance(data, list) else str(data)
+
+
+def _metric_lines(m: dict) -> list[str]:
+    """Card lines for training metrics: scalars and per-policy values as bullets, per-budget
+    figures (``{policy: [value per budget]}``) as one table each."""
+    budgets = m.get("budgets_per_query")
+
+    def fmt(v, table: bool = False) -> str:
+        if v is None:
+            return "n/a"
+        if isinstance(v, float):
+            return f"{v:.3f}" if table else f"{v:.4g}"
+        return str(v)
+
+    lines, tables = [], []
+    for key, v in m.items():
+        if key == "budgets_per_query":
+            continue
+        per_budget = (isinstance(v, dict) and budgets and v
+                      and all(isinstance(x, list) and len(x) == len(budgets) for x in v.values()))
+        if per_budget:
+            names = list(v)
+            tables += ["", f"{key.replace('_', ' ')} on the held-out queries:", "",
+                       "| tokens/query | " + " | ".join(names) + " |",
+                       "|---:|" + "---:|" * len(names)]
+            tables += [f"| {b} | " + " | ".join(fmt(v[n][j], True) for n in names) + " |"
+                       for j, b in enumerate(budgets)]
+        elif isinstance(v, dict):
+            lines.append(f"- {key}: " + ", ".join(f"{a} {fmt(x)}" for a, x in v.items()))
+        else:
+            lines.append(f"- {key}: {fmt(v)}")
+    return lines + tables
