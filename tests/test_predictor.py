@@ -385,7 +385,9 @@ def test_main_job_evaluates_then_refits_on_every_query(sim_file, tmp_path, capsy
     assert training["refit_all"] and training["split"] == "all"
     assert training["n_train"] == len(read_rollouts(sim_file))
     assert 1 <= metrics["best_epochs"] <= 2 and "gap_closed" in metrics
-    assert "refitted on every query" in (tmp_path / "pred" / "README.md").read_text()
+    card = (tmp_path / "pred" / "README.md").read_text()
+    assert "refitted on every query" in card
+    assert "gap closed on the held-out queries" in card and "| 64 | 0.000 |" in card
 
 
 def test_regression_loss_trains_from_the_config(sim_file, tmp_path):
