@@ -362,7 +362,7 @@ def test_ddp_on_two_cpu_processes(sim_file, tmp_path):
 
 def test_main_job_evaluates_then_refits_on_every_query(sim_file, tmp_path, capsys):
     """train.py end to end: held-out tables, then (refit_all) weights refitted on all queries
-    for the held-out run's best epochs, with the held-out run's metrics on the card."""
+    for export.refit_epochs, with the held-out run's metrics on the card."""
     sys.path.insert(0, str(ROOT / "train"))
     import train
 
@@ -375,7 +375,7 @@ def test_main_job_evaluates_then_refits_on_every_query(sim_file, tmp_path, capsy
             "--set", "model.head_hidden=8", "--set", "evaluate.budgets_per_query=[64,256]",
             "--set", f"evaluate.out={tmp_path / 'eval'}", "--set", f"run_dir={tmp_path / 'run'}",
             "--set", f"export.dir={tmp_path / 'pred'}", "--set", "export.refit_all=true",
-            "--set", "trainer.enable_progress_bar=false"]
+            "--set", "export.refit_epochs=1", "--set", "trainer.enable_progress_bar=false"]
     assert train.main(args) == 0
     out = capsys.readouterr().out
     assert "share of the uniform-to-oracle gap closed" in out and "refitting on every" in out
@@ -386,7 +386,7 @@ def test_main_job_evaluates_then_refits_on_every_query(sim_file, tmp_path, capsy
     assert training["n_train"] == len(read_rollouts(sim_file))
     assert 1 <= metrics["best_epochs"] <= 2 and "gap_closed" in metrics
     card = (tmp_path / "pred" / "README.md").read_text()
-    assert "refitted on every query" in card
+    assert "refitted on every query for 1 epochs" in card and metrics["refit_epochs"] == 1
     assert "gap closed on the held-out queries" in card and "| 64 | 0.000 |" in card
 
 
@@ -424,6 +424,8 @@ def test_leave_one_family_out_resumes(sim_file, tmp_path, capsys):
     rep = json.loads((tmp_path / "cv" / "report.json").read_text())
     assert set(cross_family.POLICIES) <= set(rep["policies"])
     assert rep["meta"]["families"] == ["sim-easy", "sim-hard"]
+    assert rep["meta"]["fold_best_epochs"] == {"sim-easy": 1, "sim-hard": 1}
+    assert "--set export.refit_epochs=1" in capsys.readouterr().out
     rows = [json.loads(x) for x in (tmp_path / "cv" / "folds" / "sim-hard.jsonl").read_text()
             .splitlines()]
     assert {r["policy"] for r in rows} == set(cross_family.POLICIES)

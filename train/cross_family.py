@@ -28,8 +28,10 @@ from train import ROOT, load_config, resolve, train_predictor  # noqa: E402
 POLICIES = ("clear-learned", "clear-tfidf", "clear-length")
 
 
-def fold_curves(cfg: dict, family: str, val_family: str | None) -> dict[str, list[dict]]:
-    """Out-of-family curves of one fold: ``{policy: [{id, tau, p, k}, ...]}``."""
+def fold_curves(cfg: dict, family: str, val_family: str | None
+                ) -> tuple[dict[str, list[dict]], dict]:
+    """Out-of-family curves of one fold, ``{policy: [{id, tau, p, k}, ...]}``, and the fold's
+    training metrics (``best_epochs``: chosen by validation on an unseen family)."""
     from clear_learn.predictor.baselines import LengthCurvePredictor, TfidfCurvePredictor
 
     cfg = json.loads(json.dumps(cfg))  # a private copy
@@ -45,7 +47,7 @@ def fold_curves(cfg: dict, family: str, val_family: str | None) -> dict[str, lis
     print(f"fold {family}: {len(train)} train, {len(test)} test, {metrics}")
     return {name: [{"id": r["id"], "tau": float(t), "p": float(q), "k": float(k)}
                    for r, t, q, k in zip(test, c.tau, c.p, c.k)]
-            for name, c in curves.items()}
+            for name, c in curves.items()}, metrics
 
 
 def check_same_config(out: Path, cfg: dict, random_val: bool) -> None:
@@ -104,16 +106,22 @@ def main(argv=None) -> int:
     out = resolve(args.out)
     check_same_config(out, cfg, args.random_val)
     pooled: dict[str, dict[str, dict]] = {name: {} for name in POLICIES}
+    fold_epochs: dict[str, int] = {}
     for i, fam in enumerate(families):
         path = out / "folds" / f"{fam}.jsonl"
+        mpath = path.with_suffix(".metrics.json")
         ids = {str(r["id"]) for r in records if r["task"] == fam}
         got = load_fold(path, ids)
         if got is not None:
             print(f"fold {fam}: reusing {path}")
         else:
             val = None if args.random_val else tasks[(tasks.index(fam) + 1) % len(tasks)]
-            got = fold_curves(cfg, fam, val)
+            got, metrics = fold_curves(cfg, fam, val)
+            mpath.parent.mkdir(parents=True, exist_ok=True)
+            mpath.write_text(json.dumps(metrics) + "\n")
             write_jsonl([{"policy": name, **r} for name, rs in got.items() for r in rs], path)
+        if mpath.is_file():
+            fold_epochs[fam] = int(json.loads(mpath.read_text())["best_epochs"])
         for name in POLICIES:
             pooled[name].update({str(r["id"]): r for r in got[name]})
     test = [r for r in records if r["task"] in set(families)]
@@ -122,7 +130,8 @@ def main(argv=None) -> int:
     budgets = cfg.get("evaluate", {}).get("budgets_per_query", [64, 128, 256, 512])
     report, nll = evaluate_predictors(test, curves, budgets, seed=int(cfg.get("seed", 0)))
     report.meta.update({"protocol": "leave-one-family-out", "families": families,
-                        "validation": "random" if args.random_val else "next family"})
+                        "validation": "random" if args.random_val else "next family",
+                        "fold_best_epochs": fold_epochs})
     report.save(out / "report.json")
     plot_frontier(report, out / "frontier.png",
                   title="unseen task families (leave-one-family-out)")
@@ -135,6 +144,11 @@ def main(argv=None) -> int:
     gaps = {n: float(np.nanmean([row["gap_closed"] for row in report.rows[n]]))
             for n in POLICIES}
     print("mean gap closed over budgets: " + ", ".join(f"{k} {v:.3f}" for k, v in gaps.items()))
+    if fold_epochs:
+        med = int(np.ceil(np.median(list(fold_epochs.values()))))
+        print(f"best epochs per fold (validated on an unseen family): {fold_epochs}; median "
+              f"{med}: ship weights tuned for unseen families with\n  python train/train.py "
+              f"--set export.refit_all=true --set export.refit_epochs={med}")
     print(f"\nwrote {out / 'report.json'} and {out / 'frontier.png'}")
     return 0
 

@@ -9,8 +9,9 @@ DDP is a config change); fit with early stopping on ``val_nll`` and checkpoints 
 held-out split against uniform, the TF-IDF and length baselines, the oracle and the exact
 optimum; export it as a ``ClearPredictor`` to ``export.dir`` (atomically). With
 ``export.refit_all: true`` the exported weights are instead the same recipe refitted on every
-query for the held-out run's best number of epochs (the card says so; its metrics are the
-held-out run's).
+query for the held-out run's best number of epochs, or ``export.refit_epochs`` (for example the
+median best epoch of ``cross_family.py``'s folds, chosen on unseen families); the card says so
+and its metrics are the held-out run's.
 """
 
 from __future__ import annotations
@@ -211,8 +212,11 @@ def main(argv=None) -> int:
         metrics.update(evaluate(pred, dm, cfg))
         pred.config["metrics"] = metrics
     if cfg["export"].get("refit_all"):
-        epochs = int(metrics["best_epochs"])
-        print(f"\nrefitting on every query for {epochs} epochs (the held-out run's best)")
+        fixed = cfg["export"].get("refit_epochs")
+        epochs = int(fixed) if fixed else int(metrics["best_epochs"])
+        metrics["refit_epochs"] = epochs
+        source = "export.refit_epochs" if fixed else "the held-out run's best"
+        print(f"\nrefitting on every query for {epochs} epochs ({source})")
         pred, _, secs = refit_on_all(cfg, epochs)
         if pred is None:
             return 0

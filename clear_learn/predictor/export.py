@@ -302,8 +302,9 @@ def model_card(cfg: dict) -> str:
           if cfg.get("training", {}).get("init_from") else []),
     ]
     if cfg.get("training", {}).get("refit_all"):
-        lines.append("- these weights: the same recipe refitted on every query for the held-out "
-                     "run's best number of epochs; the metrics below are that held-out run's")
+        epochs = m.get("refit_epochs", m.get("best_epochs", "?"))
+        lines.append(f"- these weights: the same recipe refitted on every query for {epochs} "
+                     "epochs; the metrics below are the held-out run's")
     lines += _metric_lines(m)
     lines += ["", "## Intended use", "",
               "Routing token budgets across batches of reasoning queries for the model above. "
