@@ -21,7 +21,7 @@ from .optimum import empirical_optimum
 from .rollouts import RolloutArrays, to_arrays
 
 __all__ = ["split_rollouts", "evaluate_policies", "EvalReport", "plot_frontier",
-           "task_prior_curves", "gap_closed"]
+           "task_prior_curves", "gap_closed", "mean_gap_closed"]
 
 Policy = Curves | Callable[[np.ndarray, int], np.ndarray]
 
@@ -43,6 +43,17 @@ def gap_closed(acc: float, uniform: float, oracle: float) -> float:
     """Share of the uniform-to-oracle gap closed: ``(acc - uniform) / (oracle - uniform)``."""
     gap = oracle - uniform
     return float((acc - uniform) / gap) if gap > 1e-12 else float("nan")
+
+
+def mean_gap_closed(report: "EvalReport", min_gap: float = 0.02) -> dict[str, float]:
+    """Each policy's share of the gap closed, averaged over the budgets where the oracle beats
+    uniform by at least ``min_gap`` mean accuracy (near saturation the ratio is noise)."""
+    rows = report.rows
+    keep = [j for j in range(len(report.budgets_per_query))
+            if rows["oracle"][j]["mean_accuracy"] - rows["uniform"][j]["mean_accuracy"]
+            >= min_gap]
+    return {name: float(np.mean([rs[j]["gap_closed"] for j in keep])) if keep
+            else float("nan") for name, rs in rows.items()}
 
 
 def _strict(obj):

@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from clear_learn.evaluation import (evaluate_policies, gap_closed, plot_frontier,
+from clear_learn.evaluation import (evaluate_policies, gap_closed, mean_gap_closed, plot_frontier,
                                     split_rollouts, task_prior_curves)
 from clear_learn.rollouts import to_arrays
 from clear_learn.simulate import simulated_dataset
@@ -92,3 +92,19 @@ def test_streams(data):
 def test_gap_closed():
     assert gap_closed(0.5, 0.2, 0.8) == pytest.approx(0.5)
     assert np.isnan(gap_closed(0.5, 0.5, 0.5))
+
+
+def test_mean_gap_closed_skips_budgets_near_saturation():
+    from clear_learn.evaluation import EvalReport
+
+    def row(acc, uni, orc):
+        return {"mean_accuracy": acc, "gap_closed": gap_closed(acc, uni, orc)}
+
+    uni, orc, pol = [0.0, 0.2, 0.50], [0.4, 0.6, 0.51], [0.2, 0.5, 0.40]
+    rows = {"uniform": [row(u, u, o) for u, o in zip(uni, orc)],
+            "oracle": [row(o, u, o) for u, o in zip(uni, orc)],
+            "p": [row(a, u, o) for a, u, o in zip(pol, uni, orc)]}
+    rep = EvalReport(rows=rows, budgets_per_query=[64.0, 128.0, 256.0], n_queries=1, meta={})
+    # the third budget (oracle - uniform = 0.01, ratio -10) is left out
+    assert mean_gap_closed(rep)["p"] == pytest.approx((0.5 + 0.75) / 2)
+    assert mean_gap_closed(rep, min_gap=0.0)["p"] == pytest.approx((0.5 + 0.75 - 10) / 3)

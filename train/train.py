@@ -237,7 +237,7 @@ def _finite(x: float) -> float | None:
 
 def evaluate(pred, dm, cfg: dict) -> dict:
     """Held-out figures: NLL and allocation frontiers against baselines."""
-    from clear_learn.evaluation import plot_frontier
+    from clear_learn.evaluation import mean_gap_closed, plot_frontier
     from clear_learn.predictor.baselines import LengthCurvePredictor, TfidfCurvePredictor
     from clear_learn.predictor.report import evaluate_predictors
 
@@ -262,6 +262,9 @@ def evaluate(pred, dm, cfg: dict) -> dict:
     print(report.table())
     print("\nshare of the uniform-to-oracle gap closed")
     print(report.table("gap_closed"))
+    means = mean_gap_closed(report)
+    print("mean gap closed (budgets where the oracle beats uniform by >= 0.02): "
+          + ", ".join(f"{k} {means[k]:.3f}" for k in predicted))
     print("\nNLL per held-out rollout: " + ", ".join(f"{k} {v:.4f}" for k, v in nll.items()))
     print(f"wrote {out / 'report.json'} and {out / 'frontier.png'}")
     gaps = {name: [_finite(r["gap_closed"]) for r in rows] for name, rows in report.rows.items()}
@@ -269,6 +272,7 @@ def evaluate(pred, dm, cfg: dict) -> dict:
                                                           for k, v in nll.items()},
             "gap_closed": {k: [None if x is None else round(x, 3) for x in v]
                            for k, v in gaps.items()},
+            "mean_gap_closed": {k: _finite(v) for k, v in means.items()},
             "budgets_per_query": budgets,
             "mean_accuracy": {k: [round(r["mean_accuracy"], 4) for r in rows]
                               for k, rows in report.rows.items()},
