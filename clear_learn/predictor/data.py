@@ -21,10 +21,15 @@ __all__ = ["split_records", "RolloutDataModule", "collate_rollouts", "load_recor
            "encode_texts"]
 
 
+def _is_records(data) -> bool:
+    """Whether ``data`` is a list of records (rather than names or paths of rollout files)."""
+    return isinstance(data, (list, tuple)) and all(isinstance(d, dict) for d in data)
+
+
 def load_records(data: str | Path | Sequence) -> list[dict]:
     """Records of ``default``/``benchmark`` (embedded data sets), a rollout file, a list of
     those (concatenated; an id may appear once), or a list of records as they are."""
-    if isinstance(data, (list, tuple)) and all(isinstance(d, dict) for d in data):
+    if _is_records(data):
         return list(data)
     if isinstance(data, (list, tuple)):
         records, seen = [], {}
@@ -156,8 +161,7 @@ class RolloutDataModule(L.LightningDataModule):
                  test_fraction: float = 0.15, seed: int = 0,
                  regression_targets: bool = False, num_workers: int = 0):
         super().__init__()
-        records_given = isinstance(data, list) and any(isinstance(d, dict) for d in data)
-        self.save_hyperparameters(ignore=["data"] if records_given else None)
+        self.save_hyperparameters(ignore=["data"] if _is_records(data) and data else None)
         self.data = data
         self.records: list[dict] | None = None
         self.splits: dict[str, list[int]] = {}
