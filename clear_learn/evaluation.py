@@ -88,6 +88,18 @@ class EvalReport:
         tmp.replace(path)
         return path
 
+    @classmethod
+    def load(cls, path: str | Path) -> "EvalReport":
+        """A report written by :meth:`save` (its ``None`` cells read back as NaN)."""
+        d = json.loads(Path(path).read_text())
+        missing = {"policies", "budgets_per_query", "n_queries"} - set(d)
+        if missing:
+            raise ValueError(f"{path}: not an evaluation report (no {sorted(missing)})")
+        rows = {name: [{k: float("nan") if v is None else v for k, v in row.items()}
+                       for row in rs] for name, rs in d["policies"].items()}
+        return cls(rows=rows, budgets_per_query=d["budgets_per_query"],
+                   n_queries=int(d["n_queries"]), meta=d.get("meta", {}))
+
     def table(self, metric: str = "mean_accuracy") -> str:
         """A plain-text table: one row per budget, one column per policy."""
         names = list(self.rows)

@@ -94,17 +94,36 @@ def test_gap_closed():
     assert np.isnan(gap_closed(0.5, 0.5, 0.5))
 
 
-def test_mean_gap_closed_skips_budgets_near_saturation():
+def small_report(uni, orc, pol):
+    """A report of three policies (uniform, oracle, ``p``) with the given mean accuracies."""
     from clear_learn.evaluation import EvalReport
 
     def row(acc, uni, orc):
         return {"mean_accuracy": acc, "gap_closed": gap_closed(acc, uni, orc)}
 
-    uni, orc, pol = [0.0, 0.2, 0.50], [0.4, 0.6, 0.51], [0.2, 0.5, 0.40]
     rows = {"uniform": [row(u, u, o) for u, o in zip(uni, orc)],
             "oracle": [row(o, u, o) for u, o in zip(uni, orc)],
             "p": [row(a, u, o) for a, u, o in zip(pol, uni, orc)]}
-    rep = EvalReport(rows=rows, budgets_per_query=[64.0, 128.0, 256.0], n_queries=1, meta={})
+    budgets = [64.0 * 2 ** i for i in range(len(uni))]
+    return EvalReport(rows=rows, budgets_per_query=budgets, n_queries=1, meta={})
+
+
+def test_mean_gap_closed_skips_budgets_near_saturation():
+    rep = small_report([0.0, 0.2, 0.50], [0.4, 0.6, 0.51], [0.2, 0.5, 0.40])
     # the third budget (oracle - uniform = 0.01, ratio -10) is left out
     assert mean_gap_closed(rep)["p"] == pytest.approx((0.5 + 0.75) / 2)
     assert mean_gap_closed(rep, min_gap=0.0)["p"] == pytest.approx((0.5 + 0.75 - 10) / 3)
+
+
+def test_report_save_load_round_trip(tmp_path):
+    from clear_learn.evaluation import EvalReport
+
+    rep = small_report([0.0, 0.3], [0.4, 0.3], [0.2, 0.3])  # no gap at 128: NaN, saved as null
+    rep.meta["nll_per_rollout"] = {"p": 1.5}
+    back = EvalReport.load(rep.save(tmp_path / "r.json"))
+    assert back.budgets_per_query == rep.budgets_per_query and back.meta == rep.meta
+    assert np.isnan(back.rows["p"][1]["gap_closed"])
+    assert mean_gap_closed(back) == mean_gap_closed(rep)
+    (tmp_path / "bad.json").write_text('{"policies": {}}')
+    with pytest.raises(ValueError, match="not an evaluation report"):
+        EvalReport.load(tmp_path / "bad.json")

@@ -491,3 +491,34 @@ def test_committed_default_checkpoint_loads_and_allocates():
     assert np.all(np.isfinite(curves.tau)) and np.all((curves.p >= 0) & (curves.p <= 1))
     res = pred.allocate(texts, 600)
     assert res.budgets.sum() <= 600 and res.budgets.max() <= 512
+
+
+def test_measure_summarizes_and_refuses_another_state(sim_file, tmp_path, capsys):
+    """train/measure.py: one folder per protocol, reused when its report exists; the summary
+    has every protocol's gap table; an OUT measured on other options is refused."""
+    sys.path.insert(0, str(ROOT / "train"))
+    import measure
+    from clear_learn.evaluation import EvalReport
+
+    out = tmp_path / "m"
+    steps = measure.step_commands(out, str(sim_file), ["sim-hard"], ["threads=1"])
+    assert list(steps) == ["queries", "unseen", "families"]
+    assert "data.test_tasks=[sim-hard]" in steps["unseen"][0]
+    assert all(str(report).startswith(str(out)) for _, report in steps.values())
+    gap = {"mean_accuracy": 0.5, "gap_closed": 0.5}
+    rows = {"uniform": [dict(gap, mean_accuracy=0.2, gap_closed=0.0)],
+            "oracle": [dict(gap, mean_accuracy=0.8, gap_closed=1.0)],
+            **{name: [dict(gap)] for name in measure.POLICIES}}
+    for step, (_, report) in steps.items():
+        meta = {"split": "task", "test_tasks": ["sim-hard"]} if step == "unseen" else {}
+        EvalReport(rows=rows, budgets_per_query=[128.0], n_queries=3, meta=meta).save(report)
+    args = ["--data", str(sim_file), "--unseen", "sim-hard", "--out", str(out),
+            "--set", "threads=1"]
+    assert measure.main(args) == 0  # every report exists: nothing is trained
+    text = (out / "SUMMARY.md").read_text()
+    for title in measure.TITLES.values():
+        assert title in text
+    assert "(sim-hard)" in text and text.count("| clear-learned | 0.50 | **0.50** |") == 3
+    assert "reusing" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="other data or options"):
+        measure.main(args[:-1] + ["threads=2"])
