@@ -50,6 +50,11 @@ def fold_curves(cfg: dict, family: str, val_family: str | None
             for name, c in curves.items()}, metrics
 
 
+def median_epochs(fold_epochs: dict[str, int]) -> int:
+    """The folds' median best epoch count, rounded up: the epochs to ship for unseen traffic."""
+    return int(np.ceil(np.median(list(fold_epochs.values()))))
+
+
 def check_same_config(out: Path, cfg: dict, random_val: bool) -> None:
     """Record the run's config in ``OUT/config.json``; refuse to mix folds of another one."""
     want = {"config": cfg, "random_val": bool(random_val)}
@@ -145,7 +150,7 @@ def main(argv=None) -> int:
     print("mean gap closed (budgets where the oracle beats uniform by >= 0.02): "
           + ", ".join(f"{k} {gaps[k]:.3f}" for k in POLICIES))
     if fold_epochs:
-        med = int(np.ceil(np.median(list(fold_epochs.values()))))
+        med = median_epochs(fold_epochs)
         print(f"best epochs per fold (validated on an unseen family): {fold_epochs}; median "
               f"{med}: ship weights tuned for unseen families with\n  python train/train.py "
               f"--set export.refit_all=true --set export.refit_epochs={med}")

@@ -32,9 +32,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cross_family import POLICIES, median_epochs  # noqa: E402
 from train import ROOT, parse_value, resolve  # noqa: E402
 
-POLICIES = ("clear-learned", "clear-tfidf", "clear-length")
 TITLES = {"queries": "Held-out queries (random query split)",
           "unseen": "Held-out families, trained without them",
           "families": "Unseen task families (leave-one-family-out, pooled)"}
@@ -115,7 +115,7 @@ def summarize(reports: dict[str, Path], header: list[str]) -> str:
         lines += ["", f"Mean accuracy at {budgets[j]:g} tokens/query: {accs}."]
         epochs = rep.meta.get("fold_best_epochs")
         if epochs:
-            med = int(np.ceil(np.median(list(epochs.values()))))
+            med = median_epochs(epochs)
             lines += ["", f"Best epochs per fold (early stopping on an unseen family): "
                       f"{epochs}; median {med}. A predictor for unseen traffic: "
                       f"`python train/train.py --set export.refit_all=true "
