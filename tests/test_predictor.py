@@ -135,6 +135,12 @@ def test_save_load_round_trip_is_identical(trained, tmp_path):
     assert np.array_equal(a.tau, b.tau) and np.array_equal(a.p, b.p) and np.array_equal(a.k, b.k)
     res = loaded.allocate(texts, 100 * len(texts))
     assert res.budgets.sum() <= 100 * len(texts) and res.budgets.max() <= 512
+    # the batch context travels with it and is what separates predict from its raw curves
+    assert loaded.batch_context is not None and loaded.batch_context == pred.batch_context
+    raw = loaded.predict(texts, batch_context=False)
+    from clear_learn.predictor.batch_context import apply_batch_context
+    again = apply_batch_context(raw, texts, loaded.batch_context)
+    assert np.allclose(again.tau, b.tau) and np.allclose(again.p, b.p)
     cfg = json.loads((tmp_path / "p" / "config.json").read_text())
     assert cfg["format_version"] == 1 and cfg["base_model"].startswith("pkg:")
     assert "/" not in cfg["base_model"]  # no absolute path of the training machine
@@ -300,6 +306,11 @@ def test_bad_checkpoints_are_refused(trained, tmp_path):
     (badcfg / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(PredictorLoadError, match="format_version 99"):
         ClearPredictor.from_pretrained(badcfg)
+    cfg["format_version"] = 1
+    cfg["batch_context"] = {"tau_slope": 0.3, "p_slope": -1.0, "radius": 4}
+    (badcfg / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(PredictorLoadError, match="bad 'batch_context'.*radius"):
+        ClearPredictor.from_pretrained(badcfg)
     (badcfg / "config.json").write_text("{not json")
     with pytest.raises(PredictorLoadError, match="not JSON"):
         ClearPredictor.from_pretrained(badcfg)
@@ -388,6 +399,10 @@ def test_main_job_evaluates_then_refits_on_every_query(sim_file, tmp_path, capsy
     card = (tmp_path / "pred" / "README.md").read_text()
     assert "refitted on every query for 1 epochs" in card and metrics["refit_epochs"] == 1
     assert "gap closed on the held-out queries" in card and "| 64 | 0.000 |" in card
+    assert "- batch context: a text d = log(len)" in card
+    assert set(pred.config["batch_context"]) == {"tau_slope", "p_slope", "neighbours",
+                                                 "min_similarity"}
+    assert "clear-learned-raw" in metrics["gap_closed"]
 
 
 def test_regression_loss_trains_from_the_config(sim_file, tmp_path):
@@ -422,8 +437,9 @@ def test_leave_one_family_out_resumes(sim_file, tmp_path, capsys):
             "--set", "trainer.enable_progress_bar=false"]
     assert cross_family.main(args) == 0
     rep = json.loads((tmp_path / "cv" / "report.json").read_text())
-    assert set(cross_family.POLICIES) <= set(rep["policies"])
+    assert {*cross_family.POLICIES, "clear-learned-raw"} <= set(rep["policies"])
     assert rep["meta"]["families"] == ["sim-easy", "sim-hard"]
+    assert set(rep["meta"]["batch_context"]) == {"sim-easy", "sim-hard"}
     assert rep["meta"]["fold_best_epochs"] == {"sim-easy": 1, "sim-hard": 1}
     assert "--set export.refit_epochs=1" in capsys.readouterr().out
     rows = [json.loads(x) for x in (tmp_path / "cv" / "folds" / "sim-hard.jsonl").read_text()
@@ -508,7 +524,7 @@ def test_measure_summarizes_and_refuses_another_state(sim_file, tmp_path, capsys
     gap = {"mean_accuracy": 0.5, "gap_closed": 0.5}
     rows = {"uniform": [dict(gap, mean_accuracy=0.2, gap_closed=0.0)],
             "oracle": [dict(gap, mean_accuracy=0.8, gap_closed=1.0)],
-            **{name: [dict(gap)] for name in measure.POLICIES}}
+            **{name: [dict(gap)] for name in ("clear-learned", "clear-tfidf", "clear-length")}}
     for step, (_, report) in steps.items():
         meta = {"split": "task", "test_tasks": ["sim-hard"]} if step == "unseen" else {}
         EvalReport(rows=rows, budgets_per_query=[128.0], n_queries=3, meta=meta).save(report)

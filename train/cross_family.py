@@ -23,9 +23,34 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train import ROOT, load_config, resolve, train_predictor  # noqa: E402
+from train import (ROOT, context_from_config, load_config, resolve,  # noqa: E402
+                   train_predictor, with_context)
 
-POLICIES = ("clear-learned", "clear-tfidf", "clear-length")
+POLICIES = ("clear-learned", "clear-tfidf", "clear-length")  # saved per fold, before context
+
+
+def val_family(tasks: list[str], family: str, random_val: bool) -> str | None:
+    """The fold's early-stopping family: the next one in sorted order (None: random queries)."""
+    return None if random_val else tasks[(tasks.index(family) + 1) % len(tasks)]
+
+
+def pooled_context(cfg: dict, records: list[dict], test: list[dict], curves: dict,
+                   random_val: bool) -> tuple[dict, dict | None]:
+    """Every policy's pooled curves shifted by batch context over the whole pooled test set
+    (a batch of all unseen families together), each query with the slopes of its own fold's
+    training families; unchanged when the config has no batch context."""
+    tasks = sorted({r["task"] for r in records})
+    ctxs = {}
+    for fam in sorted({r["task"] for r in test}):
+        held = {fam, val_family(tasks, fam, random_val)}
+        ctxs[fam] = context_from_config(cfg, [r for r in records if r["task"] not in held])
+    if any(c is None for c in ctxs.values()):
+        return curves, None
+    slopes = (np.array([ctxs[r["task"]].tau_slope for r in test]),
+              np.array([ctxs[r["task"]].p_slope for r in test]))
+    ctx = next(iter(ctxs.values()))
+    out = with_context(curves, [r["text"] for r in test], ctx, slopes)
+    return out, {fam: c.to_dict() for fam, c in ctxs.items()}
 
 
 def fold_curves(cfg: dict, family: str, val_family: str | None
@@ -120,7 +145,7 @@ def main(argv=None) -> int:
         if got is not None:
             print(f"fold {fam}: reusing {path}")
         else:
-            val = None if args.random_val else tasks[(tasks.index(fam) + 1) % len(tasks)]
+            val = val_family(tasks, fam, args.random_val)
             got, metrics = fold_curves(cfg, fam, val)
             mpath.parent.mkdir(parents=True, exist_ok=True)
             mpath.write_text(json.dumps(metrics) + "\n")
@@ -132,9 +157,11 @@ def main(argv=None) -> int:
     test = [r for r in records if r["task"] in set(families)]
     curves = {name: Curves.from_records([pooled[name][str(r["id"])] for r in test])
               for name in POLICIES}
+    curves, contexts = pooled_context(cfg, records, test, curves, args.random_val)
     budgets = cfg.get("evaluate", {}).get("budgets_per_query", [64, 128, 256, 512])
     report, nll = evaluate_predictors(test, curves, budgets, seed=int(cfg.get("seed", 0)))
     report.meta.update({"protocol": "leave-one-family-out", "families": families,
+                        "batch_context": contexts,
                         "validation": "random" if args.random_val else "next family",
                         "fold_best_epochs": fold_epochs})
     report.save(out / "report.json")
@@ -148,7 +175,7 @@ def main(argv=None) -> int:
     print("\nNLL per rollout: " + ", ".join(f"{k} {v:.4f}" for k, v in nll.items()))
     gaps = mean_gap_closed(report)
     print("mean gap closed (budgets where the oracle beats uniform by >= 0.02): "
-          + ", ".join(f"{k} {gaps[k]:.3f}" for k in POLICIES))
+          + ", ".join(f"{k} {gaps[k]:.3f}" for k in curves))
     if fold_epochs:
         med = median_epochs(fold_epochs)
         print(f"best epochs per fold (validated on an unseen family): {fold_epochs}; median "

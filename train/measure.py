@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cross_family import POLICIES, median_epochs  # noqa: E402
+from cross_family import median_epochs  # noqa: E402
 from train import ROOT, parse_value, resolve  # noqa: E402
 
 TITLES = {"queries": "Held-out queries (random query split)",
@@ -105,7 +105,7 @@ def summarize(reports: dict[str, Path], header: list[str]) -> str:
                   "| gap closed at tokens/query | " + " | ".join(f"{b:g}" for b in budgets)
                   + " | mean | NLL/rollout |",
                   "|---" + "|---:" * (len(budgets) + 2) + "|"]
-        for name in (p for p in POLICIES if p in rep.rows):
+        for name in (p for p in rep.rows if p.startswith("clear-")):
             gaps = [row["gap_closed"] for row in rep.rows[name]]
             lines.append(f"| {name} | " + " | ".join(_cell(g) for g in gaps)
                          + f" | **{_cell(means[name])}** | {_cell(nll.get(name))} |")

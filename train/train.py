@@ -99,8 +99,37 @@ def export_predictor(module, dm, cfg: dict, metrics: dict | None = None):
                      "init_from": mcfg.get("init_from")},
         "metrics": metrics or {},
     }
+    ctx = context_from_config(cfg, records)
+    if ctx is not None:
+        pcfg["batch_context"] = ctx.to_dict()
     module.model.train(False)
     return ClearPredictor(module.model, dm.tokenizer, pcfg)
+
+
+def context_from_config(cfg: dict, records: list[dict]):
+    """The ``BatchContext`` of the config's ``batch_context`` section fitted on ``records``
+    (None where the section is absent or ``enabled: false``)."""
+    from clear_learn.predictor.batch_context import within_task_slopes
+
+    bcfg = dict(cfg.get("batch_context") or {})
+    if not bcfg.pop("enabled", False) or not records:
+        return None
+    return within_task_slopes(records, **bcfg)
+
+
+def with_context(predicted: dict, texts: list[str], ctx, slopes=None) -> dict:
+    """``predicted`` with every curve shifted by batch context (``ctx``; ``slopes``, a pair
+    of per-curve arrays, replaces its slopes), plus the learned curves as they were under
+    ``clear-learned-raw``; unchanged when ``ctx`` is None."""
+    from clear_learn.predictor.batch_context import relative_log_length, shift_by_length
+
+    if ctx is None:
+        return predicted
+    d = relative_log_length(texts, ctx.neighbours, ctx.min_similarity)
+    tau_slope, p_slope = slopes if slopes is not None else (ctx.tau_slope, ctx.p_slope)
+    out = {name: shift_by_length(c, d, tau_slope, p_slope) for name, c in predicted.items()}
+    out["clear-learned-raw"] = predicted["clear-learned"]
+    return out
 
 
 def _json_data(data) -> str | list[str]:
@@ -244,17 +273,19 @@ def evaluate(pred, dm, cfg: dict) -> dict:
     train, test = dm.split_records("train"), dm.split_records("test")
     texts = [r["text"] for r in test]
     t0 = time.perf_counter()
-    learned = pred.predict(texts)
+    learned = pred.predict(texts, batch_context=False)
     pred_s = time.perf_counter() - t0
-    predicted = {"clear-learned": learned,
-                 "clear-tfidf": TfidfCurvePredictor().fit(train).predict(texts),
-                 "clear-length": LengthCurvePredictor().fit(train).predict(texts)}
+    predicted = with_context({"clear-learned": learned,
+                              "clear-tfidf": TfidfCurvePredictor().fit(train).predict(texts),
+                              "clear-length": LengthCurvePredictor().fit(train).predict(texts)},
+                             texts, pred.batch_context)
     ecfg = cfg.get("evaluate", {})
     budgets = ecfg.get("budgets_per_query", [64, 128, 256, 512])
     report, nll = evaluate_predictors(test, predicted, budgets, seed=int(cfg.get("seed", 0)))
     out = resolve(ecfg.get("out", "runs/eval"))
     report.meta.update({"n_train": len(train), "split": cfg["data"]["split"],
-                        "test_tasks": cfg["data"].get("test_tasks")})
+                        "test_tasks": cfg["data"].get("test_tasks"),
+                        "batch_context": pred.config.get("batch_context")})
     report.save(out / "report.json")
     plot_frontier(report, out / "frontier.png",
                   title=f"held-out ({cfg['data']['split']} split): accuracy vs tokens")

@@ -26,6 +26,7 @@ import numpy as np
 
 from ..allocation import AllocationResult, allocate
 from ..curves import Curves
+from .batch_context import BatchContext, apply_batch_context
 from .features import surface_features
 
 __all__ = ["ClearPredictor", "FORMAT_VERSION", "PredictorLoadError", "load_into"]
@@ -57,8 +58,22 @@ class ClearPredictor:
         """The generation cap of the rollouts it learned from: nothing is known beyond it."""
         return int(self.config["generator"]["max_new_tokens"])
 
-    def predict(self, texts: Sequence[str], *, batch_size: int = 64) -> Curves:
-        """One curve per text (batched, no gradients, dynamic padding)."""
+    @property
+    def batch_context(self) -> BatchContext | None:
+        """The batch-context adjustment it was exported with (None: predictions per text)."""
+        ctx = self.config.get("batch_context")
+        return BatchContext.from_dict(ctx) if ctx else None
+
+    def predict(self, texts: Sequence[str], *, batch_size: int = 64,
+                batch_context: bool = True) -> Curves:
+        """One curve per text (batched, no gradients, dynamic padding).
+
+        With ``batch_context`` (and a predictor exported with one, see
+        :mod:`clear_learn.predictor.batch_context`), each curve is then shifted by its
+        text's length relative to the similar texts of the same call: a text longer than
+        its look-alikes gets a later, lower curve. A text with no look-alike in the call,
+        or a call of one text, is unaffected.
+        """
         import torch
 
         from .model import raw_to_curve
@@ -95,15 +110,20 @@ class ClearPredictor:
         out = np.zeros((3, len(texts)))
         for idx, t, p, k in parts:
             out[0, idx], out[1, idx], out[2, idx] = t, p, k
-        return Curves(out[0], out[1], out[2])
+        curves = Curves(out[0], out[1], out[2])
+        ctx = self.batch_context
+        if batch_context and ctx is not None:
+            curves = apply_batch_context(curves, texts, ctx)
+        return curves
 
     def allocate(self, texts: Sequence[str], total_budget: int, *, max_tokens=None,
-                 **kwargs) -> AllocationResult:
+                 batch_context: bool = True, **kwargs) -> AllocationResult:
         """Predict curves for ``texts`` and allocate ``total_budget`` tokens among them.
 
-        ``max_tokens`` defaults to the generation cap the predictor learned from.
+        ``max_tokens`` defaults to the generation cap the predictor learned from;
+        ``batch_context`` as in :meth:`predict`.
         """
-        curves = self.predict(texts)
+        curves = self.predict(texts, batch_context=batch_context)
         cap = self.max_new_tokens if max_tokens is None else max_tokens
         return allocate(curves, total_budget, max_tokens=cap, **kwargs)
 
@@ -167,6 +187,12 @@ class ClearPredictor:
         for key in ("base_model", "max_length", "head_hidden", "generator", "weights"):
             if key not in cfg:
                 raise PredictorLoadError(f"{path / 'config.json'}: missing '{key}'")
+        if cfg.get("batch_context"):
+            try:
+                BatchContext.from_dict(cfg["batch_context"])
+            except (TypeError, ValueError) as err:
+                raise PredictorLoadError(f"{path / 'config.json'}: bad 'batch_context': "
+                                         f"{err}") from None
         weights = cfg["weights"]
         sub = {"adapter": "adapter", "merged": "encoder"}.get(weights)
         if sub and not (path / sub).is_dir():
@@ -291,6 +317,7 @@ def model_card(cfg: dict) -> str:
         f"{' + log text length' if cfg.get('length_feature') else ''}"
         f"{' + surface features' if cfg.get('surface_features') else ''}"
         f" -> {cfg.get('head_hidden')} -> 3",
+        *_context_lines(cfg.get("batch_context")),
         "",
         "## Training data and metrics",
         "",
@@ -315,6 +342,16 @@ def model_card(cfg: dict) -> str:
               "CLEAR on predicted curves beat an even split where tokens were scarce and fell "
               "below it near the generation cap. With budgets near the cap, split evenly.", ""]
     return "\n".join(lines)
+
+
+def _context_lines(ctx: dict | None) -> list[str]:
+    if not ctx:
+        return ["- batch context: none (each text's curve depends on that text alone)"]
+    return [f"- batch context: a text d = log(len) above the mean of its look-alikes in the same "
+            f"call (up to {ctx['neighbours']} texts with TF-IDF cosine >= "
+            f"{ctx['min_similarity']}) gets tau x exp({ctx['tau_slope']:.3f} d) and "
+            f"logit p {ctx['p_slope']:+.3f} d (within-family slopes of its training data); "
+            "`predict(texts, batch_context=False)` turns it off"]
 
 
 def _sources(data) -> str:

@@ -1,0 +1,158 @@
+"""Batch context: how long a query is compared with the similar queries beside it.
+
+Within one task family, longer problem texts need longer answers and are solved less often
+(on this project's real rollouts: Spearman +0.44 with the mean correct length, -0.51 with the
+accuracy, family by family). Across families the text's length says little, so a predictor
+trained on many families learns the pooled slope and misses this signal on a family it has
+never seen. This module puts it back without knowing any family:
+
+- :func:`within_task_slopes`: from training records, the within-family slopes of
+  ``log(mean correct length)`` and of the accuracy's log-odds on ``log(len(text))``
+  (each family's mean removed: a fixed-effects regression).
+- :func:`neighbour_log_length`: for each text of a batch, the mean ``log(len)`` of itself and
+  its most similar texts in that batch (TF-IDF cosine similarity); a text with no similar
+  text is its own centre.
+- :func:`apply_batch_context`: ``tau *= exp(s_tau * d)`` and ``logit p += s_p * d``, with
+  ``d = log(len) - centre``: a query longer than its look-alikes gets a later, lower curve.
+
+A single query, or one with no look-alike in its batch, is left as predicted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Sequence
+
+import numpy as np
+
+from ..curves import Curves
+
+__all__ = ["BatchContext", "within_task_slopes", "neighbour_log_length", "relative_log_length",
+           "shift_by_length", "apply_batch_context"]
+
+
+@dataclass(frozen=True)
+class BatchContext:
+    """Slopes and neighbourhood of the batch-context adjustment (stored in a predictor's
+    config under ``batch_context``)."""
+
+    tau_slope: float
+    p_slope: float
+    neighbours: int = 10
+    min_similarity: float = 0.3
+
+    def __post_init__(self) -> None:
+        for name in ("tau_slope", "p_slope", "min_similarity"):
+            if not np.isfinite(getattr(self, name)):
+                raise ValueError(f"BatchContext.{name} must be finite, got "
+                                 f"{getattr(self, name)!r}")
+        if int(self.neighbours) < 1:
+            raise ValueError(f"BatchContext.neighbours must be >= 1, got {self.neighbours!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "BatchContext":
+        unknown = set(d) - {"tau_slope", "p_slope", "neighbours", "min_similarity"}
+        if unknown:
+            raise ValueError(f"batch_context: unknown keys {sorted(unknown)}")
+        return cls(**d)
+
+
+def _log_length(texts: Sequence[str]) -> np.ndarray:
+    return np.log(np.maximum([len(t) for t in texts], 1)).astype(float)
+
+
+def _within_slope(x: np.ndarray, y: np.ndarray, groups: np.ndarray) -> float:
+    """Least-squares slope of ``y`` on ``x`` after removing each group's means (0 if ``x``
+    never varies within a group)."""
+    xd, yd = x.copy(), y.copy()
+    for g in np.unique(groups):
+        m = groups == g
+        xd[m] -= xd[m].mean()
+        yd[m] -= yd[m].mean()
+    sxx = float(xd @ xd)
+    return float(xd @ yd / sxx) if sxx > 1e-12 else 0.0
+
+
+def within_task_slopes(records: list[dict], *, neighbours: int = 10,
+                       min_similarity: float = 0.3) -> BatchContext:
+    """Within-family slopes of answer length and accuracy on the text's log length.
+
+    ``tau_slope``: of ``log(mean length of the correct rollouts)`` (queries never solved are
+    left out); ``p_slope``: of ``log((c + 1/2) / (n - c + 1/2))`` with ``c`` correct of ``n``.
+    Families are the records' ``task`` (records without one form a single family).
+    """
+    if not records:
+        raise ValueError("within_task_slopes: no records")
+    x = _log_length([r["text"] for r in records])
+    groups = np.array([str(r.get("task", "")) for r in records])
+    n = np.array([len(r["rollouts"]) for r in records], dtype=float)
+    ok = [[ro["tokens"] for ro in r["rollouts"] if ro["correct"]] for r in records]
+    c = np.array([len(v) for v in ok], dtype=float)
+    logit = np.log((c + 0.5) / (n - c + 0.5))
+    solved = c > 0
+    log_len = np.log([np.mean(v) if v else 1.0 for v in ok])
+    return BatchContext(
+        tau_slope=_within_slope(x[solved], log_len[solved], groups[solved]) if solved.any()
+        else 0.0,
+        p_slope=_within_slope(x, logit, groups),
+        neighbours=int(neighbours), min_similarity=float(min_similarity))
+
+
+def neighbour_log_length(texts: Sequence[str], neighbours: int = 10,
+                         min_similarity: float = 0.3, *, chunk: int = 1024) -> np.ndarray:
+    """Mean ``log(len)`` of each text and its up to ``neighbours`` most similar other texts of
+    the batch with cosine similarity >= ``min_similarity`` (TF-IDF of word 1-2 grams fitted
+    on the batch). Memory grows with ``chunk * len(texts)``, not ``len(texts) ** 2``."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    texts = list(texts)
+    x = _log_length(texts)
+    n = len(texts)
+    if n < 2:
+        return x.copy()
+    try:
+        X = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True).fit_transform(texts)
+    except ValueError:  # no word at all in the batch (digits-free punctuation, say)
+        return x.copy()
+    k = min(int(neighbours), n - 1)
+    centre = np.empty(n)
+    for a in range(0, n, chunk):
+        sim = (X[a:a + chunk] @ X.T).toarray()
+        rows = np.arange(sim.shape[0])
+        sim[rows, a + rows] = -np.inf  # not its own neighbour
+        top = np.argpartition(-sim, k - 1, axis=1)[:, :k]
+        near = sim[rows[:, None], top] >= min_similarity
+        centre[a:a + chunk] = (x[a:a + chunk] + (x[top] * near).sum(1)) / (1 + near.sum(1))
+    return centre
+
+
+def relative_log_length(texts: Sequence[str], neighbours: int = 10,
+                        min_similarity: float = 0.3) -> np.ndarray:
+    """``log(len)`` of each text minus its :func:`neighbour_log_length` centre."""
+    return _log_length(texts) - neighbour_log_length(texts, neighbours, min_similarity)
+
+
+def shift_by_length(curves: Curves, d: np.ndarray, tau_slope: np.ndarray | float,
+                    p_slope: np.ndarray | float) -> Curves:
+    """``tau * exp(tau_slope * d)`` and ``logit p + p_slope * d`` (slopes: one, or one per
+    curve); ``k`` unchanged."""
+    d = np.asarray(d, dtype=float)
+    if d.shape != curves.tau.shape:
+        raise ValueError(f"shift_by_length: {d.shape[0] if d.ndim else 1} offsets for "
+                         f"{len(curves)} curves")
+    p = np.clip(curves.p, 1e-9, 1 - 1e-9)
+    logit = np.log(p / (1 - p)) + np.asarray(p_slope, dtype=float) * d
+    return Curves(curves.tau * np.exp(np.asarray(tau_slope, dtype=float) * d),
+                  1.0 / (1.0 + np.exp(-logit)), curves.k.copy())
+
+
+def apply_batch_context(curves: Curves, texts: Sequence[str], ctx: BatchContext) -> Curves:
+    """The curves shifted by each text's log length relative to its look-alikes in the batch."""
+    texts = list(texts)
+    if len(texts) != len(curves):
+        raise ValueError(f"apply_batch_context: {len(texts)} texts for {len(curves)} curves")
+    d = relative_log_length(texts, ctx.neighbours, ctx.min_similarity)
+    return shift_by_length(curves, d, ctx.tau_slope, ctx.p_slope)

@@ -1,0 +1,78 @@
+"""Batch context: within-family length slopes and the shift by relative length."""
+
+import numpy as np
+import pytest
+
+from clear_learn.curves import Curves
+from clear_learn.predictor.batch_context import (BatchContext, apply_batch_context,
+                                                 neighbour_log_length, shift_by_length,
+                                                 within_task_slopes)
+
+
+def _record(task, text, lengths, correct):
+    return {"id": f"{task}-{len(text)}", "task": task, "text": text,
+            "rollouts": [{"tokens": int(t), "correct": bool(c)} for t, c in zip(lengths, correct)]}
+
+
+def _families():
+    """Two families: within each, a longer text needs longer answers and is solved less often;
+    the family with the longer texts is the easier one, so the pooled slopes have the wrong
+    sign."""
+    recs = []
+    for task, base, words, solved in (("short-hard", 400, 4, 0), ("long-easy", 100, 40, 4)):
+        for i in range(6):
+            text = " ".join(["word"] * (words + 4 * i))
+            n_ok = max(0, min(8, solved + 4 - i))
+            recs.append(_record(task, text, [base * (1 + 0.3 * i)] * 8,
+                                [j < n_ok for j in range(8)]))
+    return recs
+
+
+def test_within_task_slopes_remove_the_family_confound():
+    ctx = within_task_slopes(_families())
+    assert ctx.tau_slope > 0.3 and ctx.p_slope < -0.5
+    # one family only: the within slope is the pooled slope of that family
+    one = within_task_slopes([r for r in _families() if r["task"] == "long-easy"])
+    assert one.tau_slope > 0.3
+    with pytest.raises(ValueError, match="no records"):
+        within_task_slopes([])
+
+
+def test_neighbour_centre_uses_look_alikes_only():
+    texts = ["add the numbers 1 and 2", "add the numbers 10 and 20 and 30 and 40",
+             "add the numbers 3 and 4 and 5", "zebra crossing colour?"]
+    centre = neighbour_log_length(texts, neighbours=5, min_similarity=0.3)
+    logs = np.log([len(t) for t in texts])
+    assert np.isclose(centre[3], logs[3])  # no look-alike: its own centre
+    assert np.allclose(centre[:3], logs[:3].mean())
+    assert np.allclose(neighbour_log_length(texts[:1]), logs[:1])
+    # one neighbour each: the centre moves toward the most similar text only
+    one = neighbour_log_length(texts, neighbours=1, min_similarity=0.0)
+    assert not np.allclose(one[:3], logs[:3].mean())
+
+
+def test_longer_than_its_look_alikes_gets_a_later_lower_curve():
+    texts = ["count the letters in apple", "count the letters in the word banana split please",
+             "what is the capital of peru"]
+    curves = Curves(np.full(3, 100.0), np.full(3, 0.5), np.full(3, 0.02))
+    ctx = BatchContext(tau_slope=0.5, p_slope=-1.0, neighbours=4, min_similarity=0.2)
+    out = apply_batch_context(curves, texts, ctx)
+    assert out.tau[1] > 100 > out.tau[0] and out.p[1] < 0.5 < out.p[0]
+    assert out.tau[2] == 100 and out.p[2] == 0.5 and np.array_equal(out.k, curves.k)
+    with pytest.raises(ValueError, match="2 texts for 3 curves"):
+        apply_batch_context(curves, texts[:2], ctx)
+    # per-curve slopes broadcast
+    d = np.array([1.0, 0.0, -1.0])
+    s = shift_by_length(curves, d, np.array([0.0, 1.0, 1.0]), 0.0)
+    assert np.allclose(s.tau, [100, 100, 100 / np.e])
+
+
+def test_bad_context_is_refused_by_name():
+    with pytest.raises(ValueError, match="tau_slope must be finite"):
+        BatchContext(tau_slope=float("nan"), p_slope=0.0)
+    with pytest.raises(ValueError, match="neighbours must be >= 1"):
+        BatchContext(0.1, -1.0, neighbours=0)
+    with pytest.raises(ValueError, match="unknown keys"):
+        BatchContext.from_dict({"tau_slope": 0.1, "p_slope": 0.0, "radius": 3})
+    ctx = BatchContext(0.1, -1.0)
+    assert BatchContext.from_dict(ctx.to_dict()) == ctx
