@@ -81,7 +81,8 @@ def cmd_allocate(args) -> int:
     max_tokens = args.max_tokens
     if args.predictor:
         pred = _load_predictor(args.predictor)
-        curves = pred.predict(_texts(rows, args.curves))
+        curves = pred.predict(_texts(rows, args.curves),
+                              batch_context=not args.no_batch_context)
         max_tokens = pred.max_new_tokens if max_tokens is None else max_tokens
     else:
         curves = Curves.from_records(rows)
@@ -113,7 +114,8 @@ def cmd_predict(args) -> int:
 
     rows = _rows(args.input)
     texts = _texts(rows, args.input)
-    curves = _load_predictor(args.predictor).predict(texts, batch_size=args.batch_size)
+    curves = _load_predictor(args.predictor).predict(
+        texts, batch_size=args.batch_size, batch_context=not args.no_batch_context)
     out = [{"id": r.get("id", i), "tau": float(t), "p": float(q), "k": float(k)}
            for i, (r, t, q, k) in enumerate(zip(rows, curves.tau, curves.p, curves.k))]
     write_jsonl(out, args.output)
@@ -348,6 +350,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fallback-tokens", type=int, default=0,
                    help="budget given to abandoned queries (reserved from the total)")
     p.add_argument("-o", "--output", help="write {id, budget, abandoned} rows here")
+    p.add_argument("--no-batch-context", action="store_true",
+                   help="each text's curve from that text alone (by default a predictor "
+                        "exported with a batch context compares each text's length with its "
+                        "look-alikes in the file)")
     p.set_defaults(func=cmd_allocate)
 
     p = sub.add_parser("predict", help="curves (tau, p, k) for texts from an exported predictor")
@@ -355,6 +361,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("input", help="JSONL rows with 'text' (and optional 'id'); rollout files do")
     p.add_argument("-o", "--output", required=True, help="write {id, tau, p, k} rows here")
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--no-batch-context", action="store_true",
+                   help="each text's curve from that text alone (by default a predictor "
+                        "exported with a batch context compares each text's length with its "
+                        "look-alikes in the file)")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("evaluate", help="Pareto frontiers of policies on held-out queries",

@@ -263,6 +263,11 @@ def test_cli_predict_allocate_and_evaluate_with_a_predictor(trained, tmp_path, s
         [f"What is {i} + {i * 7}?" for i in range(12)])
     assert [r["id"] for r in rows] == [f"q{i}" for i in range(12)]
     assert np.allclose([r["tau"] for r in rows], direct.tau)
+    assert main(["predict", str(tmp_path / "p"), str(texts), "-o", str(tmp_path / "r.jsonl"),
+                 "--no-batch-context"]) == 0
+    raw = [json.loads(x)["tau"] for x in (tmp_path / "r.jsonl").read_text().splitlines()]
+    assert np.allclose(raw, ClearPredictor.from_pretrained(tmp_path / "p").predict(
+        [f"What is {i} + {i * 7}?" for i in range(12)], batch_context=False).tau)
     assert main(["allocate", str(texts), "--predictor", str(tmp_path / "p"), "--total-budget",
                  "1200", "-o", str(tmp_path / "b.jsonl")]) == 0
     budgets = [json.loads(x)["budget"] for x in (tmp_path / "b.jsonl").read_text().splitlines()]
