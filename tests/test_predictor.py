@@ -455,6 +455,9 @@ def test_leave_one_family_out_resumes(sim_file, tmp_path, capsys):
     assert capsys.readouterr().out.count("reusing") == 2
     with pytest.raises(SystemExit, match="another config"):
         cross_family.main(args + ["--set", "model.lora_r=3"])
+    capsys.readouterr()  # batch context acts after the folds: another one reuses them
+    assert cross_family.main(args + ["--set", "batch_context.min_similarity=0.5"]) == 0
+    assert capsys.readouterr().out.count("reusing") == 2
     fold = tmp_path / "cv" / "folds" / "sim-easy.jsonl"
     fold.write_text("".join(x + "\n" for x in fold.read_text().splitlines()[1:]))
     assert cross_family.main(args) == 0  # a fold that no longer covers its family is redone

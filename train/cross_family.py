@@ -80,9 +80,14 @@ def median_epochs(fold_epochs: dict[str, int]) -> int:
     return int(np.ceil(np.median(list(fold_epochs.values()))))
 
 
+POOLING_ONLY = ("batch_context", "evaluate")  # config sections the saved folds do not depend on
+
+
 def check_same_config(out: Path, cfg: dict, random_val: bool) -> None:
-    """Record the run's config in ``OUT/config.json``; refuse to mix folds of another one."""
-    want = {"config": cfg, "random_val": bool(random_val)}
+    """Record the run's config in ``OUT/config.json``; refuse to mix folds of another one
+    (the sections in ``POOLING_ONLY`` act after the folds, so they may differ)."""
+    want = {"config": {k: v for k, v in cfg.items() if k not in POOLING_ONLY},
+            "random_val": bool(random_val)}
     path = out / "config.json"
     if path.is_file():
         have = json.loads(path.read_text())

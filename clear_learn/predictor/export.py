@@ -71,8 +71,7 @@ class ClearPredictor:
         With ``batch_context`` (and a predictor exported with one, see
         :mod:`clear_learn.predictor.batch_context`), each curve is then shifted by its
         text's length relative to the similar texts of the same call: a text longer than
-        its look-alikes gets a later, lower curve. A text with no look-alike in the call,
-        or a call of one text, is unaffected.
+        its look-alikes gets a later, lower curve. A call of one text is unaffected.
         """
         import torch
 
@@ -348,8 +347,9 @@ def _context_lines(ctx: dict | None) -> list[str]:
     if not ctx:
         return ["- batch context: none (each text's curve depends on that text alone)"]
     return [f"- batch context: a text d = log(len) above the mean of its look-alikes in the same "
-            f"call (up to {ctx['neighbours']} texts with TF-IDF cosine >= "
-            f"{ctx['min_similarity']}) gets tau x exp({ctx['tau_slope']:.3f} d) and "
+            f"call (its {ctx['neighbours']} most similar texts by TF-IDF cosine"
+            + (f", those >= {ctx['min_similarity']}" if ctx["min_similarity"] > 0 else "")
+            + f") gets tau x exp({ctx['tau_slope']:.3f} d) and "
             f"logit p {ctx['p_slope']:+.3f} d (within-family slopes of its training data); "
             "`predict(texts, batch_context=False)` turns it off"]
 
