@@ -41,14 +41,18 @@ def test_within_task_slopes_remove_the_family_confound():
 def test_neighbour_centre_uses_look_alikes_only():
     texts = ["add the numbers 1 and 2", "add the numbers 10 and 20 and 30 and 40",
              "add the numbers 3 and 4 and 5", "zebra crossing colour?"]
-    centre = neighbour_log_length(texts, neighbours=5, min_similarity=0.3)
+    centre = neighbour_log_length(texts, neighbours=5)
     logs = np.log([len(t) for t in texts])
-    assert np.isclose(centre[3], logs[3])  # no look-alike: its own centre
-    assert np.allclose(centre[:3], logs[:3].mean())
+    assert centre[3] == logs[3]  # unlike every other text: its own centre
+    # look-alikes pull each other's centres together: the shortest up, the longest down
+    assert logs[0] < centre[0] < logs[1] and logs[0] < centre[1] < logs[1]
+    assert np.ptp(centre[:3]) < np.ptp(logs[:3])
     assert np.allclose(neighbour_log_length(texts[:1]), logs[:1])
-    # one neighbour each: the centre moves toward the most similar text only
-    one = neighbour_log_length(texts, neighbours=1, min_similarity=0.0)
-    assert not np.allclose(one[:3], logs[:3].mean())
+    # a threshold above every similarity leaves each text alone
+    assert np.array_equal(neighbour_log_length(texts, min_similarity=0.99), logs)
+    # one neighbour each: a text's centre moves toward its most similar text only
+    one = neighbour_log_length(texts, neighbours=1)
+    assert not np.allclose(one, centre) and one[3] == logs[3]
 
 
 def test_longer_than_its_look_alikes_gets_a_later_lower_curve():
