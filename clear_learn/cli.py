@@ -313,6 +313,11 @@ def cmd_regrade(args) -> int:
     return 0
 
 
+_NO_CONTEXT_HELP = ("each text's curve from that text alone (by default a predictor exported "
+                    "with a batch context compares each text's length with its look-alikes "
+                    "in the file)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="clear-learn",
@@ -350,10 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fallback-tokens", type=int, default=0,
                    help="budget given to abandoned queries (reserved from the total)")
     p.add_argument("-o", "--output", help="write {id, budget, abandoned} rows here")
-    p.add_argument("--no-batch-context", action="store_true",
-                   help="each text's curve from that text alone (by default a predictor "
-                        "exported with a batch context compares each text's length with its "
-                        "look-alikes in the file)")
+    p.add_argument("--no-batch-context", action="store_true", help=_NO_CONTEXT_HELP)
     p.set_defaults(func=cmd_allocate)
 
     p = sub.add_parser("predict", help="curves (tau, p, k) for texts from an exported predictor")
@@ -361,10 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("input", help="JSONL rows with 'text' (and optional 'id'); rollout files do")
     p.add_argument("-o", "--output", required=True, help="write {id, tau, p, k} rows here")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--no-batch-context", action="store_true",
-                   help="each text's curve from that text alone (by default a predictor "
-                        "exported with a batch context compares each text's length with its "
-                        "look-alikes in the file)")
+    p.add_argument("--no-batch-context", action="store_true", help=_NO_CONTEXT_HELP)
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("evaluate", help="Pareto frontiers of policies on held-out queries",
