@@ -159,7 +159,7 @@ def cmd_evaluate(args) -> int:
         test = [records[i] for i in order[cut:]]
     if not test:
         raise SystemExit("no held-out queries: check --test-tasks / --test-fraction")
-    policies = {}
+    policies, stream_policies = {}, {}
     if train:
         policies["clear-task-prior"] = task_prior_curves(train, [r["task"] for r in test])
     if args.curves:
@@ -177,7 +177,14 @@ def cmd_evaluate(args) -> int:
         if caps != {pred.max_new_tokens}:
             print(f"warning: the predictor learned curves under a cap of {pred.max_new_tokens} "
                   f"tokens; these rollouts have caps {sorted(caps)}", file=sys.stderr)
-        policies["clear-learned"] = pred.predict([r["text"] for r in test])
+        texts = [r["text"] for r in test]
+        policies["clear-learned"] = pred.predict(texts)
+        if pred.batch_context is not None:  # in streams, each batch is its own context
+            from .predictor.batch_context import batch_context_policy
+
+            stream_policies["clear-learned"] = batch_context_policy(
+                pred.predict(texts, batch_context=False), texts, pred.batch_context,
+                np.array([int(r["max_new_tokens"]) for r in test]))
     print(f"evaluating on {label}: {len(test)} held-out queries "
           f"({len(train)} for the task prior)")
     report = evaluate_policies(test, policies, args.budgets, seed=args.seed, progress=True)
@@ -191,8 +198,8 @@ def cmd_evaluate(args) -> int:
               " mean accuracy")
         names = None
         for sname, idx in preset_streams(test, args.stream_size, args.seed).items():
-            srep = evaluate_policies(test, policies, args.budgets, seed=args.seed,
-                                     stream=idx, batch_size=args.batch_size)
+            srep = evaluate_policies(test, {**policies, **stream_policies}, args.budgets,
+                                     seed=args.seed, stream=idx, batch_size=args.batch_size)
             report.meta["streams"][sname] = srep.rows
             if names is None:
                 names = list(srep.rows)

@@ -80,3 +80,25 @@ def test_bad_context_is_refused_by_name():
         BatchContext.from_dict({"tau_slope": 0.1, "p_slope": 0.0, "radius": 3})
     ctx = BatchContext(0.1, -1.0)
     assert BatchContext.from_dict(ctx.to_dict()) == ctx
+
+
+def test_stream_policy_gives_each_batch_its_own_context():
+    from clear_learn.allocation import allocate
+    from clear_learn.predictor.batch_context import batch_context_policy
+
+    texts = ["count the letters in apple", "count the letters in the word banana split please",
+             "what is the capital of peru", "count the letters in the long word strawberries"]
+    raw = Curves(np.array([80.0, 90, 100, 110]), np.array([0.6, 0.5, 0.4, 0.5]),
+                 np.full(4, 0.03))
+    ctx = BatchContext(tau_slope=0.5, p_slope=-1.0)
+    caps = np.array([512, 512, 256, 512])
+    policy = batch_context_policy(raw, texts, ctx, caps)
+    for idx in (np.array([0, 1, 2]), np.array([1, 3, 3])):
+        got = policy(idx, 300)
+        want = allocate(apply_batch_context(raw[idx], [texts[i] for i in idx], ctx), 300,
+                        max_tokens=caps[idx]).budgets
+        assert np.array_equal(got, want) and got.sum() <= 300 and np.all(got <= caps[idx])
+    # the same query in another batch gets another centre, hence another curve
+    a = apply_batch_context(raw[[1, 0]], [texts[1], texts[0]], ctx)
+    b = apply_batch_context(raw[[1, 3]], [texts[1], texts[3]], ctx)
+    assert a.tau[0] != b.tau[0]

@@ -273,8 +273,12 @@ def test_cli_predict_allocate_and_evaluate_with_a_predictor(trained, tmp_path, s
     budgets = [json.loads(x)["budget"] for x in (tmp_path / "b.jsonl").read_text().splitlines()]
     assert sum(budgets) <= 1200 and max(budgets) <= 512  # the predictor's cap by default
     assert main(["evaluate", str(sim_file), "--predictor", str(tmp_path / "p"), "--budgets",
-                 "64,256", "--out", str(tmp_path / "ev")]) == 0
-    assert "clear-learned" in json.loads((tmp_path / "ev" / "report.json").read_text())["policies"]
+                 "64,256", "--out", str(tmp_path / "ev"), "--streams", "--stream-size", "48",
+                 "--batch-size", "16"]) == 0
+    rep = json.loads((tmp_path / "ev" / "report.json").read_text())
+    assert "clear-learned" in rep["policies"]
+    for rows in rep["meta"]["streams"].values():  # batch context per batch of the stream
+        assert len(rows["clear-learned"]) == 2
     (tmp_path / "bad.jsonl").write_text(json.dumps({"id": "x"}) + "\n")
     with pytest.raises(SystemExit, match="row 1.*no 'text'"):
         main(["predict", str(tmp_path / "p"), str(tmp_path / "bad.jsonl"), "-o",

@@ -33,7 +33,7 @@ import numpy as np
 from ..curves import Curves
 
 __all__ = ["BatchContext", "within_task_slopes", "neighbour_log_length", "relative_log_length",
-           "shift_by_length", "apply_batch_context"]
+           "shift_by_length", "apply_batch_context", "batch_context_policy"]
 
 
 @dataclass(frozen=True)
@@ -164,3 +164,21 @@ def apply_batch_context(curves: Curves, texts: Sequence[str], ctx: BatchContext)
         raise ValueError(f"apply_batch_context: {len(texts)} texts for {len(curves)} curves")
     d = relative_log_length(texts, ctx.neighbours, ctx.min_similarity)
     return shift_by_length(curves, d, ctx.tau_slope, ctx.p_slope)
+
+
+def batch_context_policy(raw: Curves, texts: Sequence[str], ctx: BatchContext,
+                         caps: np.ndarray):
+    """An allocation policy ``f(indices, total_budget) -> budgets`` for
+    :func:`clear_learn.evaluation.evaluate_policies` on traffic streams: each batch's curves
+    get the batch context of that batch alone (as in deployment), then CLEAR under ``caps``."""
+    from ..allocation import allocate
+
+    texts = list(texts)
+    caps = np.asarray(caps)
+
+    def policy(idx: np.ndarray, total_budget: int) -> np.ndarray:
+        idx = np.asarray(idx)
+        curves = apply_batch_context(raw[idx], [texts[i] for i in idx], ctx)
+        return allocate(curves, int(total_budget), max_tokens=caps[idx]).budgets
+
+    return policy
