@@ -178,12 +178,14 @@ def cmd_evaluate(args) -> int:
             print(f"warning: the predictor learned curves under a cap of {pred.max_new_tokens} "
                   f"tokens; these rollouts have caps {sorted(caps)}", file=sys.stderr)
         texts = [r["text"] for r in test]
-        policies["clear-learned"] = pred.predict(texts)
+        raw = pred.predict(texts, batch_context=False)
+        policies["clear-learned"] = raw
         if pred.batch_context is not None:  # in streams, each batch is its own context
-            from .predictor.batch_context import batch_context_policy
+            from .predictor.batch_context import apply_batch_context, batch_context_policy
 
+            policies["clear-learned"] = apply_batch_context(raw, texts, pred.batch_context)
             stream_policies["clear-learned"] = batch_context_policy(
-                pred.predict(texts, batch_context=False), texts, pred.batch_context,
+                raw, texts, pred.batch_context,
                 np.array([int(r["max_new_tokens"]) for r in test]))
     print(f"evaluating on {label}: {len(test)} held-out queries "
           f"({len(train)} for the task prior)")
