@@ -5,7 +5,9 @@
 Reads the run's leave-one-family-out fold curves (``families/folds``, learned model, no batch
 context) and its held-out-query predictor (``queries/predictor``), rebuilds the data exactly
 as measured (each rollout file's prefix whose sha256 matches the run's ``state.json``; the
-files are append-only), and prints the mean share of the uniform-to-oracle gap closed over
+files are append-only), and prints the length signal the batch context rests on (Spearman
+correlations of text length with answer length and accuracy, within families and pooled),
+then the mean share of the uniform-to-oracle gap closed over
 48-256 tokens/query, for each rule:
 
 - (a) unseen families, all pooled queries as one batch (slopes of each query's own fold);
@@ -56,6 +58,33 @@ def measured_records(state: dict) -> list[dict]:
                              "out the data of the measured commit")
         out += load_records(src)[:n]
     return out
+
+
+def length_signal(records: list[dict]) -> str:
+    """Spearman correlations of the log text length with the mean correct length and with the
+    accuracy: pooled, and within families (weighted by size, families of 5+ queries)."""
+    from scipy.stats import spearmanr
+
+    x = np.log([len(r["text"]) for r in records])
+    fam = np.array([r["task"] for r in records])
+    acc = np.array([np.mean([o["correct"] for o in r["rollouts"]]) for r in records])
+    lc = np.array([np.mean([o["tokens"] for o in r["rollouts"] if o["correct"]])
+                   if any(o["correct"] for o in r["rollouts"]) else np.nan for r in records])
+
+    def within(y):
+        rho, w = [], []
+        for f in np.unique(fam):
+            m = (fam == f) & ~np.isnan(y)
+            if m.sum() >= 5 and np.ptp(x[m]) > 0 and np.ptp(y[m]) > 0:
+                rho.append(spearmanr(x[m], y[m])[0])
+                w.append(m.sum())
+        return float(np.average(rho, weights=w))
+
+    ok = ~np.isnan(lc)
+    return (f"log text length, Spearman: with the mean correct length {within(lc):+.2f} within "
+            f"families, {spearmanr(x[ok], lc[ok])[0]:+.2f} pooled; with the accuracy "
+            f"{within(acc):+.2f} within, {spearmanr(x, acc)[0]:+.2f} pooled ({len(records)} "
+            "queries)")
 
 
 def centre(texts: list[str], rule) -> np.ndarray:
@@ -144,6 +173,7 @@ def main(argv=None) -> int:
                                      for n, u in RULES.items()}, BUDGETS, seed=0)
     res[f"(c) held-out queries ({len(q_test)})"] = mean_gaps(rep)
 
+    print(length_signal(records))
     print(f"mean gap closed over {BUDGETS[0]}-{BUDGETS[-1]} tokens/query, {out}")
     print("| rule | " + " | ".join(res) + " |")
     print("|---|" + "---:|" * len(res))
