@@ -111,6 +111,22 @@ def shifted(curves, texts, rule, tau_slope, p_slope):
     return shift_by_length(curves, d, tau_slope, p_slope)
 
 
+def unseen_family_curves(out: Path):
+    """``(records as measured, the unseen-family test records in cross_family.py's order,
+    their learned curves before batch context, the per-family batch-context slopes)`` of a
+    measure run ``out``."""
+    from clear_learn.curves import Curves
+
+    records = measured_records(json.loads((out / "state.json").read_text()))
+    fam_dir = out / "families"
+    slopes = json.loads((fam_dir / "report.json").read_text())["meta"]["batch_context"]
+    rows = [json.loads(x) for f in sorted((fam_dir / "folds").glob("*.jsonl"))
+            for x in f.read_text().splitlines() if x.strip()]
+    learned = {str(r["id"]): r for r in rows if r["policy"] == "clear-learned"}
+    test = [r for r in records if str(r["id"]) in learned]  # cross_family.py's order
+    return records, test, Curves.from_records([learned[str(r["id"])] for r in test]), slopes
+
+
 def mean_gaps(report) -> dict[str, float]:
     return {name: float(np.nanmean([r["gap_closed"] for r in rows]))
             for name, rows in report.rows.items() if name in RULES}
@@ -122,7 +138,6 @@ def main(argv=None) -> int:
     ap.add_argument("measure_dir", help="an --out folder of train/measure.py")
     args = ap.parse_args(argv)
     from clear_learn.allocation import allocate
-    from clear_learn.curves import Curves
     from clear_learn.evaluation import evaluate_policies
     from clear_learn.predictor.batch_context import within_task_slopes
     from clear_learn.predictor.data import split_records
@@ -131,15 +146,8 @@ def main(argv=None) -> int:
 
     out = Path(args.measure_dir)
     state = json.loads((out / "state.json").read_text())
-    records = measured_records(state)
-    fam_dir = out / "families"
-    slopes = json.loads((fam_dir / "report.json").read_text())["meta"]["batch_context"]
-    rows = [json.loads(x) for f in sorted((fam_dir / "folds").glob("*.jsonl"))
-            for x in f.read_text().splitlines() if x.strip()]
-    learned = {str(r["id"]): r for r in rows if r["policy"] == "clear-learned"}
-    test = [r for r in records if str(r["id"]) in learned]  # cross_family.py's order
+    records, test, raw, slopes = unseen_family_curves(out)
     texts = [r["text"] for r in test]
-    raw = Curves.from_records([learned[str(r["id"])] for r in test])
     ts = np.array([slopes[r["task"]]["tau_slope"] for r in test])
     ps = np.array([slopes[r["task"]]["p_slope"] for r in test])
     caps = np.array([int(r["max_new_tokens"]) for r in test])

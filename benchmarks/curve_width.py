@@ -14,14 +14,13 @@ curves. An experiment for the next step of the predictor, not part of the shippe
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from batch_context_rules import measured_records  # noqa: E402
+from batch_context_rules import unseen_family_curves  # noqa: E402
 
 GRID = [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
 BUDGETS = [48, 64, 96, 128, 160, 192, 256, 384]
@@ -47,15 +46,8 @@ def main(argv=None) -> int:
     from clear_learn.predictor.batch_context import relative_log_length, shift_by_length
 
     out = Path(args.measure_dir)
-    records = measured_records(json.loads((out / "state.json").read_text()))
-    fam_dir = out / "families"
-    slopes = json.loads((fam_dir / "report.json").read_text())["meta"]["batch_context"]
-    rows = [json.loads(x) for f in sorted((fam_dir / "folds").glob("*.jsonl"))
-            for x in f.read_text().splitlines() if x.strip()]
-    learned = {str(r["id"]): r for r in rows if r["policy"] == "clear-learned"}
-    test = [r for r in records if str(r["id"]) in learned]
+    _, test, curves, slopes = unseen_family_curves(out)
     fam = np.array([r["task"] for r in test])
-    curves = Curves.from_records([learned[str(r["id"])] for r in test])
     if slopes:
         ctx = next(iter(slopes.values()))
         d = relative_log_length([r["text"] for r in test], ctx["neighbours"],
