@@ -111,6 +111,14 @@ def shifted(curves, texts, rule, tau_slope, p_slope):
     return shift_by_length(curves, d, tau_slope, p_slope)
 
 
+def measure_dir_arg(argv, doc: str) -> Path:
+    """The one argument of these scripts: an ``--out`` folder of ``train/measure.py``."""
+    ap = argparse.ArgumentParser(description=doc,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("measure_dir", help="an --out folder of train/measure.py")
+    return Path(ap.parse_args(argv).measure_dir)
+
+
 def unseen_family_curves(out: Path):
     """``(records as measured, the unseen-family test records in cross_family.py's order,
     their learned curves before batch context, the per-family batch-context slopes)`` of a
@@ -133,10 +141,7 @@ def mean_gaps(report) -> dict[str, float]:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("measure_dir", help="an --out folder of train/measure.py")
-    args = ap.parse_args(argv)
+    out = measure_dir_arg(argv, __doc__)
     from clear_learn.allocation import allocate
     from clear_learn.evaluation import evaluate_policies
     from clear_learn.predictor.batch_context import within_task_slopes
@@ -144,7 +149,6 @@ def main(argv=None) -> int:
     from clear_learn.predictor.export import ClearPredictor
     from train import load_config
 
-    out = Path(args.measure_dir)
     state = json.loads((out / "state.json").read_text())
     records, test, raw, slopes = unseen_family_curves(out)
     texts = [r["text"] for r in test]

@@ -13,14 +13,13 @@ curves. An experiment for the next step of the predictor, not part of the shippe
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from batch_context_rules import unseen_family_curves  # noqa: E402
+from batch_context_rules import measure_dir_arg, unseen_family_curves  # noqa: E402
 
 GRID = [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
 BUDGETS = [48, 64, 96, 128, 160, 192, 256, 384]
@@ -36,16 +35,12 @@ def widen(curves, s: float):
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("measure_dir", help="an --out folder of train/measure.py")
-    args = ap.parse_args(argv)
+    out = measure_dir_arg(argv, __doc__)
     from clear_learn.curves import Curves
     from clear_learn.evaluation import evaluate_policies
     from clear_learn.fitting import rollout_nll
     from clear_learn.predictor.batch_context import relative_log_length, shift_by_length
 
-    out = Path(args.measure_dir)
     _, test, curves, slopes = unseen_family_curves(out)
     fam = np.array([r["task"] for r in test])
     if slopes:
