@@ -38,7 +38,9 @@ def main() -> None:
             (ROOT / "clear_learn" / "data" / "problems-default.jsonl").read_text().splitlines()]
     texts = [r["text"] for r in rows]
     texts = (texts * (args.queries // len(texts) + 1))[: args.queries]
+    t = time.perf_counter()
     pred.predict(texts[: args.batch_size], batch_size=args.batch_size)  # warm-up
+    first_s = time.perf_counter() - t
     t = time.perf_counter()
     pred.predict(texts, batch_size=args.batch_size)
     dt = time.perf_counter() - t
@@ -47,7 +49,8 @@ def main() -> None:
     res = pred.allocate(batch, 256 * len(batch))
     alloc_s = time.perf_counter() - t
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"predictor {args.predictor}: load {load_s:.2f} s")
+    print(f"predictor {args.predictor}: load {load_s:.2f} s; first predict call (batch "
+          f"{args.batch_size}) {first_s:.2f} s")
     print(f"predict: {len(texts)} queries, batch {args.batch_size}, {args.threads} threads: "
           f"{len(texts) / dt:.1f} queries/s")
     print(f"allocate one batch of {len(batch)} (predict + CLEAR): {alloc_s * 1e3:.0f} ms "

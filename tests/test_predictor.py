@@ -521,6 +521,22 @@ def test_committed_default_checkpoint_loads_and_allocates():
     assert res.budgets.sum() <= 600 and res.budgets.max() <= 512
 
 
+def test_loading_a_predictor_with_batch_context_imports_its_vectorizer():
+    """The first routed batch must not pay scikit-learn's import: loading does (fresh process,
+    since other tests import scikit-learn)."""
+    path = ROOT / "checkpoints" / "default"
+    if not (path / "config.json").is_file():
+        pytest.skip("no committed default checkpoint")
+    code = ("import sys; from clear_learn.predictor.export import ClearPredictor; "
+            f"p = ClearPredictor.from_pretrained({str(path)!r}); "
+            "assert p.batch_context is not None; "
+            "print('sklearn.feature_extraction.text' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "True"
+
+
 def test_measure_summarizes_and_refuses_another_state(sim_file, tmp_path, capsys):
     """train/measure.py: one folder per protocol, reused when its report exists; the summary
     has every protocol's gap table; an OUT measured on other options is refused."""

@@ -4,7 +4,8 @@ Within one task family, longer problem texts need longer answers and are solved 
 (on this project's 245 measured queries, within families: Spearman +0.45 with the mean
 correct length, -0.50 with the accuracy; `benchmarks/batch_context_rules.py`). Across
 families the text's length says little, so a predictor trained on many families learns the
-pooled slope and misses this signal on a family it has never seen. This module puts it back without knowing any family:
+pooled slope and misses this signal on a family it has never seen. This module puts it back
+without knowing any family:
 
 - :func:`within_task_slopes`: from training records, the within-family slopes of
   ``log(mean correct length)`` and of the accuracy's log-odds on ``log(len(text))``

@@ -219,6 +219,10 @@ class ClearPredictor:
         except (OSError, ValueError, RuntimeError, SafetensorError) as err:
             raise PredictorLoadError(f"{path}: could not load weights: {err}") from None
         tokenizer = AutoTokenizer.from_pretrained(base, local_files_only=True)
+        if cfg.get("batch_context"):
+            # batch context fits TF-IDF on every call: pay scikit-learn's import (about 2 s
+            # here) at load time, not on the first batch a router sends
+            import sklearn.feature_extraction.text  # noqa: F401
         return cls(model, tokenizer, cfg, device=device)
 
 
