@@ -8,7 +8,9 @@ moment-match it back into a shifted surge (same mean length ``tau + 2/k``, varia
 ``2/k^2 + (s tau)^2``; ``tau`` floored at 0), for a grid of ``s``. Prints, per ``s``, the NLL
 per rollout, the mean gap closed over 48-256 tokens/query and the gap at 384; then the honest
 version: each family widened by the ``s`` that minimises the NLL of the *other* families'
-curves. An experiment for the next step of the predictor, not part of the shipped recipe.
+curves. The experiment behind the shipped threshold spread (``calibration.tau_spread``,
+:mod:`clear_learn.predictor.calibration`; ``train/cross_family.py`` fits it per family the same
+way on a finer grid).
 """
 
 from __future__ import annotations
@@ -25,21 +27,12 @@ GRID = [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
 BUDGETS = [48, 64, 96, 128, 160, 192, 256, 384]
 
 
-def widen(curves, s: float):
-    """``curves`` with a threshold uncertainty of sd ``s * tau`` moment-matched in."""
-    from clear_learn.curves import Curves
-
-    var = 2.0 / curves.k ** 2 + (s * curves.tau) ** 2
-    k = np.sqrt(2.0 / var)
-    return Curves(np.maximum(curves.tau + 2.0 / curves.k - 2.0 / k, 0.0), curves.p.copy(), k)
-
-
 def main(argv=None) -> int:
     out = measure_dir_arg(argv, __doc__)
-    from clear_learn.curves import Curves
     from clear_learn.evaluation import evaluate_policies
     from clear_learn.fitting import rollout_nll
     from clear_learn.predictor.batch_context import relative_log_length, shift_by_length
+    from clear_learn.predictor.calibration import tau_spread_by_group
 
     _, test, curves, slopes = unseen_family_curves(out)
     fam = np.array([r["task"] for r in test])
@@ -50,17 +43,10 @@ def main(argv=None) -> int:
         curves = shift_by_length(curves, d, np.array([slopes[f]["tau_slope"] for f in fam]),
                                  np.array([slopes[f]["p_slope"] for f in fam]))
     counts = np.array([len(r["rollouts"]) for r in test], dtype=float)
-    nll_q = {s: rollout_nll(widen(curves, s), test) for s in GRID}  # per query
-    policies = {f"s={s}": widen(curves, s) for s in GRID}
-    chosen = {}
-    tau, p, k = curves.tau.copy(), curves.p.copy(), curves.k.copy()
-    for f in sorted(set(fam)):
-        other = fam != f
-        s = min(GRID, key=lambda g: float((nll_q[g] * counts)[other].sum()))
-        chosen[str(f)] = s
-        w = widen(curves[np.where(fam == f)[0]], s)
-        tau[fam == f], p[fam == f], k[fam == f] = w.tau, w.p, w.k
-    policies["s fitted on the other families"] = Curves(tau, p, k)
+    policies = {f"s={s}": curves.widened(s) for s in GRID}
+    chosen = tau_spread_by_group(curves, test, fam, GRID)
+    policies["s fitted on the other families"] = curves.widened(
+        np.array([chosen[f] for f in fam]))
     rep = evaluate_policies(test, policies, BUDGETS, seed=0)
     print(f"{len(test)} unseen-family queries of {out}; s per family (fitted on the others): "
           f"{chosen}")

@@ -82,7 +82,8 @@ def cmd_allocate(args) -> int:
     if args.predictor:
         pred = _load_predictor(args.predictor)
         curves = pred.predict(_texts(rows, args.curves),
-                              batch_context=not args.no_batch_context)
+                              batch_context=not args.no_batch_context,
+                              tau_spread=args.tau_spread)
         max_tokens = pred.max_new_tokens if max_tokens is None else max_tokens
     else:
         curves = Curves.from_records(rows)
@@ -115,7 +116,8 @@ def cmd_predict(args) -> int:
     rows = _rows(args.input)
     texts = _texts(rows, args.input)
     curves = _load_predictor(args.predictor).predict(
-        texts, batch_size=args.batch_size, batch_context=not args.no_batch_context)
+        texts, batch_size=args.batch_size, batch_context=not args.no_batch_context,
+        tau_spread=args.tau_spread)
     out = [{"id": r.get("id", i), "tau": float(t), "p": float(q), "k": float(k)}
            for i, (r, t, q, k) in enumerate(zip(rows, curves.tau, curves.p, curves.k))]
     write_jsonl(out, args.output)
@@ -178,15 +180,14 @@ def cmd_evaluate(args) -> int:
             print(f"warning: the predictor learned curves under a cap of {pred.max_new_tokens} "
                   f"tokens; these rollouts have caps {sorted(caps)}", file=sys.stderr)
         texts = [r["text"] for r in test]
-        raw = pred.predict(texts, batch_context=False)
-        policies["clear-learned"] = raw
+        raw = pred.predict(texts, batch_context=False, tau_spread=0)
+        policies["clear-learned"] = pred.adjust(raw, texts)
         if pred.batch_context is not None:  # in streams, each batch is its own context
-            from .predictor.batch_context import apply_batch_context, batch_context_policy
+            from .predictor.batch_context import batch_context_policy
 
-            policies["clear-learned"] = apply_batch_context(raw, texts, pred.batch_context)
             stream_policies["clear-learned"] = batch_context_policy(
                 raw, texts, pred.batch_context,
-                np.array([int(r["max_new_tokens"]) for r in test]))
+                np.array([int(r["max_new_tokens"]) for r in test]), pred.tau_spread)
     print(f"evaluating on {label}: {len(test)} held-out queries "
           f"({len(train)} for the task prior)")
     report = evaluate_policies(test, policies, args.budgets, seed=args.seed, progress=True)
@@ -322,6 +323,20 @@ def cmd_regrade(args) -> int:
     return 0
 
 
+_SPREAD_HELP = ("widen each curve by a threshold uncertainty of sd TAU_SPREAD x tau (default: "
+                "the predictor's own, fitted on unseen task families; 0 turns it off)")
+
+
+def _spread(text: str) -> float:
+    """An argparse type: a threshold spread (a number >= 0)."""
+    from .predictor.calibration import check_tau_spread
+
+    try:
+        return check_tau_spread(float(text), "--tau-spread")
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 _NO_CONTEXT_HELP = ("each text's curve from that text alone (by default a predictor exported "
                     "with a batch context compares each text's length with its look-alikes "
                     "in the file)")
@@ -365,6 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="budget given to abandoned queries (reserved from the total)")
     p.add_argument("-o", "--output", help="write {id, budget, abandoned} rows here")
     p.add_argument("--no-batch-context", action="store_true", help=_NO_CONTEXT_HELP)
+    p.add_argument("--tau-spread", type=_spread, default=None, help=_SPREAD_HELP)
     p.set_defaults(func=cmd_allocate)
 
     p = sub.add_parser("predict", help="curves (tau, p, k) for texts from an exported predictor")
@@ -373,6 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="write {id, tau, p, k} rows here")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--no-batch-context", action="store_true", help=_NO_CONTEXT_HELP)
+    p.add_argument("--tau-spread", type=_spread, default=None, help=_SPREAD_HELP)
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("evaluate", help="Pareto frontiers of policies on held-out queries",

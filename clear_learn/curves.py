@@ -26,6 +26,7 @@ __all__ = [
     "peak_marginal_utility",
     "stationary_budget",
     "tangent_point",
+    "widen_threshold",
 ]
 
 
@@ -117,6 +118,25 @@ def tangent_point(tau: np.ndarray, p: np.ndarray, k: np.ndarray,
     return b_star, rate
 
 
+def widen_threshold(tau: np.ndarray, k: np.ndarray, spread: np.ndarray | float
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """``(tau, k)`` of the shifted surge that matches ``tau`` made uncertain by ``spread``.
+
+    A solvable rollout's length is ``tau + X``, ``X ~ Gamma(2, k)``: mean ``tau + 2/k``,
+    variance ``2/k^2``. Adding an independent threshold error of standard deviation
+    ``spread * tau`` and matching the first two moments gives ``k' = sqrt(2 / (2/k^2 +
+    (spread tau)^2))`` and ``tau' = tau + 2/k - 2/k'`` (the mean length kept), with ``tau'``
+    floored at 0 (then the mean grows a little). ``spread = 0`` returns the inputs; ``p`` is
+    unchanged by construction. Broadcasts.
+    """
+    tau, k = np.asarray(tau, dtype=np.float64), np.asarray(k, dtype=np.float64)
+    spread = np.asarray(spread, dtype=np.float64)
+    if np.any(~np.isfinite(spread)) or np.any(spread < 0):
+        raise ValueError(f"spread must be finite and >= 0, got {spread}")
+    k2 = np.sqrt(2.0 / (2.0 / k ** 2 + (spread * tau) ** 2))
+    return np.maximum(tau + 2.0 / k - 2.0 / k2, 0.0), k2
+
+
 def _tangent_table() -> tuple[np.ndarray, np.ndarray]:
     """Solutions of ``y = ln(1 + (1 + c) y + y^2)`` on a grid of ``log1p(c)``, by fixed point."""
     logc = np.linspace(0.0, np.log1p(1e12), 512)
@@ -176,6 +196,12 @@ class Curves:
             return f"Curves(n={n}: {parts})"
         return (f"Curves(n={n}, median tau={np.median(self.tau):.4g}, "
                 f"mean p={self.p.mean():.3g}, median 1/k={np.median(1 / self.k):.4g})")
+
+    def widened(self, spread: np.ndarray | float) -> "Curves":
+        """These curves with a threshold uncertainty of sd ``spread * tau`` moment-matched in
+        (:func:`widen_threshold`); ``p`` unchanged."""
+        tau, k = widen_threshold(self.tau, self.k, spread)
+        return Curves(tau, self.p, k)
 
     def utility(self, b: np.ndarray | float) -> np.ndarray:
         """``U_i(b_i)``: expected accuracy of each query at budget ``b`` (scalar or per query)."""

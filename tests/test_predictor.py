@@ -137,10 +137,17 @@ def test_save_load_round_trip_is_identical(trained, tmp_path):
     assert res.budgets.sum() <= 100 * len(texts) and res.budgets.max() <= 512
     # the batch context travels with it and is what separates predict from its raw curves
     assert loaded.batch_context is not None and loaded.batch_context == pred.batch_context
-    raw = loaded.predict(texts, batch_context=False)
+    raw = loaded.predict(texts, batch_context=False, tau_spread=0)
     from clear_learn.predictor.batch_context import apply_batch_context
     again = apply_batch_context(raw, texts, loaded.batch_context)
-    assert np.allclose(again.tau, b.tau) and np.allclose(again.p, b.p)
+    # then the threshold spread of the config, which widens the curves
+    assert loaded.tau_spread == pred.tau_spread == 0.7
+    assert np.allclose(again.p, b.p) and not np.allclose(again.tau, b.tau)
+    again = again.widened(loaded.tau_spread)
+    assert np.allclose(again.tau, b.tau) and np.allclose(again.k, b.k)
+    assert np.allclose(loaded.adjust(raw, texts).tau, b.tau)
+    with pytest.raises(ValueError, match="tau_spread must be a number >= 0"):
+        loaded.predict(texts, tau_spread=-1)
     cfg = json.loads((tmp_path / "p" / "config.json").read_text())
     assert cfg["format_version"] == 1 and cfg["base_model"].startswith("pkg:")
     assert "/" not in cfg["base_model"]  # no absolute path of the training machine
@@ -268,6 +275,16 @@ def test_cli_predict_allocate_and_evaluate_with_a_predictor(trained, tmp_path, s
     raw = [json.loads(x)["tau"] for x in (tmp_path / "r.jsonl").read_text().splitlines()]
     assert np.allclose(raw, ClearPredictor.from_pretrained(tmp_path / "p").predict(
         [f"What is {i} + {i * 7}?" for i in range(12)], batch_context=False).tau)
+    assert main(["predict", str(tmp_path / "p"), str(texts), "-o", str(tmp_path / "n.jsonl"),
+                 "--tau-spread", "0"]) == 0
+    narrow = [json.loads(x)["k"] for x in (tmp_path / "n.jsonl").read_text().splitlines()]
+    assert np.allclose(narrow, ClearPredictor.from_pretrained(tmp_path / "p").predict(
+        [f"What is {i} + {i * 7}?" for i in range(12)], tau_spread=0).k)
+    assert not np.allclose(narrow, [r["k"] for r in rows])
+    with pytest.raises(SystemExit):
+        main(["predict", str(tmp_path / "p"), str(texts), "-o", str(tmp_path / "n.jsonl"),
+              "--tau-spread", "-2"])
+    assert "--tau-spread must be a number >= 0" in capsys.readouterr().err
     assert main(["allocate", str(texts), "--predictor", str(tmp_path / "p"), "--total-budget",
                  "1200", "-o", str(tmp_path / "b.jsonl")]) == 0
     budgets = [json.loads(x)["budget"] for x in (tmp_path / "b.jsonl").read_text().splitlines()]
@@ -319,6 +336,11 @@ def test_bad_checkpoints_are_refused(trained, tmp_path):
     cfg["batch_context"] = {"tau_slope": 0.3, "p_slope": -1.0, "radius": 4}
     (badcfg / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(PredictorLoadError, match="bad 'batch_context'.*radius"):
+        ClearPredictor.from_pretrained(badcfg)
+    del cfg["batch_context"]
+    cfg["tau_spread"] = "wide"
+    (badcfg / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(PredictorLoadError, match="bad 'tau_spread'"):
         ClearPredictor.from_pretrained(badcfg)
     (badcfg / "config.json").write_text("{not json")
     with pytest.raises(PredictorLoadError, match="not JSON"):
@@ -409,9 +431,11 @@ def test_main_job_evaluates_then_refits_on_every_query(sim_file, tmp_path, capsy
     assert "refitted on every query for 1 epochs" in card and metrics["refit_epochs"] == 1
     assert "gap closed on the held-out queries" in card and "| 64 | 0.000 |" in card
     assert "- batch context: a text d = log(len)" in card
+    assert "- threshold spread: curves widened by a threshold uncertainty of sd 0.7" in card
+    assert pred.config["tau_spread"] == 0.7
     assert set(pred.config["batch_context"]) == {"tau_slope", "p_slope", "neighbours",
                                                  "min_similarity"}
-    assert "clear-learned-raw" in metrics["gap_closed"]
+    assert {"clear-learned-raw", "clear-learned-narrow"} <= set(metrics["gap_closed"])
 
 
 def test_regression_loss_trains_from_the_config(sim_file, tmp_path):
@@ -450,7 +474,13 @@ def test_leave_one_family_out_resumes(sim_file, tmp_path, capsys):
     assert rep["meta"]["families"] == ["sim-easy", "sim-hard"]
     assert set(rep["meta"]["batch_context"]) == {"sim-easy", "sim-hard"}
     assert rep["meta"]["fold_best_epochs"] == {"sim-easy": 1, "sim-hard": 1}
-    assert "--set export.refit_epochs=1" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "--set export.refit_epochs=1" in out
+    # each family's spread is fitted on the other one; the value to ship on both
+    spread = rep["meta"]["tau_spread"]
+    assert set(spread["per_family"]["clear-learned"]) == {"sim-easy", "sim-hard"}
+    assert f"--set calibration.tau_spread={spread['ship']}" in out
+    assert "clear-learned-narrow" in rep["policies"]
     rows = [json.loads(x) for x in (tmp_path / "cv" / "folds" / "sim-hard.jsonl").read_text()
             .splitlines()]
     assert {r["policy"] for r in rows} == set(cross_family.POLICIES)
@@ -460,8 +490,12 @@ def test_leave_one_family_out_resumes(sim_file, tmp_path, capsys):
     with pytest.raises(SystemExit, match="another config"):
         cross_family.main(args + ["--set", "model.lora_r=3"])
     capsys.readouterr()  # batch context acts after the folds: another one reuses them
-    assert cross_family.main(args + ["--set", "batch_context.min_similarity=0.5"]) == 0
-    assert capsys.readouterr().out.count("reusing") == 2
+    assert cross_family.main(args + ["--set", "batch_context.min_similarity=0.5",
+                                     "--set", "calibration.tau_spread=0"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("reusing") == 2 and "calibration.tau_spread=" not in out
+    rep = json.loads((tmp_path / "cv" / "report.json").read_text())
+    assert rep["meta"]["tau_spread"] is None and "clear-learned-narrow" not in rep["policies"]
     fold = tmp_path / "cv" / "folds" / "sim-easy.jsonl"
     fold.write_text("".join(x + "\n" for x in fold.read_text().splitlines()[1:]))
     assert cross_family.main(args) == 0  # a fold that no longer covers its family is redone

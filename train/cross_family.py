@@ -24,7 +24,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train import (ROOT, context_from_config, load_config, resolve,  # noqa: E402
-                   train_predictor, with_context)
+                   spread_from_config, train_predictor, with_context, with_spread)
 
 POLICIES = ("clear-learned", "clear-tfidf", "clear-length")  # saved per fold, before context
 
@@ -51,6 +51,27 @@ def pooled_context(cfg: dict, records: list[dict], test: list[dict], curves: dic
     ctx = next(iter(ctxs.values()))
     out = with_context(curves, [r["text"] for r in test], ctx, slopes)
     return out, {fam: c.to_dict() for fam, c in ctxs.items()}
+
+
+def pooled_spread(cfg: dict, test: list[dict], curves: dict) -> tuple[dict, dict | None]:
+    """Every policy's pooled curves (but ``clear-learned-raw``) widened by a threshold spread
+    fitted, for each family, on the likelihood of the *other* families' pooled curves of that
+    policy; and ``{"per_family": {policy: {family: spread}}, "ship": spread}``, where ``ship``
+    is the learned curves' spread fitted on every family (the value to export). Unchanged
+    when the config's ``calibration.tau_spread`` is 0."""
+    from clear_learn.predictor.calibration import fit_tau_spread, tau_spread_by_group
+
+    if spread_from_config(cfg) == 0:
+        return curves, None
+    fam = [r["task"] for r in test]
+    per_family, arrays = {}, {}
+    for name, c in curves.items():
+        if name == "clear-learned-raw":
+            continue
+        per_family[name] = tau_spread_by_group(c, test, fam)
+        arrays[name] = np.array([per_family[name][f] for f in fam])
+    ship = fit_tau_spread(curves["clear-learned"], test)
+    return with_spread(curves, arrays), {"per_family": per_family, "ship": ship}
 
 
 def fold_curves(cfg: dict, family: str, val_family: str | None
@@ -80,7 +101,7 @@ def median_epochs(fold_epochs: dict[str, int]) -> int:
     return int(np.ceil(np.median(list(fold_epochs.values()))))
 
 
-POOLING_ONLY = ("batch_context", "evaluate")  # config sections the saved folds do not depend on
+POOLING_ONLY = ("batch_context", "calibration", "evaluate")  # config sections the saved folds do not depend on
 
 
 def check_same_config(out: Path, cfg: dict, random_val: bool) -> None:
@@ -163,10 +184,11 @@ def main(argv=None) -> int:
     curves = {name: Curves.from_records([pooled[name][str(r["id"])] for r in test])
               for name in POLICIES}
     curves, contexts = pooled_context(cfg, records, test, curves, args.random_val)
+    curves, spreads = pooled_spread(cfg, test, curves)
     budgets = cfg.get("evaluate", {}).get("budgets_per_query", [64, 128, 256, 512])
     report, nll = evaluate_predictors(test, curves, budgets, seed=int(cfg.get("seed", 0)))
     report.meta.update({"protocol": "leave-one-family-out", "families": families,
-                        "batch_context": contexts,
+                        "batch_context": contexts, "tau_spread": spreads,
                         "validation": "random" if args.random_val else "next family",
                         "fold_best_epochs": fold_epochs})
     report.save(out / "report.json")
@@ -181,6 +203,11 @@ def main(argv=None) -> int:
     gaps = mean_gap_closed(report)
     print("mean gap closed (budgets where the oracle beats uniform by >= 0.02): "
           + ", ".join(f"{k} {gaps[k]:.3f}" for k in curves))
+    if spreads:
+        print(f"threshold spread of each family, fitted on the others: "
+              f"{spreads['per_family']['clear-learned']} (learned curves); fitted on every "
+              f"family: {spreads['ship']}: ship it with\n  --set "
+              f"calibration.tau_spread={spreads['ship']}")
     if fold_epochs:
         med = median_epochs(fold_epochs)
         print(f"best epochs per fold (validated on an unseen family): {fold_epochs}; median "

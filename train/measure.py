@@ -113,6 +113,12 @@ def summarize(reports: dict[str, Path], header: list[str]) -> str:
         accs = ", ".join(f"{name} {rep.rows[name][j]['mean_accuracy']:.3f}"
                          for name in rep.rows)
         lines += ["", f"Mean accuracy at {budgets[j]:g} tokens/query: {accs}."]
+        spread = rep.meta.get("tau_spread")
+        if spread:
+            lines += ["", "Threshold spread of each family, fitted on the other families' "
+                      f"learned curves: {spread['per_family']['clear-learned']}; fitted on "
+                      f"every family: {spread['ship']} (ship it: `--set "
+                      f"calibration.tau_spread={spread['ship']}`)."]
         epochs = rep.meta.get("fold_best_epochs")
         if epochs:
             med = median_epochs(epochs)

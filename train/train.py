@@ -102,6 +102,7 @@ def export_predictor(module, dm, cfg: dict, metrics: dict | None = None):
     ctx = context_from_config(cfg, records)
     if ctx is not None:
         pcfg["batch_context"] = ctx.to_dict()
+    pcfg["tau_spread"] = spread_from_config(cfg)
     module.model.train(False)
     return ClearPredictor(module.model, dm.tokenizer, pcfg)
 
@@ -129,6 +130,26 @@ def with_context(predicted: dict, texts: list[str], ctx, slopes=None) -> dict:
     tau_slope, p_slope = slopes if slopes is not None else (ctx.tau_slope, ctx.p_slope)
     out = {name: shift_by_length(c, d, tau_slope, p_slope) for name, c in predicted.items()}
     out["clear-learned-raw"] = predicted["clear-learned"]
+    return out
+
+
+def spread_from_config(cfg: dict) -> float:
+    """The config's ``calibration.tau_spread`` (0 where absent), checked."""
+    from clear_learn.predictor.calibration import check_tau_spread
+
+    return check_tau_spread((cfg.get("calibration") or {}).get("tau_spread", 0.0),
+                            "calibration.tau_spread")
+
+
+def with_spread(predicted: dict, spreads: dict) -> dict:
+    """``predicted`` with each policy named in ``spreads`` widened by its spread (a number or
+    one per curve), plus the learned curves before it under ``clear-learned-narrow``;
+    ``clear-learned-raw`` (the network's own curves) is left as it is."""
+    if not any(np.any(np.asarray(s) > 0) for s in spreads.values()):
+        return predicted
+    out = {name: c.widened(spreads[name]) if name in spreads else c
+           for name, c in predicted.items()}
+    out["clear-learned-narrow"] = predicted["clear-learned"]
     return out
 
 
@@ -273,19 +294,23 @@ def evaluate(pred, dm, cfg: dict) -> dict:
     train, test = dm.split_records("train"), dm.split_records("test")
     texts = [r["text"] for r in test]
     t0 = time.perf_counter()
-    learned = pred.predict(texts, batch_context=False)
+    learned = pred.predict(texts, batch_context=False, tau_spread=0)
     pred_s = time.perf_counter() - t0
     predicted = with_context({"clear-learned": learned,
                               "clear-tfidf": TfidfCurvePredictor().fit(train).predict(texts),
                               "clear-length": LengthCurvePredictor().fit(train).predict(texts)},
                              texts, pred.batch_context)
+    # every predictor gets the same treatment: context, then the spread
+    predicted = with_spread(predicted, {name: pred.tau_spread for name in predicted
+                                        if name != "clear-learned-raw"})
     ecfg = cfg.get("evaluate", {})
     budgets = ecfg.get("budgets_per_query", [64, 128, 256, 512])
     report, nll = evaluate_predictors(test, predicted, budgets, seed=int(cfg.get("seed", 0)))
     out = resolve(ecfg.get("out", "runs/eval"))
     report.meta.update({"n_train": len(train), "split": cfg["data"]["split"],
                         "test_tasks": cfg["data"].get("test_tasks"),
-                        "batch_context": pred.config.get("batch_context")})
+                        "batch_context": pred.config.get("batch_context"),
+                        "tau_spread": pred.tau_spread})
     report.save(out / "report.json")
     plot_frontier(report, out / "frontier.png",
                   title=f"held-out ({cfg['data']['split']} split): accuracy vs tokens")

@@ -168,10 +168,11 @@ def apply_batch_context(curves: Curves, texts: Sequence[str], ctx: BatchContext)
 
 
 def batch_context_policy(raw: Curves, texts: Sequence[str], ctx: BatchContext,
-                         caps: np.ndarray):
+                         caps: np.ndarray, tau_spread: float = 0.0):
     """An allocation policy ``f(indices, total_budget) -> budgets`` for
     :func:`clear_learn.evaluation.evaluate_policies` on traffic streams: each batch's curves
-    get the batch context of that batch alone (as in deployment), then CLEAR under ``caps``."""
+    get the batch context of that batch alone (as in deployment), are widened by
+    ``tau_spread`` (as :meth:`ClearPredictor.predict` does), then CLEAR under ``caps``."""
     from ..allocation import allocate
 
     texts = list(texts)
@@ -180,6 +181,8 @@ def batch_context_policy(raw: Curves, texts: Sequence[str], ctx: BatchContext,
     def policy(idx: np.ndarray, total_budget: int) -> np.ndarray:
         idx = np.asarray(idx)
         curves = apply_batch_context(raw[idx], [texts[i] for i in idx], ctx)
+        if tau_spread > 0:
+            curves = curves.widened(tau_spread)
         return allocate(curves, int(total_budget), max_tokens=caps[idx]).budgets
 
     return policy

@@ -27,6 +27,7 @@ import numpy as np
 from ..allocation import AllocationResult, allocate
 from ..curves import Curves
 from .batch_context import BatchContext, apply_batch_context
+from .calibration import check_tau_spread
 from .features import surface_features
 
 __all__ = ["ClearPredictor", "FORMAT_VERSION", "PredictorLoadError", "load_into"]
@@ -64,15 +65,25 @@ class ClearPredictor:
         ctx = self.config.get("batch_context")
         return BatchContext.from_dict(ctx) if ctx else None
 
+    @property
+    def tau_spread(self) -> float:
+        """The threshold uncertainty it was exported with (sd ``tau_spread * tau``; 0: none)."""
+        return float(self.config.get("tau_spread", 0.0))
+
     def predict(self, texts: Sequence[str], *, batch_size: int = 64,
-                batch_context: bool = True) -> Curves:
+                batch_context: bool = True, tau_spread: float | None = None) -> Curves:
         """One curve per text (batched, no gradients, dynamic padding).
 
         With ``batch_context`` (and a predictor exported with one, see
         :mod:`clear_learn.predictor.batch_context`), each curve is then shifted by its
         text's length relative to the similar texts of the same call: a text longer than
         its look-alikes gets a later, lower curve. A call of one text is unaffected.
+        Last, each curve is widened by a threshold uncertainty of sd ``tau_spread * tau``
+        (:mod:`clear_learn.predictor.calibration`); ``None`` takes the predictor's own
+        :attr:`tau_spread`, 0 turns it off.
         """
+        if tau_spread is not None:
+            check_tau_spread(tau_spread)  # before the network runs
         import torch
 
         from .model import raw_to_curve
@@ -109,20 +120,28 @@ class ClearPredictor:
         out = np.zeros((3, len(texts)))
         for idx, t, p, k in parts:
             out[0, idx], out[1, idx], out[2, idx] = t, p, k
-        curves = Curves(out[0], out[1], out[2])
+        return self.adjust(Curves(out[0], out[1], out[2]), texts, batch_context=batch_context,
+                           tau_spread=tau_spread)
+
+    def adjust(self, curves: Curves, texts: Sequence[str], *, batch_context: bool = True,
+               tau_spread: float | None = None) -> Curves:
+        """What :meth:`predict` does after the network: ``curves`` (the network's, one per
+        text of ``texts``) with the batch context, then the threshold spread, applied."""
+        spread = self.tau_spread if tau_spread is None else check_tau_spread(tau_spread)
         ctx = self.batch_context
         if batch_context and ctx is not None:
-            curves = apply_batch_context(curves, texts, ctx)
-        return curves
+            curves = apply_batch_context(curves, list(texts), ctx)
+        return curves.widened(spread) if spread > 0 else curves
 
     def allocate(self, texts: Sequence[str], total_budget: int, *, max_tokens=None,
-                 batch_context: bool = True, **kwargs) -> AllocationResult:
+                 batch_context: bool = True, tau_spread: float | None = None,
+                 **kwargs) -> AllocationResult:
         """Predict curves for ``texts`` and allocate ``total_budget`` tokens among them.
 
         ``max_tokens`` defaults to the generation cap the predictor learned from;
-        ``batch_context`` as in :meth:`predict`.
+        ``batch_context`` and ``tau_spread`` as in :meth:`predict`.
         """
-        curves = self.predict(texts, batch_context=batch_context)
+        curves = self.predict(texts, batch_context=batch_context, tau_spread=tau_spread)
         cap = self.max_new_tokens if max_tokens is None else max_tokens
         return allocate(curves, total_budget, max_tokens=cap, **kwargs)
 
@@ -191,6 +210,12 @@ class ClearPredictor:
                 BatchContext.from_dict(cfg["batch_context"])
             except (TypeError, ValueError) as err:
                 raise PredictorLoadError(f"{path / 'config.json'}: bad 'batch_context': "
+                                         f"{err}") from None
+        if "tau_spread" in cfg:
+            try:
+                check_tau_spread(cfg["tau_spread"])
+            except ValueError as err:
+                raise PredictorLoadError(f"{path / 'config.json'}: bad 'tau_spread': "
                                          f"{err}") from None
         weights = cfg["weights"]
         sub = {"adapter": "adapter", "merged": "encoder"}.get(weights)
@@ -321,6 +346,7 @@ def model_card(cfg: dict) -> str:
         f"{' + surface features' if cfg.get('surface_features') else ''}"
         f" -> {cfg.get('head_hidden')} -> 3",
         *_context_lines(cfg.get("batch_context")),
+        f"- threshold spread: {_spread_line(cfg.get('tau_spread', 0.0))}",
         "",
         "## Training data and metrics",
         "",
@@ -356,6 +382,13 @@ def _context_lines(ctx: dict | None) -> list[str]:
             + f") gets tau x exp({ctx['tau_slope']:.3f} d) and "
             f"logit p {ctx['p_slope']:+.3f} d (within-family slopes of its training data); "
             "`predict(texts, batch_context=False)` turns it off"]
+
+
+def _spread_line(spread: float) -> str:
+    if not spread:
+        return "none (curves as predicted)"
+    return (f"curves widened by a threshold uncertainty of sd {spread:g} x tau (fitted on the "
+            "likelihood of unseen task families); `predict(texts, tau_spread=0)` turns it off")
 
 
 def _sources(data) -> str:
