@@ -133,6 +133,7 @@ def evaluate_policies(records: list[dict], policies: Mapping[str, Policy],
                       budgets_per_query: Sequence[float], *, oracle: bool = True,
                       optimum: bool = True, seed: int = 0, fallback_tokens: int = 0,
                       stream: Sequence[int] | None = None, batch_size: int | None = None,
+                      batches: Sequence[Sequence[int]] | None = None,
                       progress: bool = False) -> EvalReport:
     """Score allocation policies on held-out queries over a sweep of average budgets.
 
@@ -148,6 +149,8 @@ def evaluate_policies(records: list[dict], policies: Mapping[str, Policy],
     stream, batch_size : evaluate on a traffic stream (indices into ``records``, repeats
         allowed) cut into consecutive batches, each allocated on its own with
         ``budget_per_query * len(batch)`` tokens. Default: all records as one batch.
+    batches : instead of ``stream`` and ``batch_size``, the batches themselves (index arrays
+        of any sizes, for example one per task family).
 
     Returns
     -------
@@ -159,9 +162,21 @@ def evaluate_policies(records: list[dict], policies: Mapping[str, Policy],
     data = to_arrays(records)
     if len(data) == 0:
         raise ValueError("no queries to evaluate")
-    stream = np.arange(len(data)) if stream is None else np.asarray(stream, dtype=np.int64)
-    batch_size = batch_size or stream.size
-    batches = [stream[i:i + batch_size] for i in range(0, stream.size, batch_size)]
+    if batches is not None:
+        if stream is not None or batch_size is not None:
+            raise ValueError("pass batches, or stream and batch_size, not both")
+        batches = [np.asarray(b, dtype=np.int64) for b in batches]
+        if not batches or any(b.size == 0 for b in batches):
+            raise ValueError("batches must be non-empty index arrays")
+        stream = np.concatenate(batches)
+        batch_size = max(b.size for b in batches)
+    else:
+        stream = (np.arange(len(data)) if stream is None
+                  else np.asarray(stream, dtype=np.int64))
+        batch_size = batch_size or stream.size
+        batches = [stream[i:i + batch_size] for i in range(0, stream.size, batch_size)]
+    if stream.size and (stream.min() < 0 or stream.max() >= len(data)):
+        raise ValueError(f"batch indices must lie in [0, {len(data)})")
     caps = data.max_new_tokens
     score = data
     curves: dict[str, Policy] = {"uniform": lambda idx, B: uniform_budgets(idx.size, B,

@@ -8,7 +8,10 @@ For each family F: train as the config says with ``data.split=task``, ``test_tas
 for early stopping, ``val_tasks=[the next family]`` (so validation also measures an unseen
 family); predict F's queries with the learned model and with the TF-IDF and length baselines
 fitted on the same training queries. The pooled out-of-family curves of all folds are then
-evaluated together (DESIGN.md section 5) against uniform, the oracle and the exact optimum.
+evaluated together (DESIGN.md section 5) against uniform, the oracle and the exact optimum:
+once as one batch of all families (``OUT/report.json``) and once with each family its own
+batch (``OUT/report-family-batches.json``). Batch context and threshold spread act on the
+saved curves (``POOLING_ONLY``), so changing them re-pools without training.
 Each fold's curves are written as it finishes (``OUT/folds/F.jsonl``) and reused on a rerun,
 so an interrupted run resumes.
 """
@@ -34,44 +37,75 @@ def val_family(tasks: list[str], family: str, random_val: bool) -> str | None:
     return None if random_val else tasks[(tasks.index(family) + 1) % len(tasks)]
 
 
-def pooled_context(cfg: dict, records: list[dict], test: list[dict], curves: dict,
-                   random_val: bool) -> tuple[dict, dict | None]:
-    """Every policy's pooled curves shifted by batch context over the whole pooled test set
-    (a batch of all unseen families together), each query with the slopes of its own fold's
-    training families; unchanged when the config has no batch context."""
+def fold_contexts(cfg: dict, records: list[dict], test: list[dict], random_val: bool
+                  ) -> dict | None:
+    """``{family: BatchContext}``: each family's batch context with the slopes of its own
+    fold's training families; None when the config has no batch context."""
     tasks = sorted({r["task"] for r in records})
     ctxs = {}
     for fam in sorted({r["task"] for r in test}):
         held = {fam, val_family(tasks, fam, random_val)}
         ctxs[fam] = context_from_config(cfg, [r for r in records if r["task"] not in held])
-    if any(c is None for c in ctxs.values()):
-        return curves, None
-    slopes = (np.array([ctxs[r["task"]].tau_slope for r in test]),
-              np.array([ctxs[r["task"]].p_slope for r in test]))
-    ctx = next(iter(ctxs.values()))
-    out = with_context(curves, [r["text"] for r in test], ctx, slopes)
-    return out, {fam: c.to_dict() for fam, c in ctxs.items()}
+    return None if any(c is None for c in ctxs.values()) else ctxs
 
 
-def pooled_spread(cfg: dict, test: list[dict], curves: dict) -> tuple[dict, dict | None]:
-    """Every policy's pooled curves (but ``clear-learned-raw``) widened by a threshold spread
-    fitted, for each family, on the likelihood of the *other* families' pooled curves of that
-    policy; and ``{"per_family": {policy: {family: spread}}, "ship": spread}``, where ``ship``
-    is the learned curves' spread fitted on every family (the value to export). Unchanged
-    when the config's ``calibration.tau_spread`` is 0."""
+def adjust(curves: dict, test: list[dict], idx: np.ndarray, contexts: dict | None,
+           spreads: dict | None = None) -> dict:
+    """The policies' curves of the queries ``test[idx]`` as a router would see them with
+    ``idx`` as one batch: shifted by the batch context of that batch (each query with its
+    family's ``contexts`` slopes), then widened by its family's ``spreads`` (``{policy:
+    {family: spread}}``; ``clear-learned-raw`` is left as the network gave it)."""
+    sub = [test[i] for i in idx]
+    out = {name: c[idx] for name, c in curves.items()}
+    if contexts:
+        slopes = (np.array([contexts[r["task"]].tau_slope for r in sub]),
+                  np.array([contexts[r["task"]].p_slope for r in sub]))
+        out = with_context(out, [r["text"] for r in sub], next(iter(contexts.values())),
+                           slopes)
+    if spreads:
+        out = with_spread(out, {name: np.array([per[r["task"]] for r in sub])
+                                for name, per in spreads.items()})
+    return out
+
+
+def fit_spreads(cfg: dict, test: list[dict], curves: dict) -> dict | None:
+    """``{"per_family": {policy: {family: spread}}, "ship": spread}``: for every policy but
+    ``clear-learned-raw``, each family's threshold spread fitted on the likelihood of the
+    *other* families' ``curves``; ``ship`` is the learned curves' spread fitted on every
+    family (the value to export). None when the config's ``calibration.tau_spread`` is 0."""
     from clear_learn.predictor.calibration import fit_tau_spread, tau_spread_by_group
 
     if spread_from_config(cfg) == 0:
-        return curves, None
+        return None
     fam = [r["task"] for r in test]
-    per_family, arrays = {}, {}
-    for name, c in curves.items():
-        if name == "clear-learned-raw":
-            continue
-        per_family[name] = tau_spread_by_group(c, test, fam)
-        arrays[name] = np.array([per_family[name][f] for f in fam])
-    ship = fit_tau_spread(curves["clear-learned"], test)
-    return with_spread(curves, arrays), {"per_family": per_family, "ship": ship}
+    per_family = {name: tau_spread_by_group(c, test, fam) for name, c in curves.items()
+                  if name != "clear-learned-raw"}
+    return {"per_family": per_family, "ship": fit_tau_spread(curves["clear-learned"], test)}
+
+
+def family_batches_report(curves: dict, test: list[dict], contexts: dict | None,
+                          spreads: dict | None, budgets, seed: int):
+    """Every family allocated as its own batch (batch context within it), accuracies pooled
+    over the families: what a router sees when unseen traffic arrives one kind at a time."""
+    from clear_learn.allocation import allocate
+    from clear_learn.evaluation import evaluate_policies
+
+    fam = np.array([r["task"] for r in test])
+    batches = [np.where(fam == f)[0] for f in sorted(set(fam))]
+    caps = np.array([int(r["max_new_tokens"]) for r in test])
+    cache: dict[int, dict] = {}
+
+    def policy(name: str):
+        def f(idx: np.ndarray, total: int) -> np.ndarray:
+            key = int(idx[0])  # batches are disjoint: the first index names one
+            if key not in cache:
+                cache[key] = adjust(curves, test, idx, contexts, spreads)
+            return allocate(cache[key][name], int(total), max_tokens=caps[idx]).budgets
+        return f
+
+    names = list(adjust(curves, test, batches[0][:1], contexts, spreads))
+    return evaluate_policies(test, {n: policy(n) for n in names}, budgets, seed=seed,
+                             batches=batches)
 
 
 def fold_curves(cfg: dict, family: str, val_family: str | None
@@ -183,15 +217,26 @@ def main(argv=None) -> int:
     test = [r for r in records if r["task"] in set(families)]
     curves = {name: Curves.from_records([pooled[name][str(r["id"])] for r in test])
               for name in POLICIES}
-    curves, contexts = pooled_context(cfg, records, test, curves, args.random_val)
-    curves, spreads = pooled_spread(cfg, test, curves)
+    contexts = fold_contexts(cfg, records, test, args.random_val)
+    every = np.arange(len(test))
+    spreads = fit_spreads(cfg, test, adjust(curves, test, every, contexts))
+    per_family = spreads["per_family"] if spreads else None
+    pooled = adjust(curves, test, every, contexts, per_family)
     budgets = cfg.get("evaluate", {}).get("budgets_per_query", [64, 128, 256, 512])
-    report, nll = evaluate_predictors(test, curves, budgets, seed=int(cfg.get("seed", 0)))
+    seed = int(cfg.get("seed", 0))
+    report, nll = evaluate_predictors(test, pooled, budgets, seed=seed)
+    by_family = family_batches_report(curves, test, contexts, per_family, budgets, seed)
+    by_family.meta["nll_per_rollout"] = nll
     report.meta.update({"protocol": "leave-one-family-out", "families": families,
-                        "batch_context": contexts, "tau_spread": spreads,
+                        "batch_context": contexts and {f: c.to_dict()
+                                                       for f, c in contexts.items()},
+                        "tau_spread": spreads,
                         "validation": "random" if args.random_val else "next family",
                         "fold_best_epochs": fold_epochs})
+    by_family.meta.update({k: v for k, v in report.meta.items() if k not in by_family.meta},
+                          protocol="leave-one-family-out, each family its own batch")
     report.save(out / "report.json")
+    by_family.save(out / "report-family-batches.json")
     plot_frontier(report, out / "frontier.png",
                   title="unseen task families (leave-one-family-out)")
     print(f"\nleave-one-family-out over {len(families)} families, {len(test)} queries; "
@@ -202,7 +247,12 @@ def main(argv=None) -> int:
     print("\nNLL per rollout: " + ", ".join(f"{k} {v:.4f}" for k, v in nll.items()))
     gaps = mean_gap_closed(report)
     print("mean gap closed (budgets where the oracle beats uniform by >= 0.02): "
-          + ", ".join(f"{k} {gaps[k]:.3f}" for k in curves))
+          + ", ".join(f"{k} {gaps[k]:.3f}" for k in pooled))
+    print("\neach family its own batch: share of the uniform-to-oracle gap closed")
+    print(by_family.table("gap_closed"))
+    gaps = mean_gap_closed(by_family)
+    print("mean gap closed (budgets where the oracle beats uniform by >= 0.02): "
+          + ", ".join(f"{k} {gaps[k]:.3f}" for k in pooled))
     if spreads:
         print(f"threshold spread of each family, fitted on the others: "
               f"{spreads['per_family']['clear-learned']} (learned curves); fitted on every "
@@ -213,7 +263,8 @@ def main(argv=None) -> int:
         print(f"best epochs per fold (validated on an unseen family): {fold_epochs}; median "
               f"{med}: ship weights tuned for unseen families with\n  python train/train.py "
               f"--set export.refit_all=true --set export.refit_epochs={med}")
-    print(f"\nwrote {out / 'report.json'} and {out / 'frontier.png'}")
+    print(f"\nwrote {out / 'report.json'}, {out / 'report-family-batches.json'} and "
+          f"{out / 'frontier.png'}")
     return 0
 
 
