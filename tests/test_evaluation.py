@@ -89,6 +89,36 @@ def test_streams(data):
     assert rep.n_queries == 300 and rep.meta["n_batches"] == 5
 
 
+def test_explicit_batches_of_any_size(data):
+    """``batches=``: each batch allocated on its own; the pooled accuracy is the size-weighted
+    mean of evaluating each batch alone."""
+    recs = data[1]
+    tasks = np.array([r["task"] for r in recs])
+    batches = [np.where(tasks == t)[0] for t in sorted(set(tasks))]
+    assert len({b.size for b in batches}) == len(batches) > 1  # unequal sizes
+    seen = []
+
+    def spy(idx, B):
+        seen.append(idx.size)
+        return np.zeros(idx.size, int)
+
+    rep = evaluate_policies(recs, {"spy": spy}, [128], batches=batches, oracle=False,
+                            optimum=False)
+    assert sorted(set(seen)) == sorted(b.size for b in batches)
+    assert rep.meta["n_batches"] == len(batches)
+    alone = [evaluate_policies([recs[i] for i in b], {}, [128], oracle=False, optimum=False)
+             for b in batches]
+    want = sum(a.rows["uniform"][0]["mean_accuracy"] * b.size
+               for a, b in zip(alone, batches)) / len(recs)
+    assert rep.rows["uniform"][0]["mean_accuracy"] == pytest.approx(want)
+    with pytest.raises(ValueError, match="not both"):
+        evaluate_policies(recs, {}, [128], batches=batches, batch_size=8)
+    with pytest.raises(ValueError, match="non-empty"):
+        evaluate_policies(recs, {}, [128], batches=[batches[0], []])
+    with pytest.raises(ValueError, match=r"lie in \[0, "):
+        evaluate_policies(recs, {}, [128], batches=[[0, len(recs)]])
+
+
 def test_gap_closed():
     assert gap_closed(0.5, 0.2, 0.8) == pytest.approx(0.5)
     assert np.isnan(gap_closed(0.5, 0.5, 0.5))

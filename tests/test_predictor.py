@@ -481,6 +481,10 @@ def test_leave_one_family_out_resumes(sim_file, tmp_path, capsys):
     assert set(spread["per_family"]["clear-learned"]) == {"sim-easy", "sim-hard"}
     assert f"--set calibration.tau_spread={spread['ship']}" in out
     assert "clear-learned-narrow" in rep["policies"]
+    by_family = json.loads((tmp_path / "cv" / "report-family-batches.json").read_text())
+    assert by_family["meta"]["n_batches"] == 2 and by_family["n_queries"] == rep["n_queries"]
+    assert set(by_family["policies"]) == set(rep["policies"])
+    assert "each family its own batch" in out
     rows = [json.loads(x) for x in (tmp_path / "cv" / "folds" / "sim-hard.jsonl").read_text()
             .splitlines()]
     assert {r["policy"] for r in rows} == set(cross_family.POLICIES)
@@ -590,13 +594,15 @@ def test_measure_summarizes_and_refuses_another_state(sim_file, tmp_path, capsys
     for step, (_, report) in steps.items():
         meta = {"split": "task", "test_tasks": ["sim-hard"]} if step == "unseen" else {}
         EvalReport(rows=rows, budgets_per_query=[128.0], n_queries=3, meta=meta).save(report)
+    EvalReport(rows=rows, budgets_per_query=[128.0], n_queries=3).save(
+        out / "families" / "report-family-batches.json")  # cross_family.py's second report
     args = ["--data", str(sim_file), "--unseen", "sim-hard", "--out", str(out),
             "--set", "threads=1"]
     assert measure.main(args) == 0  # every report exists: nothing is trained
     text = (out / "SUMMARY.md").read_text()
     for title in measure.TITLES.values():
         assert title in text
-    assert "(sim-hard)" in text and text.count("| clear-learned | 0.50 | **0.50** |") == 3
+    assert "(sim-hard)" in text and text.count("| clear-learned | 0.50 | **0.50** |") == 4
     assert "reusing" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="other data or options"):
         measure.main(args[:-1] + ["threads=2"])

@@ -233,8 +233,8 @@ def main(argv=None) -> int:
                         "tau_spread": spreads,
                         "validation": "random" if args.random_val else "next family",
                         "fold_best_epochs": fold_epochs})
-    by_family.meta.update({k: v for k, v in report.meta.items() if k not in by_family.meta},
-                          protocol="leave-one-family-out, each family its own batch")
+    by_family.meta.update(protocol="leave-one-family-out, each family its own batch",
+                          families=families, validation=report.meta["validation"])
     report.save(out / "report.json")
     by_family.save(out / "report-family-batches.json")
     plot_frontier(report, out / "frontier.png",

@@ -10,7 +10,8 @@ another is refused):
 1. ``queries``: ``train.py`` on a random query split (held-out queries of seen families);
 2. ``unseen``: ``train.py`` with the ``--unseen`` families held out (trained without them);
    skipped when the data lacks one of them;
-3. ``families``: ``cross_family.py`` (every family predicted by a model trained without it).
+3. ``families``: ``cross_family.py`` (every family predicted by a model trained without it),
+   evaluated as one batch of all families and with each family its own batch.
 
 then writes ``OUT/SUMMARY.md``: the data (sources, queries per family, git commit), and per
 protocol the share of the uniform-to-oracle gap closed at every budget, its mean
@@ -37,7 +38,8 @@ from train import ROOT, parse_value, resolve  # noqa: E402
 
 TITLES = {"queries": "Held-out queries (random query split)",
           "unseen": "Held-out families, trained without them",
-          "families": "Unseen task families (leave-one-family-out, pooled)"}
+          "families": "Unseen task families (leave-one-family-out, pooled)",
+          "family-batches": "Unseen task families, each family its own batch"}
 
 
 def data_state(sources: list[str]) -> dict:
@@ -182,7 +184,9 @@ def main(argv=None) -> int:
               f"\"{','.join(unseen)}\"" + "".join(f" --set {s}" for s in args.set)
               + f" --out {args.out}`. \"mean\": over the budgets where the oracle beats "
               "uniform by at least 0.02 mean accuracy."]
-    text = summarize({s: r for s, (_, r) in steps.items()}, header)
+    reports = {s: r for s, (_, r) in steps.items()}
+    reports["family-batches"] = out / "families" / "report-family-batches.json"
+    text = summarize({s: r for s, r in reports.items() if r.is_file()}, header)
     (out / "SUMMARY.md").write_text(text)
     print("\n" + text + f"\nwrote {out / 'SUMMARY.md'}")
     return 0
