@@ -119,9 +119,9 @@ def measure_dir_arg(argv, doc: str) -> Path:
     return Path(ap.parse_args(argv).measure_dir)
 
 
-def unseen_family_curves(out: Path):
+def unseen_family_curves(out: Path, policy: str = "clear-learned"):
     """``(records as measured, the unseen-family test records in cross_family.py's order,
-    their learned curves before batch context, the per-family batch-context slopes)`` of a
+    their ``policy`` curves before batch context, the per-family batch-context slopes)`` of a
     measure run ``out``."""
     from clear_learn.curves import Curves
 
@@ -130,7 +130,7 @@ def unseen_family_curves(out: Path):
     slopes = json.loads((fam_dir / "report.json").read_text())["meta"]["batch_context"]
     rows = [json.loads(x) for f in sorted((fam_dir / "folds").glob("*.jsonl"))
             for x in f.read_text().splitlines() if x.strip()]
-    learned = {str(r["id"]): r for r in rows if r["policy"] == "clear-learned"}
+    learned = {str(r["id"]): r for r in rows if r["policy"] == policy}
     test = [r for r in records if str(r["id"]) in learned]  # cross_family.py's order
     return records, test, Curves.from_records([learned[str(r["id"])] for r in test]), slopes
 

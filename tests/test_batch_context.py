@@ -5,7 +5,8 @@ import pytest
 
 from clear_learn.curves import Curves
 from clear_learn.predictor.batch_context import (BatchContext, apply_batch_context,
-                                                 neighbour_log_length, shift_by_length,
+                                                 neighbour_log_length, neighbour_mean,
+                                                 shift_by_length,
                                                  within_task_slopes)
 
 
@@ -53,6 +54,20 @@ def test_neighbour_centre_uses_look_alikes_only():
     # one neighbour each: a text's centre moves toward its most similar text only
     one = neighbour_log_length(texts, neighbours=1)
     assert not np.allclose(one, centre) and one[3] == logs[3]
+
+
+def test_neighbour_mean_averages_rows_over_look_alikes():
+    texts = ["what is 2 + 2", "what is 3 + 3 now", "spell the word banana",
+             "spell the word apple"]
+    v = np.arange(8.0).reshape(4, 2)
+    m = neighbour_mean(texts, v)
+    # each pair of look-alikes pulls together, the two groups stay apart
+    assert m[0, 0] > v[0, 0] and m[1, 0] < v[1, 0] and m[2, 0] > v[2, 0]
+    assert m[1, 0] < m[2, 0]
+    assert np.allclose(m[:, 1] - m[:, 0], 1.0)  # columns are averaged alike
+    assert np.allclose(neighbour_mean(texts, v[:, 0]), m[:, 0])
+    with pytest.raises(ValueError, match="3 values for 4 texts"):
+        neighbour_mean(texts, v[:3])
 
 
 def test_longer_than_its_look_alikes_gets_a_later_lower_curve():

@@ -116,7 +116,7 @@ def summarize(reports: dict[str, Path], header: list[str]) -> str:
                          for name in rep.rows)
         lines += ["", f"Mean accuracy at {budgets[j]:g} tokens/query: {accs}."]
         spread = rep.meta.get("tau_spread")
-        if spread:
+        if isinstance(spread, dict):  # cross_family.py's fit (train.py stores the number used)
             lines += ["", "Threshold spread of each family, fitted on the other families' "
                       f"learned curves: {spread['per_family']['clear-learned']}; fitted on "
                       f"every family: {spread['ship']} (ship it: `--set "

@@ -107,26 +107,28 @@ def within_task_slopes(records: list[dict], *, neighbours: int = 10,
         neighbours=int(neighbours), min_similarity=float(min_similarity))
 
 
-def neighbour_log_length(texts: Sequence[str], neighbours: int = 10,
-                         min_similarity: float = 0.0, *, chunk: int = 1024) -> np.ndarray:
-    """Weighted mean ``log(len)`` of each text (weight 1) and its ``neighbours`` most similar
-    other texts of the batch (each weighted by its cosine similarity; 0 below
-    ``min_similarity``), on TF-IDF word 1-2 grams fitted on the batch. A text unlike all others
-    stays near its own length. Memory grows with ``chunk * len(texts)``, not
-    ``len(texts) ** 2``."""
+def neighbour_mean(texts: Sequence[str], values: np.ndarray, neighbours: int = 10,
+                   min_similarity: float = 0.0, *, chunk: int = 1024) -> np.ndarray:
+    """Weighted mean of ``values`` (one row per text) over each text (weight 1) and its
+    ``neighbours`` most similar other texts of the batch (each weighted by its cosine
+    similarity; 0 below ``min_similarity``), on TF-IDF word 1-2 grams fitted on the batch. A
+    text unlike all others keeps about its own value. Memory grows with ``chunk *
+    len(texts)``, not ``len(texts) ** 2``."""
     from sklearn.feature_extraction.text import TfidfVectorizer
 
     texts = list(texts)
-    x = _log_length(texts)
+    v = np.asarray(values, dtype=float)
     n = len(texts)
+    if v.shape[0] != n:
+        raise ValueError(f"neighbour_mean: {v.shape[0]} values for {n} texts")
     if n < 2:
-        return x.copy()
+        return v.copy()
     try:
         X = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True).fit_transform(texts)
     except ValueError:  # no word at all in the batch (digits-free punctuation, say)
-        return x.copy()
+        return v.copy()
     k = min(int(neighbours), n - 1)
-    centre = np.empty(n)
+    out = np.empty_like(v)
     for a in range(0, n, chunk):
         sim = (X[a:a + chunk] @ X.T).toarray()
         rows = np.arange(sim.shape[0])
@@ -134,8 +136,17 @@ def neighbour_log_length(texts: Sequence[str], neighbours: int = 10,
         top = np.argpartition(-sim, k - 1, axis=1)[:, :k]
         s = sim[rows[:, None], top]
         w = np.where(s >= min_similarity, np.clip(s, 0.0, None), 0.0)
-        centre[a:a + chunk] = (x[a:a + chunk] + (x[top] * w).sum(1)) / (1 + w.sum(1))
-    return centre
+        w = w.reshape(w.shape + (1,) * (v.ndim - 1))
+        out[a:a + chunk] = (v[a:a + chunk] + (v[top] * w).sum(1)) / (1 + w.sum(1))
+    return out
+
+
+def neighbour_log_length(texts: Sequence[str], neighbours: int = 10,
+                         min_similarity: float = 0.0, *, chunk: int = 1024) -> np.ndarray:
+    """:func:`neighbour_mean` of each text's ``log(len)``: the centre a text's length is
+    compared with."""
+    texts = list(texts)
+    return neighbour_mean(texts, _log_length(texts), neighbours, min_similarity, chunk=chunk)
 
 
 def relative_log_length(texts: Sequence[str], neighbours: int = 10,

@@ -1,0 +1,115 @@
+"""Unseen families one at a time: which curves allocate best within a family?
+
+    python benchmarks/family_batches.py runs/measure-163
+
+On a `train/measure.py` run's leave-one-family-out fold curves, rebuilt as measured, with
+each fold's batch-context slopes and a threshold spread per family fitted on the other
+families (as `train/cross_family.py` does), prints the mean share of the uniform-to-oracle gap
+closed over 48-256 tokens/query and at 384, (a) with all families as one batch and (b) with
+each family its own batch, for:
+
+- the learned, TF-IDF and length curves of the folds (the length baseline won (b) on the
+  245-query run);
+- the learned curves averaged among look-alikes (each curve's log tau, logit p and log k
+  replaced by their mean over its 10 most similar texts of the batch, weighted by TF-IDF
+  cosine: the batch context's neighbours), so that within a group of similar texts only the
+  length context varies them;
+- the learned and length curves blended half and half in those coordinates;
+- the learned curves with the context's p slope doubled.
+
+An experiment for the next step of the predictor, not part of the shipped recipe: the
+variants are chosen on the queries they are measured on.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(ROOT / "train"))
+from batch_context_rules import measure_dir_arg, unseen_family_curves  # noqa: E402
+
+BUDGETS = [48, 64, 96, 128, 160, 192, 256, 384]
+
+
+def to_theta(c) -> np.ndarray:
+    p = np.clip(c.p, 1e-6, 1 - 1e-6)
+    return np.stack([np.log(np.maximum(c.tau, 1e-9)), np.log(p / (1 - p)), np.log(c.k)], 1)
+
+
+def from_theta(t: np.ndarray):
+    from clear_learn.curves import Curves
+
+    return Curves(np.exp(t[:, 0]), 1 / (1 + np.exp(-t[:, 1])), np.exp(t[:, 2]))
+
+
+def main(argv=None) -> int:
+    out = measure_dir_arg(argv, __doc__)
+    from clear_learn.allocation import allocate
+    from clear_learn.evaluation import evaluate_policies
+    from clear_learn.predictor.batch_context import (BatchContext, neighbour_mean,
+                                                     relative_log_length, shift_by_length)
+    from clear_learn.predictor.calibration import tau_spread_by_group
+
+    _, test, learned, slopes = unseen_family_curves(out)
+    raw = {"learned": learned, "tfidf": unseen_family_curves(out, "clear-tfidf")[2],
+           "length": unseen_family_curves(out, "clear-length")[2]}
+    raw["blend learned+length"] = from_theta((to_theta(learned) + to_theta(raw["length"])) / 2)
+    fam = np.array([r["task"] for r in test])
+    texts = [r["text"] for r in test]
+    caps = np.array([int(r["max_new_tokens"]) for r in test])
+    ctx = {f: BatchContext.from_dict(d) for f, d in slopes.items()}
+    ts = np.array([ctx[f].tau_slope for f in fam])
+    ps = np.array([ctx[f].p_slope for f in fam])
+    names = list(raw) + ["learned, averaged among look-alikes", "learned, p slope x2"]
+
+    def shifted(name: str, idx: np.ndarray):
+        """``name``'s curves of ``test[idx]`` with ``idx`` as one batch, before widening."""
+        sub = [texts[i] for i in idx]
+        c = raw["learned" if name not in raw else name][idx]
+        if name == "learned, averaged among look-alikes":
+            c = from_theta(neighbour_mean(sub, to_theta(c)))
+        d = relative_log_length(sub)
+        return shift_by_length(c, d, ts[idx], ps[idx] * (2 if "x2" in name else 1))
+
+    every = np.arange(len(test))
+    spreads = {}
+    for name in names:  # each family's spread fitted on the others, as cross_family.py does
+        per = tau_spread_by_group(shifted(name, every), test, fam)
+        spreads[name] = np.array([per[f] for f in fam])
+
+    def final(name: str, idx: np.ndarray):
+        return shifted(name, idx).widened(spreads[name][idx])
+
+    def per_batch(name: str):
+        cache: dict[int, object] = {}
+
+        def f(idx: np.ndarray, total: int) -> np.ndarray:
+            if int(idx[0]) not in cache:
+                cache[int(idx[0])] = final(name, idx)
+            return allocate(cache[int(idx[0])], int(total), max_tokens=caps[idx]).budgets
+        return f
+
+    pooled = evaluate_policies(test, {n: final(n, every) for n in names}, BUDGETS, seed=0)
+    batches = [np.where(fam == f)[0] for f in sorted(set(fam))]
+    alone = evaluate_policies(test, {n: per_batch(n) for n in names}, BUDGETS, seed=0,
+                              batches=batches)
+    print(f"{len(test)} unseen-family queries of {out}, {len(batches)} families; mean gap "
+          "closed over 48-256 tokens/query (at 384)")
+    print("| curves | (a) one batch | (b) each family its own batch |")
+    print("|---|---:|---:|")
+    for n in names:
+        cells = []
+        for rep in (pooled, alone):
+            g = [r["gap_closed"] for r in rep.rows[n]]
+            cells.append(f"{np.mean(g[:-1]):.3f} ({g[-1]:+.2f})")
+        print(f"| {n} | " + " | ".join(cells) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
