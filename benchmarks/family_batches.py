@@ -15,7 +15,9 @@ each family its own batch, for:
   cosine: the batch context's neighbours), so that within a group of similar texts only the
   length context varies them;
 - the learned and length curves blended half and half in those coordinates;
-- the learned curves with the context's p slope doubled.
+- the learned curves with the context's p slope doubled;
+- the length baseline's tau and k with the learned p (``benchmarks/curve_sources.py`` checks
+  this one on held-out queries and on the held-out benchmark families too).
 
 An experiment for the next step of the predictor, not part of the shipped recipe: the
 variants are chosen on the queries they are measured on.
@@ -47,6 +49,13 @@ def from_theta(t: np.ndarray):
     return Curves(np.exp(t[:, 0]), 1 / (1 + np.exp(-t[:, 1])), np.exp(t[:, 2]))
 
 
+def hybrid(length, learned):
+    """Curves with ``length``'s tau and k and ``learned``'s p."""
+    from clear_learn.curves import Curves
+
+    return Curves(length.tau, learned.p, length.k)
+
+
 def main(argv=None) -> int:
     out = measure_dir_arg(argv, __doc__)
     from clear_learn.allocation import allocate
@@ -59,6 +68,7 @@ def main(argv=None) -> int:
     raw = {"learned": learned, "tfidf": unseen_family_curves(out, "clear-tfidf")[2],
            "length": unseen_family_curves(out, "clear-length")[2]}
     raw["blend learned+length"] = from_theta((to_theta(learned) + to_theta(raw["length"])) / 2)
+    raw["length tau and k, learned p"] = hybrid(raw["length"], learned)
     fam = np.array([r["task"] for r in test])
     texts = [r["text"] for r in test]
     caps = np.array([int(r["max_new_tokens"]) for r in test])

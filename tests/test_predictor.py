@@ -112,13 +112,13 @@ def test_checkpoints_are_slim_and_reload_and_resume(sim_file, tmp_path):
     assert resumed.global_step == 4
 
 
-def _export(trained, path):
+def _export(trained, path, extra=()):
     sys.path.insert(0, str(ROOT / "train"))
     from train import export_predictor, load_config
 
     module, dm, _, _ = trained
     cfg = load_config(ROOT / "configs" / "default.yaml",
-                      ["model.head_hidden=32", "model.lora_r=4", "data.max_length=32"])
+                      ["model.head_hidden=32", "model.lora_r=4", "data.max_length=32", *extra])
     pred = export_predictor(module, dm, cfg, {"note": "test"})
     pred.save_pretrained(path)
     return pred
@@ -159,6 +159,50 @@ def test_save_load_round_trip_is_identical(trained, tmp_path):
     pred.save_pretrained(tmp_path / "m", merged=True)
     c = ClearPredictor.from_pretrained(tmp_path / "m").predict(texts)
     assert np.allclose(a.tau, c.tau, rtol=1e-4) and np.allclose(a.p, c.p, atol=1e-5)
+
+
+def test_tau_and_k_from_a_length_line(trained, tmp_path):
+    """calibration.tau_k_from=length: the exported predictor keeps the encoder's p and takes
+    tau and k from the length line fitted on its training rollouts, stored in its config."""
+    from clear_learn.predictor.baselines import LengthCurvePredictor
+    from clear_learn.predictor.export import ClearPredictor, PredictorLoadError
+
+    enc = _export(trained, tmp_path / "enc")
+    _export(trained, tmp_path / "len", ["calibration.tau_k_from=length"])
+    pred = ClearPredictor.from_pretrained(tmp_path / "len")
+    assert pred.tau_k_source == "length" and enc.tau_k_source == "encoder"
+    train = trained[1].split_records("train")
+    line = LengthCurvePredictor().fit(train)
+    assert pred.config["length_curve"] == line.to_dict()
+    texts = [r["text"] for r in trained[1].split_records("test")][:20]
+    bare = dict(batch_context=False, tau_spread=0)
+    got, own = pred.predict(texts, **bare), enc.predict(texts, **bare)
+    want = line.predict(texts)
+    assert np.allclose(got.tau, want.tau) and np.allclose(got.k, want.k)
+    assert np.allclose(got.p, own.p) and not np.allclose(got.tau, own.tau)
+    assert np.allclose(pred.predict(texts, tau_k_source="encoder", **bare).tau, own.tau)
+    assert "- tau and k: a line in the text's length" in (tmp_path / "len" / "README.md"
+                                                          ).read_text()
+    with pytest.raises(ValueError, match="needs a predictor exported with a length_curve"):
+        enc.predict(texts, tau_k_source="length")
+    with pytest.raises(ValueError, match="tau_k_source must be one of"):
+        pred.predict(texts, tau_k_source="tfidf")
+    cfg = json.loads((tmp_path / "len" / "config.json").read_text())
+    cfg["length_curve"]["k"] = -1
+    (tmp_path / "len" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(PredictorLoadError, match="bad 'length_curve'.*k > 0"):
+        ClearPredictor.from_pretrained(tmp_path / "len")
+    cfg["tau_k_source"] = "tfidf"
+    (tmp_path / "len" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(PredictorLoadError, match="bad 'tau_k_source' 'tfidf'"):
+        ClearPredictor.from_pretrained(tmp_path / "len")
+    with pytest.raises(ValueError, match="tau_per_char must be a number"):
+        LengthCurvePredictor.from_dict(dict(line.to_dict(), tau_per_char="x"))
+    from train import with_sources  # what the evaluation scripts compare
+
+    d = with_sources({"clear-learned": own, "clear-length": want}, "length")
+    assert d["clear-encoder"] is own and np.allclose(d["clear-learned"].tau, want.tau)
+    assert np.allclose(d["clear-learned"].p, own.p)
 
 
 def test_training_can_start_from_an_exported_predictor(trained, sim_file, tmp_path):
@@ -436,6 +480,7 @@ def test_main_job_evaluates_then_refits_on_every_query(sim_file, tmp_path, capsy
     assert set(pred.config["batch_context"]) == {"tau_slope", "p_slope", "neighbours",
                                                  "min_similarity"}
     assert {"clear-learned-raw", "clear-learned-narrow"} <= set(metrics["gap_closed"])
+    assert pred.tau_k_source == "encoder" and "clear-encoder" not in metrics["gap_closed"]
 
 
 def test_regression_loss_trains_from_the_config(sim_file, tmp_path):
@@ -500,6 +545,11 @@ def test_leave_one_family_out_resumes(sim_file, tmp_path, capsys):
     assert out.count("reusing") == 2 and "calibration.tau_spread=" not in out
     rep = json.loads((tmp_path / "cv" / "report.json").read_text())
     assert rep["meta"]["tau_spread"] is None and "clear-learned-narrow" not in rep["policies"]
+    assert "clear-encoder" not in rep["policies"]
+    assert cross_family.main(args + ["--set", "calibration.tau_k_from=length"]) == 0
+    assert capsys.readouterr().out.count("reusing") == 2  # acts after the folds too
+    rep = json.loads((tmp_path / "cv" / "report.json").read_text())
+    assert "clear-encoder" in rep["policies"]
     fold = tmp_path / "cv" / "folds" / "sim-easy.jsonl"
     fold.write_text("".join(x + "\n" for x in fold.read_text().splitlines()[1:]))
     assert cross_family.main(args) == 0  # a fold that no longer covers its family is redone

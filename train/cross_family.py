@@ -27,7 +27,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train import (ROOT, context_from_config, load_config, resolve,  # noqa: E402
-                   spread_from_config, train_predictor, with_context, with_spread)
+                   spread_from_config, tau_k_from_config, train_predictor, with_context,
+                   with_sources, with_spread)
 
 POLICIES = ("clear-learned", "clear-tfidf", "clear-length")  # saved per fold, before context
 
@@ -54,7 +55,7 @@ def adjust(curves: dict, test: list[dict], idx: np.ndarray, contexts: dict | Non
     """The policies' curves of the queries ``test[idx]`` as a router would see them with
     ``idx`` as one batch: shifted by the batch context of that batch (each query with its
     family's ``contexts`` slopes), then widened by its family's ``spreads`` (``{policy:
-    {family: spread}}``; ``clear-learned-raw`` is left as the network gave it)."""
+    {family: spread}}``; ``clear-learned-raw`` is left as it was predicted)."""
     sub = [test[i] for i in idx]
     out = {name: c[idx] for name, c in curves.items()}
     if contexts:
@@ -217,6 +218,7 @@ def main(argv=None) -> int:
     test = [r for r in records if r["task"] in set(families)]
     curves = {name: Curves.from_records([pooled[name][str(r["id"])] for r in test])
               for name in POLICIES}
+    curves = with_sources(curves, tau_k_from_config(cfg))
     contexts = fold_contexts(cfg, records, test, args.random_val)
     every = np.arange(len(test))
     spreads = fit_spreads(cfg, test, adjust(curves, test, every, contexts))

@@ -103,6 +103,11 @@ def export_predictor(module, dm, cfg: dict, metrics: dict | None = None):
     if ctx is not None:
         pcfg["batch_context"] = ctx.to_dict()
     pcfg["tau_spread"] = spread_from_config(cfg)
+    if tau_k_from_config(cfg) == "length":
+        from clear_learn.predictor.baselines import LengthCurvePredictor
+
+        pcfg["tau_k_source"] = "length"
+        pcfg["length_curve"] = LengthCurvePredictor().fit(records).to_dict()
     module.model.train(False)
     return ClearPredictor(module.model, dm.tokenizer, pcfg)
 
@@ -141,10 +146,32 @@ def spread_from_config(cfg: dict) -> float:
                             "calibration.tau_spread")
 
 
+def tau_k_from_config(cfg: dict) -> str:
+    """The config's ``calibration.tau_k_from`` (``encoder`` where absent), checked."""
+    from clear_learn.predictor.export import TAU_K_SOURCES
+
+    src = (cfg.get("calibration") or {}).get("tau_k_from", "encoder")
+    if src not in TAU_K_SOURCES:
+        raise SystemExit(f"calibration.tau_k_from must be one of {TAU_K_SOURCES}, got {src!r}")
+    return src
+
+
+def with_sources(predicted: dict, source: str) -> dict:
+    """With ``source == "length"``: the learned curves take the length baseline's tau and k
+    (``clear-learned``), and the encoder's own stay as ``clear-encoder``; else unchanged."""
+    from clear_learn.curves import Curves
+
+    if source != "length":
+        return predicted
+    enc, line = predicted["clear-learned"], predicted["clear-length"]
+    return {**predicted, "clear-learned": Curves(line.tau, enc.p, line.k), "clear-encoder": enc}
+
+
 def with_spread(predicted: dict, spreads: dict) -> dict:
     """``predicted`` with each policy named in ``spreads`` widened by its spread (a number or
     one per curve), plus the learned curves before it under ``clear-learned-narrow``;
-    ``clear-learned-raw`` (the network's own curves) is left as it is."""
+    ``clear-learned-raw`` (the learned curves before batch context and spread) is left as it
+    is."""
     if not any(np.any(np.asarray(s) > 0) for s in spreads.values()):
         return predicted
     out = {name: c.widened(spreads[name]) if name in spreads else c
@@ -294,12 +321,13 @@ def evaluate(pred, dm, cfg: dict) -> dict:
     train, test = dm.split_records("train"), dm.split_records("test")
     texts = [r["text"] for r in test]
     t0 = time.perf_counter()
-    learned = pred.predict(texts, batch_context=False, tau_spread=0)
+    learned = pred.predict(texts, batch_context=False, tau_spread=0, tau_k_source="encoder")
     pred_s = time.perf_counter() - t0
-    predicted = with_context({"clear-learned": learned,
+    predicted = with_sources({"clear-learned": learned,
                               "clear-tfidf": TfidfCurvePredictor().fit(train).predict(texts),
                               "clear-length": LengthCurvePredictor().fit(train).predict(texts)},
-                             texts, pred.batch_context)
+                             pred.tau_k_source)
+    predicted = with_context(predicted, texts, pred.batch_context)
     # every predictor gets the same treatment: context, then the spread
     predicted = with_spread(predicted, {name: pred.tau_spread for name in predicted
                                         if name != "clear-learned-raw"})
@@ -310,7 +338,7 @@ def evaluate(pred, dm, cfg: dict) -> dict:
     report.meta.update({"n_train": len(train), "split": cfg["data"]["split"],
                         "test_tasks": cfg["data"].get("test_tasks"),
                         "batch_context": pred.config.get("batch_context"),
-                        "tau_spread": pred.tau_spread})
+                        "tau_spread": pred.tau_spread, "tau_k_source": pred.tau_k_source})
     report.save(out / "report.json")
     plot_frontier(report, out / "frontier.png",
                   title=f"held-out ({cfg['data']['split']} split): accuracy vs tokens")

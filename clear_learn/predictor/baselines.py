@@ -53,6 +53,34 @@ class LengthCurvePredictor:
         n = len(texts)
         return Curves(tau, np.full(n, self.p_), np.full(n, self.k_))
 
+    def to_dict(self) -> dict:
+        """The fitted line and constants, JSON-ready (``from_dict`` reads it back)."""
+        return {"tau_per_char": float(self.coef_[0]), "tau_at_zero": float(self.coef_[1]),
+                "p": self.p_, "k": self.k_}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "LengthCurvePredictor":
+        """A fitted predictor from :meth:`to_dict`; a ``ValueError`` names a bad field."""
+        if not isinstance(d, dict):
+            raise ValueError(f"expected a mapping, got {d!r}")
+        want = {"tau_per_char", "tau_at_zero", "p", "k"}
+        if set(d) != want:
+            raise ValueError(f"fields {sorted(d)}, expected {sorted(want)}")
+        vals = {}
+        for key in sorted(want):
+            try:
+                vals[key] = float(d[key])
+            except (TypeError, ValueError):
+                raise ValueError(f"{key} must be a number, got {d[key]!r}") from None
+            if not np.isfinite(vals[key]):
+                raise ValueError(f"{key} must be finite, got {d[key]!r}")
+        if not 0 <= vals["p"] <= 1 or vals["k"] <= 0:
+            raise ValueError(f"need 0 <= p <= 1 and k > 0, got p {vals['p']}, k {vals['k']}")
+        out = cls()
+        out.coef_ = np.array([vals["tau_per_char"], vals["tau_at_zero"]])
+        out.p_, out.k_ = vals["p"], vals["k"]
+        return out
+
 
 class TfidfCurvePredictor:
     """TF-IDF features and ridge regression onto the transformed curve parameters."""

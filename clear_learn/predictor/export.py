@@ -27,6 +27,7 @@ import numpy as np
 from ..allocation import AllocationResult, allocate
 from ..curves import Curves
 from .batch_context import BatchContext, apply_batch_context
+from .baselines import LengthCurvePredictor
 from .calibration import check_tau_spread
 from .features import surface_features
 
@@ -34,6 +35,7 @@ __all__ = ["ClearPredictor", "FORMAT_VERSION", "PredictorLoadError", "load_into"
 
 FORMAT_VERSION = 1
 _REQUIRED = ("config.json", "head.safetensors")
+TAU_K_SOURCES = ("encoder", "length")
 
 
 class PredictorLoadError(ValueError):
@@ -66,15 +68,25 @@ class ClearPredictor:
         return BatchContext.from_dict(ctx) if ctx else None
 
     @property
+    def tau_k_source(self) -> str:
+        """Where each curve's tau and k come from: ``encoder`` (the network's own) or
+        ``length`` (a line in the text's length fitted on the training rollouts, stored in
+        ``config["length_curve"]``); p always comes from the encoder."""
+        return str(self.config.get("tau_k_source", "encoder"))
+
+    @property
     def tau_spread(self) -> float:
         """The threshold uncertainty it was exported with (sd ``tau_spread * tau``; 0: none)."""
         return float(self.config.get("tau_spread", 0.0))
 
     def predict(self, texts: Sequence[str], *, batch_size: int = 64,
-                batch_context: bool = True, tau_spread: float | None = None) -> Curves:
+                batch_context: bool = True, tau_spread: float | None = None,
+                tau_k_source: str | None = None) -> Curves:
         """One curve per text (batched, no gradients, dynamic padding).
 
-        With ``batch_context`` (and a predictor exported with one, see
+        The encoder gives ``p``; ``tau`` and ``k`` come from ``tau_k_source`` (``None``: the
+        predictor's own :attr:`tau_k_source`; ``"encoder"`` or ``"length"``). With
+        ``batch_context`` (and a predictor exported with one, see
         :mod:`clear_learn.predictor.batch_context`), each curve is then shifted by its
         text's length relative to the similar texts of the same call: a text longer than
         its look-alikes gets a later, lower curve. A call of one text is unaffected.
@@ -84,6 +96,7 @@ class ClearPredictor:
         """
         if tau_spread is not None:
             check_tau_spread(tau_spread)  # before the network runs
+        self._tau_k_source(tau_k_source)
         import torch
 
         from .model import raw_to_curve
@@ -121,13 +134,26 @@ class ClearPredictor:
         for idx, t, p, k in parts:
             out[0, idx], out[1, idx], out[2, idx] = t, p, k
         return self.adjust(Curves(out[0], out[1], out[2]), texts, batch_context=batch_context,
-                           tau_spread=tau_spread)
+                           tau_spread=tau_spread, tau_k_source=tau_k_source)
+
+    def _tau_k_source(self, source: str | None) -> str:
+        source = self.tau_k_source if source is None else source
+        if source not in TAU_K_SOURCES:
+            raise ValueError(f"tau_k_source must be one of {TAU_K_SOURCES}, got {source!r}")
+        if source == "length" and "length_curve" not in self.config:
+            raise ValueError("tau_k_source='length' needs a predictor exported with a "
+                             "length_curve (curves.tau_k_from: length)")
+        return source
 
     def adjust(self, curves: Curves, texts: Sequence[str], *, batch_context: bool = True,
-               tau_spread: float | None = None) -> Curves:
+               tau_spread: float | None = None, tau_k_source: str | None = None) -> Curves:
         """What :meth:`predict` does after the network: ``curves`` (the network's, one per
-        text of ``texts``) with the batch context, then the threshold spread, applied."""
+        text of ``texts``) with tau and k from ``tau_k_source``, then the batch context, then
+        the threshold spread."""
         spread = self.tau_spread if tau_spread is None else check_tau_spread(tau_spread)
+        if self._tau_k_source(tau_k_source) == "length":
+            line = LengthCurvePredictor.from_dict(self.config["length_curve"]).predict(texts)
+            curves = Curves(line.tau, curves.p, line.k)
         ctx = self.batch_context
         if batch_context and ctx is not None:
             curves = apply_batch_context(curves, list(texts), ctx)
@@ -210,6 +236,16 @@ class ClearPredictor:
                 BatchContext.from_dict(cfg["batch_context"])
             except (TypeError, ValueError) as err:
                 raise PredictorLoadError(f"{path / 'config.json'}: bad 'batch_context': "
+                                         f"{err}") from None
+        if cfg.get("tau_k_source", "encoder") not in TAU_K_SOURCES:
+            raise PredictorLoadError(f"{path / 'config.json'}: bad 'tau_k_source' "
+                                     f"{cfg['tau_k_source']!r}, expected one of "
+                                     f"{TAU_K_SOURCES}")
+        if cfg.get("tau_k_source") == "length":
+            try:
+                LengthCurvePredictor.from_dict(cfg.get("length_curve"))
+            except ValueError as err:
+                raise PredictorLoadError(f"{path / 'config.json'}: bad 'length_curve': "
                                          f"{err}") from None
         if "tau_spread" in cfg:
             try:
@@ -345,6 +381,7 @@ def model_card(cfg: dict) -> str:
         f"{' + log text length' if cfg.get('length_feature') else ''}"
         f"{' + surface features' if cfg.get('surface_features') else ''}"
         f" -> {cfg.get('head_hidden')} -> 3",
+        f"- tau and k: {_source_line(cfg)}",
         *_context_lines(cfg.get("batch_context")),
         f"- threshold spread: {_spread_line(cfg.get('tau_spread', 0.0))}",
         "",
@@ -382,6 +419,16 @@ def _context_lines(ctx: dict | None) -> list[str]:
             + f") gets tau x exp({ctx['tau_slope']:.3f} d) and "
             f"logit p {ctx['p_slope']:+.3f} d (within-family slopes of its training data); "
             "`predict(texts, batch_context=False)` turns it off"]
+
+
+def _source_line(cfg: dict) -> str:
+    if cfg.get("tau_k_source", "encoder") != "length":
+        return "the encoder's"
+    line = cfg["length_curve"]
+    return (f"a line in the text's length, tau = {line['tau_at_zero']:.1f} + "
+            f"{line['tau_per_char']:.4f} x characters, k = {line['k']:.4g} (fitted on the "
+            "training rollouts; on unseen families it allocated better than the encoder's "
+            "own); p from the encoder")
 
 
 def _spread_line(spread: float) -> str:
