@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("peft")
@@ -112,6 +113,10 @@ def test_checkpoints_are_slim_and_reload_and_resume(sim_file, tmp_path):
     assert resumed.global_step == 4
 
 
+def _default_config() -> dict:
+    return yaml.safe_load((ROOT / "configs" / "default.yaml").read_text())
+
+
 def _export(trained, path, extra=()):
     sys.path.insert(0, str(ROOT / "train"))
     from train import export_predictor, load_config
@@ -141,7 +146,8 @@ def test_save_load_round_trip_is_identical(trained, tmp_path):
     from clear_learn.predictor.batch_context import apply_batch_context
     again = apply_batch_context(raw, texts, loaded.batch_context)
     # then the threshold spread of the config, which widens the curves
-    assert loaded.tau_spread == pred.tau_spread == 0.7
+    assert loaded.tau_spread == pred.tau_spread == _default_config()["calibration"]["tau_spread"]
+    assert loaded.tau_spread > 0
     assert np.allclose(again.p, b.p) and not np.allclose(again.tau, b.tau)
     again = again.widened(loaded.tau_spread)
     assert np.allclose(again.tau, b.tau) and np.allclose(again.k, b.k)
@@ -167,7 +173,7 @@ def test_tau_and_k_from_a_length_line(trained, tmp_path):
     from clear_learn.predictor.baselines import LengthCurvePredictor
     from clear_learn.predictor.export import ClearPredictor, PredictorLoadError
 
-    enc = _export(trained, tmp_path / "enc")
+    enc = _export(trained, tmp_path / "enc", ["calibration.tau_k_from=encoder"])
     _export(trained, tmp_path / "len", ["calibration.tau_k_from=length"])
     pred = ClearPredictor.from_pretrained(tmp_path / "len")
     assert pred.tau_k_source == "length" and enc.tau_k_source == "encoder"
@@ -475,12 +481,14 @@ def test_main_job_evaluates_then_refits_on_every_query(sim_file, tmp_path, capsy
     assert "refitted on every query for 1 epochs" in card and metrics["refit_epochs"] == 1
     assert "gap closed on the held-out queries" in card and "| 64 | 0.000 |" in card
     assert "- batch context: a text d = log(len)" in card
-    assert "- threshold spread: curves widened by a threshold uncertainty of sd 0.7" in card
-    assert pred.config["tau_spread"] == 0.7
+    spread = _default_config()["calibration"]["tau_spread"]
+    assert f"- threshold spread: curves widened by a threshold uncertainty of sd {spread:g}" in card
+    assert pred.config["tau_spread"] == spread
     assert set(pred.config["batch_context"]) == {"tau_slope", "p_slope", "neighbours",
                                                  "min_similarity"}
     assert {"clear-learned-raw", "clear-learned-narrow"} <= set(metrics["gap_closed"])
-    assert pred.tau_k_source == "encoder" and "clear-encoder" not in metrics["gap_closed"]
+    # the default takes tau and k from the length line, and reports the encoder's own too
+    assert pred.tau_k_source == "length" and "clear-encoder" in metrics["gap_closed"]
 
 
 def test_regression_loss_trains_from_the_config(sim_file, tmp_path):
@@ -541,15 +549,16 @@ def test_leave_one_family_out_resumes(sim_file, tmp_path, capsys):
     capsys.readouterr()  # batch context acts after the folds: another one reuses them
     assert cross_family.main(args + ["--set", "batch_context.min_similarity=0.5",
                                      "--set", "calibration.tau_spread=0"]) == 0
-    out = capsys.readouterr().out
-    assert out.count("reusing") == 2 and "calibration.tau_spread=" not in out
+    out = capsys.readouterr().out  # the spread is fitted whatever the config ships
+    assert out.count("reusing") == 2 and "calibration.tau_spread=" in out
     rep = json.loads((tmp_path / "cv" / "report.json").read_text())
-    assert rep["meta"]["tau_spread"] is None and "clear-learned-narrow" not in rep["policies"]
-    assert "clear-encoder" not in rep["policies"]
-    assert cross_family.main(args + ["--set", "calibration.tau_k_from=length"]) == 0
+    assert set(rep["meta"]["tau_spread"]["per_family"]["clear-learned"]) == {"sim-easy",
+                                                                             "sim-hard"}
+    assert "clear-encoder" in rep["policies"]  # the default takes tau and k from the length line
+    assert cross_family.main(args + ["--set", "calibration.tau_k_from=encoder"]) == 0
     assert capsys.readouterr().out.count("reusing") == 2  # acts after the folds too
     rep = json.loads((tmp_path / "cv" / "report.json").read_text())
-    assert "clear-encoder" in rep["policies"]
+    assert "clear-encoder" not in rep["policies"]
     fold = tmp_path / "cv" / "folds" / "sim-easy.jsonl"
     fold.write_text("".join(x + "\n" for x in fold.read_text().splitlines()[1:]))
     assert cross_family.main(args) == 0  # a fold that no longer covers its family is redone

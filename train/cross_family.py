@@ -27,7 +27,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train import (ROOT, context_from_config, load_config, resolve,  # noqa: E402
-                   spread_from_config, tau_k_from_config, train_predictor, with_context,
+                   tau_k_from_config, train_predictor, with_context,
                    with_sources, with_spread)
 
 POLICIES = ("clear-learned", "clear-tfidf", "clear-length")  # saved per fold, before context
@@ -69,15 +69,13 @@ def adjust(curves: dict, test: list[dict], idx: np.ndarray, contexts: dict | Non
     return out
 
 
-def fit_spreads(cfg: dict, test: list[dict], curves: dict) -> dict | None:
+def fit_spreads(test: list[dict], curves: dict) -> dict:
     """``{"per_family": {policy: {family: spread}}, "ship": spread}``: for every policy but
     ``clear-learned-raw``, each family's threshold spread fitted on the likelihood of the
     *other* families' ``curves``; ``ship`` is the learned curves' spread fitted on every
-    family (the value to export). None when the config's ``calibration.tau_spread`` is 0."""
+    family (the value to export, whatever the config's ``calibration.tau_spread``)."""
     from clear_learn.predictor.calibration import fit_tau_spread, tau_spread_by_group
 
-    if spread_from_config(cfg) == 0:
-        return None
     fam = [r["task"] for r in test]
     per_family = {name: tau_spread_by_group(c, test, fam) for name, c in curves.items()
                   if name != "clear-learned-raw"}
@@ -221,7 +219,7 @@ def main(argv=None) -> int:
     curves = with_sources(curves, tau_k_from_config(cfg))
     contexts = fold_contexts(cfg, records, test, args.random_val)
     every = np.arange(len(test))
-    spreads = fit_spreads(cfg, test, adjust(curves, test, every, contexts))
+    spreads = fit_spreads(test, adjust(curves, test, every, contexts))
     per_family = spreads["per_family"] if spreads else None
     pooled = adjust(curves, test, every, contexts, per_family)
     budgets = cfg.get("evaluate", {}).get("budgets_per_query", [64, 128, 256, 512])
