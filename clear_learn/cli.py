@@ -83,7 +83,7 @@ def cmd_allocate(args) -> int:
         pred = _load_predictor(args.predictor)
         curves = pred.predict(_texts(rows, args.curves),
                               batch_context=not args.no_batch_context,
-                              tau_spread=args.tau_spread)
+                              tau_spread=args.tau_spread, tau_k_source=args.tau_k_source)
         max_tokens = pred.max_new_tokens if max_tokens is None else max_tokens
     else:
         curves = Curves.from_records(rows)
@@ -117,7 +117,7 @@ def cmd_predict(args) -> int:
     texts = _texts(rows, args.input)
     curves = _load_predictor(args.predictor).predict(
         texts, batch_size=args.batch_size, batch_context=not args.no_batch_context,
-        tau_spread=args.tau_spread)
+        tau_spread=args.tau_spread, tau_k_source=args.tau_k_source)
     out = [{"id": r.get("id", i), "tau": float(t), "p": float(q), "k": float(k)}
            for i, (r, t, q, k) in enumerate(zip(rows, curves.tau, curves.p, curves.k))]
     write_jsonl(out, args.output)
@@ -381,6 +381,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", help="write {id, budget, abandoned} rows here")
     p.add_argument("--no-batch-context", action="store_true", help=_NO_CONTEXT_HELP)
     p.add_argument("--tau-spread", type=_spread, default=None, help=_SPREAD_HELP)
+    p.add_argument("--tau-k-source", choices=("encoder", "length"), default=None,
+                   help="where tau and k come from (default: the predictor's own; p always "
+                        "comes from the encoder)")
     p.set_defaults(func=cmd_allocate)
 
     p = sub.add_parser("predict", help="curves (tau, p, k) for texts from an exported predictor")
@@ -390,6 +393,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--no-batch-context", action="store_true", help=_NO_CONTEXT_HELP)
     p.add_argument("--tau-spread", type=_spread, default=None, help=_SPREAD_HELP)
+    p.add_argument("--tau-k-source", choices=("encoder", "length"), default=None,
+                   help="where tau and k come from (default: the predictor's own; p always "
+                        "comes from the encoder)")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("evaluate", help="Pareto frontiers of policies on held-out queries",

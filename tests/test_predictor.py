@@ -331,6 +331,11 @@ def test_cli_predict_allocate_and_evaluate_with_a_predictor(trained, tmp_path, s
     assert np.allclose(narrow, ClearPredictor.from_pretrained(tmp_path / "p").predict(
         [f"What is {i} + {i * 7}?" for i in range(12)], tau_spread=0).k)
     assert not np.allclose(narrow, [r["k"] for r in rows])
+    assert main(["predict", str(tmp_path / "p"), str(texts), "-o", str(tmp_path / "e.jsonl"),
+                 "--tau-k-source", "encoder"]) == 0
+    enc = [json.loads(x)["tau"] for x in (tmp_path / "e.jsonl").read_text().splitlines()]
+    assert np.allclose(enc, ClearPredictor.from_pretrained(tmp_path / "p").predict(
+        [f"What is {i} + {i * 7}?" for i in range(12)], tau_k_source="encoder").tau)
     with pytest.raises(SystemExit):
         main(["predict", str(tmp_path / "p"), str(texts), "-o", str(tmp_path / "n.jsonl"),
               "--tau-spread", "-2"])
