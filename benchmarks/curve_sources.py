@@ -53,14 +53,16 @@ def main(argv=None) -> int:
         q = [records[i] for i in te]
         texts = [r["text"] for r in q]
         pred = ClearPredictor.from_pretrained(out / step / "predictor")
-        learned = pred.predict(texts, batch_context=False, tau_spread=0)
+        learned = pred.predict(texts, batch_context=False, tau_spread=0,
+                               tau_k_source="encoder")
         length = LengthCurvePredictor().fit([records[i] for i in tr]).predict(texts)
         raw = {"learned": learned, "length": length,
                "length tau and k, learned p": hybrid(length, learned)}
         counts = np.array([len(r["rollouts"]) for r in q], dtype=float)
         cells = {name: [] for name in raw}
         for spread in (0.0, 0.7):
-            curves = {n: pred.adjust(c, texts, tau_spread=spread) for n, c in raw.items()}
+            curves = {n: pred.adjust(c, texts, tau_spread=spread, tau_k_source="encoder")
+                      for n, c in raw.items()}  # each as composed here, then context, spread
             rep = evaluate_policies(q, curves, BUDGETS, seed=0)
             for n, c in curves.items():
                 g = [r["gap_closed"] for r in rep.rows[n]]
