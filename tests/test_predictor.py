@@ -187,6 +187,8 @@ def test_tau_and_k_from_a_length_line(trained, tmp_path):
     assert np.allclose(got.tau, want.tau) and np.allclose(got.k, want.k)
     assert np.allclose(got.p, own.p) and not np.allclose(got.tau, own.tau)
     assert np.allclose(pred.predict(texts, tau_k_source="encoder", **bare).tau, own.tau)
+    a = pred.allocate(texts, 100 * len(texts), tau_k_source="encoder")
+    assert np.array_equal(a.budgets, enc.allocate(texts, 100 * len(texts)).budgets)
     assert "- tau and k: a line in the text's length" in (tmp_path / "len" / "README.md"
                                                           ).read_text()
     with pytest.raises(ValueError, match="needs a predictor exported with a length_curve"):

@@ -142,7 +142,7 @@ class ClearPredictor:
             raise ValueError(f"tau_k_source must be one of {TAU_K_SOURCES}, got {source!r}")
         if source == "length" and "length_curve" not in self.config:
             raise ValueError("tau_k_source='length' needs a predictor exported with a "
-                             "length_curve (curves.tau_k_from: length)")
+                             "length_curve (calibration.tau_k_from: length)")
         return source
 
     def adjust(self, curves: Curves, texts: Sequence[str], *, batch_context: bool = True,
@@ -161,13 +161,14 @@ class ClearPredictor:
 
     def allocate(self, texts: Sequence[str], total_budget: int, *, max_tokens=None,
                  batch_context: bool = True, tau_spread: float | None = None,
-                 **kwargs) -> AllocationResult:
+                 tau_k_source: str | None = None, **kwargs) -> AllocationResult:
         """Predict curves for ``texts`` and allocate ``total_budget`` tokens among them.
 
         ``max_tokens`` defaults to the generation cap the predictor learned from;
-        ``batch_context`` and ``tau_spread`` as in :meth:`predict`.
+        ``batch_context``, ``tau_spread`` and ``tau_k_source`` as in :meth:`predict`.
         """
-        curves = self.predict(texts, batch_context=batch_context, tau_spread=tau_spread)
+        curves = self.predict(texts, batch_context=batch_context, tau_spread=tau_spread,
+                              tau_k_source=tau_k_source)
         cap = self.max_new_tokens if max_tokens is None else max_tokens
         return allocate(curves, total_budget, max_tokens=cap, **kwargs)
 
