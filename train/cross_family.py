@@ -83,7 +83,7 @@ def fit_spreads(test: list[dict], curves: dict) -> dict:
 
 
 def family_batches_report(curves: dict, test: list[dict], contexts: dict | None,
-                          spreads: dict | None, budgets, seed: int):
+                          spreads: dict, budgets, seed: int):
     """Every family allocated as its own batch (batch context within it), accuracies pooled
     over the families: what a router sees when unseen traffic arrives one kind at a time."""
     from clear_learn.allocation import allocate
@@ -220,7 +220,7 @@ def main(argv=None) -> int:
     contexts = fold_contexts(cfg, records, test, args.random_val)
     every = np.arange(len(test))
     spreads = fit_spreads(test, adjust(curves, test, every, contexts))
-    per_family = spreads["per_family"] if spreads else None
+    per_family = spreads["per_family"]
     pooled = adjust(curves, test, every, contexts, per_family)
     budgets = cfg.get("evaluate", {}).get("budgets_per_query", [64, 128, 256, 512])
     seed = int(cfg.get("seed", 0))
@@ -253,11 +253,9 @@ def main(argv=None) -> int:
     gaps = mean_gap_closed(by_family)
     print("mean gap closed (budgets where the oracle beats uniform by >= 0.02): "
           + ", ".join(f"{k} {gaps[k]:.3f}" for k in pooled))
-    if spreads:
-        print(f"threshold spread of each family, fitted on the others: "
-              f"{spreads['per_family']['clear-learned']} (learned curves); fitted on every "
-              f"family: {spreads['ship']}: ship it with\n  --set "
-              f"calibration.tau_spread={spreads['ship']}")
+    print(f"threshold spread of each family, fitted on the others: "
+          f"{per_family['clear-learned']} (learned curves); fitted on every family: "
+          f"{spreads['ship']}: ship it with\n  --set calibration.tau_spread={spreads['ship']}")
     if fold_epochs:
         med = median_epochs(fold_epochs)
         print(f"best epochs per fold (validated on an unseen family): {fold_epochs}; median "
