@@ -323,6 +323,8 @@ def cmd_regrade(args) -> int:
     return 0
 
 
+_TAU_K_HELP = ("where tau and k come from (default: the predictor's own; p always comes from "
+               "the encoder)")
 _SPREAD_HELP = ("widen each curve by a threshold uncertainty of sd TAU_SPREAD x tau (default: "
                 "the predictor's own, fitted on unseen task families; 0 turns it off)")
 
@@ -382,8 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-batch-context", action="store_true", help=_NO_CONTEXT_HELP)
     p.add_argument("--tau-spread", type=_spread, default=None, help=_SPREAD_HELP)
     p.add_argument("--tau-k-source", choices=("encoder", "length"), default=None,
-                   help="where tau and k come from (default: the predictor's own; p always "
-                        "comes from the encoder)")
+                   help=_TAU_K_HELP)
     p.set_defaults(func=cmd_allocate)
 
     p = sub.add_parser("predict", help="curves (tau, p, k) for texts from an exported predictor")
@@ -394,8 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-batch-context", action="store_true", help=_NO_CONTEXT_HELP)
     p.add_argument("--tau-spread", type=_spread, default=None, help=_SPREAD_HELP)
     p.add_argument("--tau-k-source", choices=("encoder", "length"), default=None,
-                   help="where tau and k come from (default: the predictor's own; p always "
-                        "comes from the encoder)")
+                   help=_TAU_K_HELP)
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("evaluate", help="Pareto frontiers of policies on held-out queries",
