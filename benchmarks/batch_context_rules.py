@@ -111,12 +111,19 @@ def shifted(curves, texts, rule, tau_slope, p_slope):
     return shift_by_length(curves, d, tau_slope, p_slope)
 
 
-def measure_dir_arg(argv, doc: str) -> Path:
-    """The one argument of these scripts: an ``--out`` folder of ``train/measure.py``."""
+def measure_dir_arg(argv, doc: str) -> tuple[Path, int]:
+    """The arguments of these scripts: an ``--out`` folder of ``train/measure.py`` and the
+    number of rollout halvings to average the figures over (``--splits``)."""
     ap = argparse.ArgumentParser(description=doc,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("measure_dir", help="an --out folder of train/measure.py")
-    return Path(ap.parse_args(argv).measure_dir)
+    ap.add_argument("--splits", type=int, default=5,
+                    help="random halvings of each query's rollouts (oracle half, scoring "
+                         "half) to average over (default 5)")
+    args = ap.parse_args(argv)
+    if args.splits < 1:
+        ap.error(f"--splits must be a positive integer, got {args.splits}")
+    return Path(args.measure_dir), args.splits
 
 
 def unseen_family_curves(out: Path, policy: str = "clear-learned"):
@@ -141,7 +148,7 @@ def mean_gaps(report) -> dict[str, float]:
 
 
 def main(argv=None) -> int:
-    out = measure_dir_arg(argv, __doc__)
+    out, splits = measure_dir_arg(argv, __doc__)
     from clear_learn.allocation import allocate
     from clear_learn.evaluation import evaluate_policies
     from clear_learn.predictor.batch_context import within_task_slopes
@@ -157,7 +164,7 @@ def main(argv=None) -> int:
     caps = np.array([int(r["max_new_tokens"]) for r in test])
     res = {}
     rep = evaluate_policies(test, {n: shifted(raw, texts, u, ts, ps) for n, u in RULES.items()},
-                            BUDGETS, seed=0)
+                            BUDGETS, seed=0, splits=splits)
     res["(a) unseen families, one batch"] = mean_gaps(rep)
 
     def stream_policy(rule):
@@ -168,7 +175,7 @@ def main(argv=None) -> int:
 
     stream = np.random.default_rng(0).permutation(np.tile(np.arange(len(test)), 4))
     rep = evaluate_policies(test, {n: stream_policy(u) for n, u in RULES.items()}, BUDGETS,
-                            seed=0, stream=stream, batch_size=64)
+                            seed=0, stream=stream, batch_size=64, splits=splits)
     res["(b) unseen families, batches of 64"] = mean_gaps(rep)
 
     cfg = load_config(ROOT / "configs" / "default.yaml", state.get("set", []))
@@ -182,7 +189,7 @@ def main(argv=None) -> int:
     ctx = pred.batch_context or within_task_slopes([records[i] for i in tr])
     q_raw = pred.predict(q_texts, batch_context=False)
     rep = evaluate_policies(q_test, {n: shifted(q_raw, q_texts, u, ctx.tau_slope, ctx.p_slope)
-                                     for n, u in RULES.items()}, BUDGETS, seed=0)
+                                     for n, u in RULES.items()}, BUDGETS, seed=0, splits=splits)
     res[f"(c) held-out queries ({len(q_test)})"] = mean_gaps(rep)
 
     print(length_signal(records))

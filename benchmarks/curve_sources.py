@@ -29,7 +29,7 @@ UNSEEN = ("gsm8k", "math500")
 
 
 def main(argv=None) -> int:
-    out = measure_dir_arg(argv, __doc__)
+    out, splits = measure_dir_arg(argv, __doc__)
     from clear_learn.evaluation import evaluate_policies
     from clear_learn.fitting import rollout_nll
     from clear_learn.predictor.baselines import LengthCurvePredictor
@@ -63,7 +63,7 @@ def main(argv=None) -> int:
         for spread in (0.0, 0.7):
             curves = {n: pred.adjust(c, texts, tau_spread=spread, tau_k_source="encoder")
                       for n, c in raw.items()}  # each as composed here, then context, spread
-            rep = evaluate_policies(q, curves, BUDGETS, seed=0)
+            rep = evaluate_policies(q, curves, BUDGETS, seed=0, splits=splits)
             for n, c in curves.items():
                 g = [r["gap_closed"] for r in rep.rows[n]]
                 nll = float((rollout_nll(c, q) * counts).sum() / counts.sum())

@@ -28,7 +28,7 @@ BUDGETS = [48, 64, 96, 128, 160, 192, 256, 384]
 
 
 def main(argv=None) -> int:
-    out = measure_dir_arg(argv, __doc__)
+    out, splits = measure_dir_arg(argv, __doc__)
     from clear_learn.evaluation import evaluate_policies
     from clear_learn.fitting import rollout_nll
     from clear_learn.predictor.batch_context import relative_log_length, shift_by_length
@@ -47,7 +47,7 @@ def main(argv=None) -> int:
     chosen = tau_spread_by_group(curves, test, fam, GRID)
     policies["s fitted on the other families"] = curves.widened(
         np.array([chosen[f] for f in fam]))
-    rep = evaluate_policies(test, policies, BUDGETS, seed=0)
+    rep = evaluate_policies(test, policies, BUDGETS, seed=0, splits=splits)
     print(f"{len(test)} unseen-family queries of {out}; s per family (fitted on the others): "
           f"{chosen}")
     print("| curves | NLL/rollout | mean gap 48-256 | gap at 384 |")

@@ -57,7 +57,7 @@ def hybrid(length, learned):
 
 
 def main(argv=None) -> int:
-    out = measure_dir_arg(argv, __doc__)
+    out, splits = measure_dir_arg(argv, __doc__)
     from clear_learn.allocation import allocate
     from clear_learn.evaluation import evaluate_policies
     from clear_learn.predictor.batch_context import (BatchContext, neighbour_mean,
@@ -104,10 +104,11 @@ def main(argv=None) -> int:
             return allocate(cache[int(idx[0])], int(total), max_tokens=caps[idx]).budgets
         return f
 
-    pooled = evaluate_policies(test, {n: final(n, every) for n in names}, BUDGETS, seed=0)
+    pooled = evaluate_policies(test, {n: final(n, every) for n in names}, BUDGETS, seed=0,
+                               splits=splits)
     batches = [np.where(fam == f)[0] for f in sorted(set(fam))]
     alone = evaluate_policies(test, {n: per_batch(n) for n in names}, BUDGETS, seed=0,
-                              batches=batches)
+                              batches=batches, splits=splits)
     print(f"{len(test)} unseen-family queries of {out}, {len(batches)} families; mean gap "
           "closed over 48-256 tokens/query (at 384)")
     print("| curves | (a) one batch | (b) each family its own batch |")

@@ -22,6 +22,16 @@ def _budgets(text: str) -> list[float]:
     return vals
 
 
+def _positive_int(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer: {text!r}")
+    return n
+
+
 def _rows(path: str) -> list[dict]:
     """JSON objects of a JSONL file; exits naming the first line that is not JSON."""
     from .rollouts import iter_jsonl
@@ -190,7 +200,8 @@ def cmd_evaluate(args) -> int:
                 np.array([int(r["max_new_tokens"]) for r in test]), pred.tau_spread)
     print(f"evaluating on {label}: {len(test)} held-out queries "
           f"({len(train)} for the task prior)")
-    report = evaluate_policies(test, policies, args.budgets, seed=args.seed, progress=True)
+    report = evaluate_policies(test, policies, args.budgets, seed=args.seed,
+                               splits=args.splits, progress=True)
     report.meta.update({"data": label, "simulated": simulated, "n_train": len(train)})
     out = Path(args.out)
     if args.streams:
@@ -202,7 +213,8 @@ def cmd_evaluate(args) -> int:
         names = None
         for sname, idx in preset_streams(test, args.stream_size, args.seed).items():
             srep = evaluate_policies(test, {**policies, **stream_policies}, args.budgets,
-                                     seed=args.seed, stream=idx, batch_size=args.batch_size)
+                                     seed=args.seed, stream=idx, batch_size=args.batch_size,
+                                     splits=args.splits)
             report.meta["streams"][sname] = srep.rows
             if names is None:
                 names = list(srep.rows)
@@ -414,6 +426,9 @@ def build_parser() -> argparse.ArgumentParser:
                                         "share of queries)")
     p.add_argument("--test-fraction", type=float, default=0.5)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--splits", type=_positive_int, default=5,
+                   help="average over this many random halvings of each query's rollouts "
+                        "into an oracle half and a scoring half (default 5)")
     p.add_argument("--out", default="runs/evaluate")
     p.add_argument("--streams", action="store_true",
                    help="also evaluate preset traffic streams (balanced, easy-heavy, "

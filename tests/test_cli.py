@@ -2,6 +2,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from clear_learn.cli import main
 
 
@@ -24,8 +26,9 @@ def test_cli_end_to_end(tmp_path, capsys):
     assert sum(b["budget"] for b in budgets) == summary["allocated"]
     assert main(["evaluate", str(sim), "--budgets", "64,256", "--out",
                  str(tmp_path / "ev"), "--curves", str(curves), "--streams",
-                 "--stream-size", "128", "--batch-size", "32"]) == 0
+                 "--stream-size", "128", "--batch-size", "32", "--splits", "2"]) == 0
     rep = json.loads((tmp_path / "ev" / "report.json").read_text())
+    assert rep["meta"]["splits"] == 2
     assert {"uniform", "clear-task-prior", "clear-given", "oracle", "optimum"} == set(
         rep["policies"])
     assert (tmp_path / "ev" / "frontier.png").exists()
@@ -42,6 +45,9 @@ def test_cli_reports_bad_input(tmp_path, capsys):
     assert "error" in capsys.readouterr().err
     assert not (tmp_path / "c.jsonl").exists()
     assert main(["validate", str(tmp_path / "missing.jsonl")]) == 1
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--splits", "0"])
+    assert "--splits: must be a positive integer: '0'" in capsys.readouterr().err
 
 
 def test_cli_help_lists_subcommands():

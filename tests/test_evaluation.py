@@ -157,3 +157,35 @@ def test_report_save_load_round_trip(tmp_path):
     (tmp_path / "bad.json").write_text('{"policies": {}}')
     with pytest.raises(ValueError, match="not an evaluation report"):
         EvalReport.load(tmp_path / "bad.json")
+
+
+def test_splits_average_the_halvings(data, tmp_path):
+    """``splits=n`` is the mean of the single-halving reports of seeds ``seed .. seed+n-1``,
+    with each halving's gap kept; one halving is the plain report."""
+    from clear_learn.evaluation import EvalReport, mean_gap_closed_sd
+
+    train, test = data
+    prior = {"clear-task-prior": task_prior_curves(train, [r["task"] for r in test])}
+    budgets = [32, 128, 256]
+    one = [evaluate_policies(test, prior, budgets, seed=s) for s in (4, 5, 6)]
+    rep = evaluate_policies(test, prior, budgets, seed=4, splits=3)
+    assert rep.meta["splits"] == 3
+    assert evaluate_policies(test, prior, budgets, seed=4, splits=1).rows == one[0].rows
+    for name in ("uniform", "clear-task-prior", "oracle", "optimum"):
+        for j in range(len(budgets)):
+            accs = [r.rows[name][j]["mean_accuracy"] for r in one]
+            assert rep.rows[name][j]["mean_accuracy"] == pytest.approx(np.mean(accs))
+            by = rep.rows[name][j]["gap_closed_by_split"]
+            assert by == pytest.approx([r.rows[name][j]["gap_closed"] for r in one])
+            assert rep.rows[name][j]["gap_closed_sd"] == pytest.approx(np.std(by, ddof=1))
+    # the oracle really is refitted per halving: its accuracy moves between them
+    assert len({r.rows["oracle"][1]["mean_accuracy"] for r in one}) > 1
+    sd = mean_gap_closed_sd(EvalReport.load(rep.save(tmp_path / "r.json")))
+    assert sd["oracle"] == pytest.approx(0.0) and sd["clear-task-prior"] > 0
+    assert np.isnan(mean_gap_closed_sd(one[0])["clear-task-prior"])
+    with pytest.raises(ValueError, match="positive integer"):
+        evaluate_policies(test, prior, budgets, splits=0)
+    with pytest.raises(ValueError, match="needs oracle"):
+        evaluate_policies(test, prior, budgets, splits=2, oracle=False)
+    with pytest.raises(ValueError, match="reserved"):
+        evaluate_policies(test, {"oracle": prior["clear-task-prior"]}, budgets)

@@ -526,10 +526,12 @@ def test_leave_one_family_out_resumes(sim_file, tmp_path, capsys):
             "--set", "threads=1", "--set", "trainer.max_epochs=1", "--set", "data.max_length=16",
             "--set", "trainer.limit_train_batches=2",
             "--set", "model.lora_r=2", "--set", "model.head_hidden=8",
-            "--set", "evaluate.budgets_per_query=[64,256]",
+            "--set", "evaluate.budgets_per_query=[64,256]", "--set", "evaluate.splits=2",
             "--set", "trainer.enable_progress_bar=false"]
     assert cross_family.main(args) == 0
     rep = json.loads((tmp_path / "cv" / "report.json").read_text())
+    assert rep["meta"]["splits"] == 2
+    assert len(rep["policies"]["clear-learned"][0]["gap_closed_by_split"]) == 2
     assert {*cross_family.POLICIES, "clear-learned-raw"} <= set(rep["policies"])
     assert rep["meta"]["families"] == ["sim-easy", "sim-hard"]
     assert set(rep["meta"]["batch_context"]) == {"sim-easy", "sim-hard"}
@@ -543,6 +545,7 @@ def test_leave_one_family_out_resumes(sim_file, tmp_path, capsys):
     assert "clear-learned-narrow" in rep["policies"]
     by_family = json.loads((tmp_path / "cv" / "report-family-batches.json").read_text())
     assert by_family["meta"]["n_batches"] == 2 and by_family["n_queries"] == rep["n_queries"]
+    assert by_family["meta"]["splits"] == 2
     assert set(by_family["policies"]) == set(rep["policies"])
     assert "each family its own batch" in out
     rows = [json.loads(x) for x in (tmp_path / "cv" / "folds" / "sim-hard.jsonl").read_text()
@@ -660,7 +663,11 @@ def test_measure_summarizes_and_refuses_another_state(sim_file, tmp_path, capsys
     for step, (_, report) in steps.items():
         meta = {"split": "task", "test_tasks": ["sim-hard"]} if step == "unseen" else {}
         EvalReport(rows=rows, budgets_per_query=[128.0], n_queries=3, meta=meta).save(report)
-    EvalReport(rows=rows, budgets_per_query=[128.0], n_queries=3).save(
+    split_rows = {name: [dict(r[0], gap_closed_by_split=[r[0]["gap_closed"] - 0.1,
+                                                        r[0]["gap_closed"] + 0.1])]
+                  for name, r in rows.items()}
+    EvalReport(rows=split_rows, budgets_per_query=[128.0], n_queries=3,
+               meta={"splits": 2}).save(
         out / "families" / "report-family-batches.json")  # cross_family.py's second report
     args = ["--data", str(sim_file), "--unseen", "sim-hard", "--out", str(out),
             "--set", "threads=1"]
@@ -668,7 +675,9 @@ def test_measure_summarizes_and_refuses_another_state(sim_file, tmp_path, capsys
     text = (out / "SUMMARY.md").read_text()
     for title in measure.TITLES.values():
         assert title in text
-    assert "(sim-hard)" in text and text.count("| clear-learned | 0.50 | **0.50** |") == 4
+    assert "(sim-hard)" in text and text.count("| clear-learned | 0.50 | **0.50** |") == 3
+    assert "| clear-learned | 0.50 | **0.50** ±0.14 |" in text  # sd over the 2 halvings
+    assert text.count("averaged over 2 halvings") == 1
     assert "reusing" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="other data or options"):
         measure.main(args[:-1] + ["threads=2"])

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train import (ROOT, context_from_config, load_config, resolve,  # noqa: E402
+from train import (ROOT, context_from_config, eval_splits, load_config, resolve,  # noqa: E402
                    tau_k_from_config, train_predictor, with_context,
                    with_sources, with_spread)
 
@@ -83,7 +83,7 @@ def fit_spreads(test: list[dict], curves: dict) -> dict:
 
 
 def family_batches_report(curves: dict, test: list[dict], contexts: dict | None,
-                          spreads: dict, budgets, seed: int):
+                          spreads: dict, budgets, seed: int, splits: int = 1):
     """Every family allocated as its own batch (batch context within it), accuracies pooled
     over the families: what a router sees when unseen traffic arrives one kind at a time."""
     from clear_learn.allocation import allocate
@@ -104,7 +104,7 @@ def family_batches_report(curves: dict, test: list[dict], contexts: dict | None,
 
     names = list(adjust(curves, test, batches[0][:1], contexts, spreads))
     return evaluate_policies(test, {n: policy(n) for n in names}, budgets, seed=seed,
-                             batches=batches)
+                             batches=batches, splits=splits)
 
 
 def fold_curves(cfg: dict, family: str, val_family: str | None
@@ -223,9 +223,10 @@ def main(argv=None) -> int:
     per_family = spreads["per_family"]
     pooled = adjust(curves, test, every, contexts, per_family)
     budgets = cfg.get("evaluate", {}).get("budgets_per_query", [64, 128, 256, 512])
-    seed = int(cfg.get("seed", 0))
-    report, nll = evaluate_predictors(test, pooled, budgets, seed=seed)
-    by_family = family_batches_report(curves, test, contexts, per_family, budgets, seed)
+    seed, splits = int(cfg.get("seed", 0)), eval_splits(cfg)
+    report, nll = evaluate_predictors(test, pooled, budgets, seed=seed, splits=splits)
+    by_family = family_batches_report(curves, test, contexts, per_family, budgets, seed,
+                                      splits)
     by_family.meta["nll_per_rollout"] = nll
     report.meta.update({"protocol": "leave-one-family-out", "families": families,
                         "batch_context": contexts and {f: c.to_dict()

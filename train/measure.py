@@ -92,25 +92,31 @@ def _cell(x: float) -> str:
 
 def summarize(reports: dict[str, Path], header: list[str]) -> str:
     """The markdown summary of the saved reports ``{step: report.json}``."""
-    from clear_learn.evaluation import EvalReport, mean_gap_closed
+    from clear_learn.evaluation import EvalReport, mean_gap_closed, mean_gap_closed_sd
 
     lines = list(header)
     for step, path in reports.items():
         rep = EvalReport.load(path)
         budgets = rep.budgets_per_query
-        means = mean_gap_closed(rep)
+        means, sds = mean_gap_closed(rep), mean_gap_closed_sd(rep)
+        splits = int(rep.meta.get("splits", 1))
         nll = rep.meta.get("nll_per_rollout", {})
         held = rep.meta.get("test_tasks") if rep.meta.get("split") == "task" else None
         title = TITLES.get(step, step) + (f" ({', '.join(held)})" if held else "")
         lines += ["", f"## {title}", "",
-                  f"{rep.n_queries} test queries; `{path}`", "",
+                  f"{rep.n_queries} test queries; "
+                  + (f"averaged over {splits} halvings of each query's rollouts (mean: "
+                     "± its sd over the halvings); " if splits > 1 else "")
+                  + f"`{path}`", "",
                   "| gap closed at tokens/query | " + " | ".join(f"{b:g}" for b in budgets)
                   + " | mean | NLL/rollout |",
                   "|---" + "|---:" * (len(budgets) + 2) + "|"]
         for name in (p for p in rep.rows if p.startswith("clear-")):
             gaps = [row["gap_closed"] for row in rep.rows[name]]
             lines.append(f"| {name} | " + " | ".join(_cell(g) for g in gaps)
-                         + f" | **{_cell(means[name])}** | {_cell(nll.get(name))} |")
+                         + f" | **{_cell(means[name])}**"
+                         + (f" ±{_cell(sds[name])}" if np.isfinite(sds[name]) else "")
+                         + f" | {_cell(nll.get(name))} |")
         j = int(np.argmin([abs(b - 128) for b in budgets]))
         accs = ", ".join(f"{name} {rep.rows[name][j]['mean_accuracy']:.3f}"
                          for name in rep.rows)

@@ -312,6 +312,14 @@ def _finite(x: float) -> float | None:
     return float(x) if x is not None and np.isfinite(x) else None
 
 
+def eval_splits(cfg: dict) -> int:
+    """``evaluate.splits``: rollout halvings the held-out figures are averaged over."""
+    n = cfg.get("evaluate", {}).get("splits", 1)
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise SystemExit(f"evaluate.splits must be a positive integer, got {n!r}")
+    return n
+
+
 def evaluate(pred, dm, cfg: dict) -> dict:
     """Held-out figures: NLL and allocation frontiers against baselines."""
     from clear_learn.evaluation import mean_gap_closed, plot_frontier
@@ -333,7 +341,8 @@ def evaluate(pred, dm, cfg: dict) -> dict:
                                         if name != "clear-learned-raw"})
     ecfg = cfg.get("evaluate", {})
     budgets = ecfg.get("budgets_per_query", [64, 128, 256, 512])
-    report, nll = evaluate_predictors(test, predicted, budgets, seed=int(cfg.get("seed", 0)))
+    report, nll = evaluate_predictors(test, predicted, budgets, seed=int(cfg.get("seed", 0)),
+                                      splits=eval_splits(cfg))
     out = resolve(ecfg.get("out", "runs/eval"))
     report.meta.update({"n_train": len(train), "split": cfg["data"]["split"],
                         "test_tasks": cfg["data"].get("test_tasks"),
