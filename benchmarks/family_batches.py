@@ -17,7 +17,10 @@ each family its own batch, for:
 - the learned and length curves blended half and half in those coordinates;
 - the learned curves with the context's p slope doubled;
 - the length baseline's tau and k with the learned p (``benchmarks/curve_sources.py`` checks
-  this one on held-out queries and on the held-out benchmark families too).
+  this one on held-out queries and on the held-out benchmark families too);
+- the same with p from *frozen* all-MiniLM-L6-v2 embeddings (mean-pooled, no LoRA) and the
+  log text length, by ridge regression onto the other families' per-query fitted logit p:
+  what the LoRA fine-tuning adds over the frozen encoder.
 
 An experiment for the next step of the predictor, not part of the shipped recipe: the
 variants are chosen on the queries they are measured on.
@@ -56,19 +59,58 @@ def hybrid(length, learned):
     return Curves(length.tau, learned.p, length.k)
 
 
+def frozen_embedding_p(records: list[dict], test: list[dict], alpha: float = 1.0
+                       ) -> np.ndarray:
+    """Each ``test`` query's p, predicted without its family: ridge regression from frozen
+    all-MiniLM-L6-v2 embeddings (mean-pooled, unit length) and the log text length onto the
+    per-query fitted logit p of ``records`` of the other families."""
+    import torch
+    from sklearn.linear_model import Ridge
+    from transformers import AutoModel, AutoTokenizer
+
+    from clear_learn.predictor.baselines import _targets
+    from clear_learn.predictor.model import DEFAULT_BASE, resolve_base_model
+
+    path = resolve_base_model(DEFAULT_BASE)
+    tok, enc = AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path).eval()
+    texts = [r["text"] for r in records]
+    parts = []
+    with torch.no_grad():
+        for i in range(0, len(texts), 32):
+            b = tok(texts[i:i + 32], padding=True, truncation=True, max_length=128,
+                    return_tensors="pt")
+            m = b["attention_mask"].unsqueeze(-1).float()
+            e = (enc(**b).last_hidden_state * m).sum(1) / m.sum(1)
+            parts.append(torch.nn.functional.normalize(e, dim=-1).numpy())
+    X = np.hstack([np.concatenate(parts), np.log([[len(t)] for t in texts])])
+    y = _targets(records)[0][:, 2]  # logit p of each query's own fit
+    fam = np.array([r["task"] for r in records])
+    row = {str(r["id"]): i for i, r in enumerate(records)}
+    out = np.empty(len(test))
+    for f in sorted({r["task"] for r in test}):
+        which = [j for j, r in enumerate(test) if r["task"] == f]
+        z = Ridge(alpha=alpha).fit(X[fam != f], y[fam != f]).predict(
+            X[[row[str(test[j]["id"])] for j in which]])
+        out[which] = 1 / (1 + np.exp(-z))
+    return out
+
+
 def main(argv=None) -> int:
     out, splits = measure_dir_arg(argv, __doc__)
     from clear_learn.allocation import allocate
+    from clear_learn.curves import Curves
     from clear_learn.evaluation import evaluate_policies
     from clear_learn.predictor.batch_context import (BatchContext, neighbour_mean,
                                                      relative_log_length, shift_by_length)
     from clear_learn.predictor.calibration import tau_spread_by_group
 
-    _, test, learned, slopes = unseen_family_curves(out)
+    records, test, learned, slopes = unseen_family_curves(out)
     raw = {"learned": learned, "tfidf": unseen_family_curves(out, "clear-tfidf")[2],
            "length": unseen_family_curves(out, "clear-length")[2]}
     raw["blend learned+length"] = from_theta((to_theta(learned) + to_theta(raw["length"])) / 2)
     raw["length tau and k, learned p"] = hybrid(raw["length"], learned)
+    frozen = Curves(learned.tau, frozen_embedding_p(records, test), learned.k)
+    raw["length tau and k, frozen-embedding p"] = hybrid(raw["length"], frozen)
     fam = np.array([r["task"] for r in test])
     texts = [r["text"] for r in test]
     caps = np.array([int(r["max_new_tokens"]) for r in test])
@@ -110,14 +152,16 @@ def main(argv=None) -> int:
     alone = evaluate_policies(test, {n: per_batch(n) for n in names}, BUDGETS, seed=0,
                               batches=batches, splits=splits)
     print(f"{len(test)} unseen-family queries of {out}, {len(batches)} families; mean gap "
-          "closed over 48-256 tokens/query (at 384)")
+          f"closed over 48-256 tokens/query, ± its sd over {splits} rollout halvings (at 384)")
     print("| curves | (a) one batch | (b) each family its own batch |")
     print("|---|---:|---:|")
     for n in names:
         cells = []
         for rep in (pooled, alone):
             g = [r["gap_closed"] for r in rep.rows[n]]
-            cells.append(f"{np.mean(g[:-1]):.3f} ({g[-1]:+.2f})")
+            sd = (np.std(np.mean([r["gap_closed_by_split"] for r in rep.rows[n][:-1]], 0),
+                          ddof=1) if splits > 1 else float("nan"))
+            cells.append(f"{np.mean(g[:-1]):.3f} ±{sd:.3f} ({g[-1]:+.2f})")
         print(f"| {n} | " + " | ".join(cells) + " |")
     return 0
 
