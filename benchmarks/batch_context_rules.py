@@ -111,35 +111,56 @@ def shifted(curves, texts, rule, tau_slope, p_slope):
     return shift_by_length(curves, d, tau_slope, p_slope)
 
 
-def measure_dir_arg(argv, doc: str) -> tuple[Path, int]:
-    """The arguments of these scripts: an ``--out`` folder of ``train/measure.py`` and the
-    number of rollout halvings to average the figures over (``--splits``)."""
+def measure_dir_arg(argv, doc: str, *, more_folds: bool = False) -> argparse.Namespace:
+    """The arguments of these scripts: ``measure_dir``, an ``--out`` folder of
+    ``train/measure.py``; ``splits``, the rollout halvings to average the figures over; with
+    ``more_folds``, also ``more_folds``, ``cross_family.py --out`` folders of other seeds."""
     ap = argparse.ArgumentParser(description=doc,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("measure_dir", help="an --out folder of train/measure.py")
+    ap.add_argument("measure_dir", type=Path, help="an --out folder of train/measure.py")
     ap.add_argument("--splits", type=int, default=5,
                     help="random halvings of each query's rollouts (oracle half, scoring "
                          "half) to average over (default 5)")
+    if more_folds:
+        ap.add_argument("--more-folds", type=Path, nargs="*", default=[], metavar="DIR",
+                        help="cross_family.py --out folders trained on the same data with "
+                             "other seeds (--set seed=N)")
     args = ap.parse_args(argv)
     if args.splits < 1:
         ap.error(f"--splits must be a positive integer, got {args.splits}")
-    return Path(args.measure_dir), args.splits
+    return args
 
 
 def unseen_family_curves(out: Path, policy: str = "clear-learned"):
     """``(records as measured, the unseen-family test records in cross_family.py's order,
     their ``policy`` curves before batch context, the per-family batch-context slopes)`` of a
     measure run ``out``."""
-    from clear_learn.curves import Curves
-
     records = measured_records(json.loads((out / "state.json").read_text()))
     fam_dir = out / "families"
     slopes = json.loads((fam_dir / "report.json").read_text())["meta"]["batch_context"]
+    learned = fold_rows(fam_dir, policy)
+    test = [r for r in records if str(r["id"]) in learned]  # cross_family.py's order
+    return records, test, fold_curves_of(fam_dir, policy, test), slopes
+
+
+def fold_rows(fam_dir: Path, policy: str) -> dict[str, dict]:
+    """``{id: curve row}`` of ``policy`` in the folds of a ``cross_family.py --out`` folder."""
     rows = [json.loads(x) for f in sorted((fam_dir / "folds").glob("*.jsonl"))
             for x in f.read_text().splitlines() if x.strip()]
-    learned = {str(r["id"]): r for r in rows if r["policy"] == policy}
-    test = [r for r in records if str(r["id"]) in learned]  # cross_family.py's order
-    return records, test, Curves.from_records([learned[str(r["id"])] for r in test]), slopes
+    return {str(r["id"]): r for r in rows if r["policy"] == policy}
+
+
+def fold_curves_of(fam_dir: Path, policy: str, test: list[dict]):
+    """``policy``'s fold curves of the ``test`` queries, in their order; exits naming a
+    query the folds lack (another data state)."""
+    from clear_learn.curves import Curves
+
+    rows = fold_rows(fam_dir, policy)
+    missing = [r["id"] for r in test if str(r["id"]) not in rows]
+    if missing:
+        raise SystemExit(f"{fam_dir}: no {policy} curve for {len(missing)} queries, e.g. "
+                         f"{missing[0]!r} (folds of other data?)")
+    return Curves.from_records([rows[str(r["id"])] for r in test])
 
 
 def mean_gaps(report) -> dict[str, float]:
@@ -148,7 +169,8 @@ def mean_gaps(report) -> dict[str, float]:
 
 
 def main(argv=None) -> int:
-    out, splits = measure_dir_arg(argv, __doc__)
+    args = measure_dir_arg(argv, __doc__)
+    out, splits = args.measure_dir, args.splits
     from clear_learn.allocation import allocate
     from clear_learn.evaluation import evaluate_policies
     from clear_learn.predictor.batch_context import within_task_slopes

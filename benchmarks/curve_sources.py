@@ -29,7 +29,8 @@ UNSEEN = ("gsm8k", "math500")
 
 
 def main(argv=None) -> int:
-    out, splits = measure_dir_arg(argv, __doc__)
+    args = measure_dir_arg(argv, __doc__)
+    out, splits = args.measure_dir, args.splits
     from clear_learn.evaluation import evaluate_policies
     from clear_learn.fitting import rollout_nll
     from clear_learn.predictor.baselines import LengthCurvePredictor

@@ -28,7 +28,8 @@ BUDGETS = [48, 64, 96, 128, 160, 192, 256, 384]
 
 
 def main(argv=None) -> int:
-    out, splits = measure_dir_arg(argv, __doc__)
+    args = measure_dir_arg(argv, __doc__)
+    out, splits = args.measure_dir, args.splits
     from clear_learn.evaluation import evaluate_policies
     from clear_learn.fitting import rollout_nll
     from clear_learn.predictor.batch_context import relative_log_length, shift_by_length

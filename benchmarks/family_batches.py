@@ -20,7 +20,10 @@ each family its own batch, for:
   this one on held-out queries and on the held-out benchmark families too);
 - the same with p from *frozen* all-MiniLM-L6-v2 embeddings (mean-pooled, no LoRA) and the
   log text length, by ridge regression onto the other families' per-query fitted logit p:
-  what the LoRA fine-tuning adds over the frozen encoder.
+  what the LoRA fine-tuning adds over the frozen encoder;
+- with ``--more-folds DIR ...`` (``cross_family.py --out DIR --set seed=N`` on the same
+  data), each other seed's learned p, and the seeds' mean logit p (an ensemble): how much
+  the figures move with the training seed alone.
 
 An experiment for the next step of the predictor, not part of the shipped recipe: the
 variants are chosen on the queries they are measured on.
@@ -36,7 +39,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(ROOT / "train"))
-from batch_context_rules import measure_dir_arg, unseen_family_curves  # noqa: E402
+from batch_context_rules import (fold_curves_of, measure_dir_arg,  # noqa: E402
+                                 unseen_family_curves)
 
 BUDGETS = [48, 64, 96, 128, 160, 192, 256, 384]
 
@@ -96,7 +100,8 @@ def frozen_embedding_p(records: list[dict], test: list[dict], alpha: float = 1.0
 
 
 def main(argv=None) -> int:
-    out, splits = measure_dir_arg(argv, __doc__)
+    args = measure_dir_arg(argv, __doc__, more_folds=True)
+    out, splits = args.measure_dir, args.splits
     from clear_learn.allocation import allocate
     from clear_learn.curves import Curves
     from clear_learn.evaluation import evaluate_policies
@@ -111,6 +116,13 @@ def main(argv=None) -> int:
     raw["length tau and k, learned p"] = hybrid(raw["length"], learned)
     frozen = Curves(learned.tau, frozen_embedding_p(records, test), learned.k)
     raw["length tau and k, frozen-embedding p"] = hybrid(raw["length"], frozen)
+    seeds = [learned] + [fold_curves_of(d, "clear-learned", test) for d in args.more_folds]
+    for i, c in enumerate(seeds[1:], 1):
+        raw[f"length tau and k, learned p of --more-folds {i}"] = hybrid(raw["length"], c)
+    if len(seeds) > 1:  # the encoders' mean logit p: an ensemble of the seeds' folds
+        mean = from_theta(np.mean([to_theta(c) for c in seeds], axis=0))
+        raw[f"length tau and k, mean learned p of {len(seeds)} seeds"] = hybrid(raw["length"],
+                                                                              mean)
     fam = np.array([r["task"] for r in test])
     texts = [r["text"] for r in test]
     caps = np.array([int(r["max_new_tokens"]) for r in test])
