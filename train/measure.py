@@ -4,8 +4,8 @@
                             [--out runs/measure] [--set key=value ...]
 
 Runs, each into its own folder under ``OUT`` (a step whose report exists is reused, so an
-interrupted run resumes; ``OUT`` belongs to one state of the data and one set of options, and
-another is refused):
+interrupted run resumes; ``OUT`` belongs to one state of the data, of
+``configs/default.yaml`` and of the options, and another is refused):
 
 1. ``queries``: ``train.py`` on a random query split (held-out queries of seen families);
 2. ``unseen``: ``train.py`` with the ``--unseen`` families held out (trained without them);
@@ -175,7 +175,9 @@ def main(argv=None) -> int:
               "skipping the 'unseen' step")
         unseen = []
     out = resolve(args.out)
-    check_state(out, {"data": data_state(sources), "unseen": unseen, "set": args.set})
+    config = ROOT / "configs" / "default.yaml"  # every step's config (with --set on top)
+    check_state(out, {"data": data_state(sources), "unseen": unseen, "set": args.set,
+                      "config": hashlib.sha256(config.read_bytes()).hexdigest()})
     steps = step_commands(out, args.data, unseen, args.set)
     for step, (cmd, report) in steps.items():
         if report.is_file():
