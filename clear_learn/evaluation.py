@@ -221,20 +221,37 @@ def evaluate_policies(records: list[dict], policies: Mapping[str, Policy],
         meta["splits"] = int(splits)
     names = list(curves) + (["oracle"] if oracle else []) + (["optimum"] if optimum else [])
     sums = np.zeros((splits, len(names), len(budgets_per_query), 4))
+    halves = []  # per halving: (the scoring rollouts, the oracle's curves)
     for s in range(splits):
-        policies_s, score = dict(curves), data
         if oracle:
             fit_mask, score_mask = split_rollouts(data, seed + s)
-            policies_s["oracle"] = fit_curves(data.with_mask(fit_mask)).curves
-            score = data.with_mask(score_mask)
-        it = batches
-        if progress:
-            from tqdm.auto import tqdm
-            it = tqdm(batches, desc=f"evaluating (split {s + 1}/{splits})" if splits > 1
-                      else "evaluating", unit="batch")
-        for idx in it:
-            sums[s] += _score_batch(score.select(idx), idx, policies_s, names,
-                                    budgets_per_query, caps[idx], fallback_tokens)
+            halves.append((data.with_mask(score_mask),
+                           fit_curves(data.with_mask(fit_mask)).curves))
+        else:
+            halves.append((data, None))
+    it = batches
+    if progress:
+        from tqdm.auto import tqdm
+        it = tqdm(batches, desc="evaluating", unit="batch")
+    for idx in it:
+        totals = [int(round(b * idx.size)) for b in budgets_per_query]
+        # the policies' allocations do not depend on the halving: made once per batch
+        fixed = {name: [_budgets(name, pol, idx, B, caps[idx], fallback_tokens)
+                        for B in totals] for name, pol in curves.items()}
+        for s, (score, orc) in enumerate(halves):
+            sub, got = score.select(idx), dict(fixed)
+            if oracle:
+                got["oracle"] = [_budgets("oracle", orc, idx, B, caps[idx], fallback_tokens)
+                                 for B in totals]
+            if optimum:
+                opt = empirical_optimum([sub.tokens[i][sub.mask[i]] for i in range(idx.size)],
+                                        [sub.correct[i][sub.mask[i]] for i in range(idx.size)],
+                                        max(totals), max_tokens=caps[idx])
+                got["optimum"] = [opt.budgets(B) for B in totals]
+            for i, name in enumerate(names):
+                for j, b in enumerate(got[name]):
+                    sums[s, i, j] += (sub.accuracy_at(b).sum(), b.sum(),
+                                      sub.consumed_at(b).sum(), np.count_nonzero(b == 0))
     n = stream.size
     mean = sums.mean(axis=0)
     rows: dict[str, list[dict]] = {}
@@ -261,31 +278,16 @@ def evaluate_policies(records: list[dict], policies: Mapping[str, Policy],
                       n_queries=int(n), meta=meta)
 
 
-def _score_batch(sub: RolloutArrays, idx: np.ndarray, policies: Mapping[str, Policy],
-                 names: Sequence[str], budgets_per_query: Sequence[float], caps: np.ndarray,
-                 fallback_tokens: int) -> np.ndarray:
-    """Per policy and budget, the batch's summed (accuracy, allocated, consumed, abandoned)."""
-    totals = [int(round(b * idx.size)) for b in budgets_per_query]
-    opt = None
-    if "optimum" in names:
-        opt = empirical_optimum([sub.tokens[i][sub.mask[i]] for i in range(idx.size)],
-                                [sub.correct[i][sub.mask[i]] for i in range(idx.size)],
-                                max(totals), max_tokens=caps)
-    out = np.zeros((len(names), len(totals), 4))
-    for j, B in enumerate(totals):
-        for i, name in enumerate(names):
-            if name == "optimum":
-                b = opt.budgets(B)
-            elif isinstance(policies[name], Curves):
-                b = allocate(policies[name][idx], B, max_tokens=caps,
-                             fallback_tokens=fallback_tokens).budgets
-            else:
-                b = np.asarray(policies[name](idx, B), dtype=np.int64)
-            if b.sum() > B or np.any(b > caps):
-                raise AssertionError(f"policy {name!r} broke the budget at B={B}")
-            out[i, j] = (sub.accuracy_at(b).sum(), b.sum(), sub.consumed_at(b).sum(),
-                         np.count_nonzero(b == 0))
-    return out
+def _budgets(name: str, policy: Policy, idx: np.ndarray, total: int, caps: np.ndarray,
+             fallback_tokens: int) -> np.ndarray:
+    """``policy``'s budgets for the batch ``idx`` under ``total``; refuses a broken budget."""
+    if isinstance(policy, Curves):
+        b = allocate(policy[idx], total, max_tokens=caps, fallback_tokens=fallback_tokens).budgets
+    else:
+        b = np.asarray(policy(idx, total), dtype=np.int64)
+    if b.sum() > total or np.any(b > caps):
+        raise AssertionError(f"policy {name!r} broke the budget at B={total}")
+    return b
 
 
 def plot_frontier(report: EvalReport, path: str | Path, *, title: str = "") -> Path:
