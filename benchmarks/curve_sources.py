@@ -30,7 +30,7 @@ UNSEEN = ("gsm8k", "math500")
 
 def main(argv=None) -> int:
     args = measure_dir_arg(argv, __doc__)
-    out, splits = args.measure_dir, args.splits
+    out, halvings = args.measure_dir, args.splits
     from clear_learn.evaluation import evaluate_policies
     from clear_learn.fitting import rollout_nll
     from clear_learn.predictor.baselines import LengthCurvePredictor
@@ -64,7 +64,7 @@ def main(argv=None) -> int:
         for spread in (0.0, 0.7):
             curves = {n: pred.adjust(c, texts, tau_spread=spread, tau_k_source="encoder")
                       for n, c in raw.items()}  # each as composed here, then context, spread
-            rep = evaluate_policies(q, curves, BUDGETS, seed=0, splits=splits)
+            rep = evaluate_policies(q, curves, BUDGETS, seed=0, splits=halvings)
             for n, c in curves.items():
                 g = [r["gap_closed"] for r in rep.rows[n]]
                 nll = float((rollout_nll(c, q) * counts).sum() / counts.sum())
