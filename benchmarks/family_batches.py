@@ -173,7 +173,8 @@ def main(argv=None) -> int:
             g = [r["gap_closed"] for r in rep.rows[n]]
             sd = (np.std(np.mean([r["gap_closed_by_split"] for r in rep.rows[n][:-1]], 0),
                           ddof=1) if splits > 1 else float("nan"))
-            cells.append(f"{np.mean(g[:-1]):.3f} ±{sd:.3f} ({g[-1]:+.2f})")
+            sd384 = rep.rows[n][-1].get("gap_closed_sd", float("nan"))
+            cells.append(f"{np.mean(g[:-1]):.3f} ±{sd:.3f} ({g[-1]:+.2f} ±{sd384:.2f})")
         print(f"| {n} | " + " | ".join(cells) + " |")
     return 0
 
