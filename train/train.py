@@ -341,8 +341,9 @@ def evaluate(pred, dm, cfg: dict) -> dict:
                                         if name != "clear-learned-raw"})
     ecfg = cfg.get("evaluate", {})
     budgets = ecfg.get("budgets_per_query", [64, 128, 256, 512])
+    splits = eval_splits(cfg)
     report, nll = evaluate_predictors(test, predicted, budgets, seed=int(cfg.get("seed", 0)),
-                                      splits=eval_splits(cfg))
+                                      splits=splits)
     out = resolve(ecfg.get("out", "runs/eval"))
     report.meta.update({"n_train": len(train), "split": cfg["data"]["split"],
                         "test_tasks": cfg["data"].get("test_tasks"),
@@ -361,8 +362,8 @@ def evaluate(pred, dm, cfg: dict) -> dict:
     print("\nNLL per held-out rollout: " + ", ".join(f"{k} {v:.4f}" for k, v in nll.items()))
     print(f"wrote {out / 'report.json'} and {out / 'frontier.png'}")
     gaps = {name: [_finite(r["gap_closed"]) for r in rows] for name, rows in report.rows.items()}
-    return {"test_queries": len(test), "nll_per_rollout": {k: round(v, 4)
-                                                          for k, v in nll.items()},
+    return {"test_queries": len(test), "eval_splits": splits,
+            "nll_per_rollout": {k: round(v, 4) for k, v in nll.items()},
             "gap_closed": {k: [None if x is None else round(x, 3) for x in v]
                            for k, v in gaps.items()},
             "mean_gap_closed": {k: _finite(v) for k, v in means.items()},
