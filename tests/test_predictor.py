@@ -575,6 +575,17 @@ def test_leave_one_family_out_resumes(sim_file, tmp_path, capsys):
     assert capsys.readouterr().out.count("reusing") == 1
 
 
+def test_bad_evaluate_splits_is_refused_before_training(tmp_path):
+    sys.path.insert(0, str(ROOT / "train"))
+    import cross_family
+    import train
+
+    args = ["--set", "evaluate.splits=0", "--set", f"data.data={tmp_path / 'none.jsonl'}"]
+    for main in (train.main, cross_family.main):  # the data would fail later; this first
+        with pytest.raises(SystemExit, match="evaluate.splits must be a positive integer"):
+            main(args)
+
+
 def test_splits_by_query_and_by_task():
     from clear_learn.predictor.data import split_records
 

@@ -177,6 +177,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="runs/cross_family")
     args = ap.parse_args(argv)
     cfg = load_config(args.config, args.set)
+    eval_splits(cfg)  # a bad value fails now, not after every fold's training
 
     from clear_learn.curves import Curves
     from clear_learn.evaluation import mean_gap_closed, plot_frontier

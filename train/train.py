@@ -282,6 +282,8 @@ def main(argv=None) -> int:
     ap.add_argument("--no-eval", action="store_true")
     args = ap.parse_args(argv)
     cfg = load_config(args.config, args.set)
+    if not args.no_eval:
+        eval_splits(cfg)  # a bad value fails now, not after the training
     pred, dm, metrics = train_predictor(cfg, resume=args.resume)
     if pred is None:
         return 0
