@@ -135,12 +135,14 @@ def unseen_family_curves(out: Path, policy: str = "clear-learned"):
     """``(records as measured, the unseen-family test records in cross_family.py's order,
     their ``policy`` curves before batch context, the per-family batch-context slopes)`` of a
     measure run ``out``."""
+    from clear_learn.curves import Curves
+
     records = measured_records(json.loads((out / "state.json").read_text()))
     fam_dir = out / "families"
     slopes = json.loads((fam_dir / "report.json").read_text())["meta"]["batch_context"]
     learned = fold_rows(fam_dir, policy)
     test = [r for r in records if str(r["id"]) in learned]  # cross_family.py's order
-    return records, test, fold_curves_of(fam_dir, policy, test), slopes
+    return records, test, Curves.from_records([learned[str(r["id"])] for r in test]), slopes
 
 
 def fold_rows(fam_dir: Path, policy: str) -> dict[str, dict]:

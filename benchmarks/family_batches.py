@@ -114,8 +114,8 @@ def main(argv=None) -> int:
            "length": unseen_family_curves(out, "clear-length")[2]}
     raw["blend learned+length"] = from_theta((to_theta(learned) + to_theta(raw["length"])) / 2)
     raw["length tau and k, learned p"] = hybrid(raw["length"], learned)
-    frozen = Curves(learned.tau, frozen_embedding_p(records, test), learned.k)
-    raw["length tau and k, frozen-embedding p"] = hybrid(raw["length"], frozen)
+    raw["length tau and k, frozen-embedding p"] = Curves(
+        raw["length"].tau, frozen_embedding_p(records, test), raw["length"].k)
     seeds = [learned] + [fold_curves_of(d, "clear-learned", test) for d in args.more_folds]
     for i, c in enumerate(seeds[1:], 1):
         raw[f"length tau and k, learned p of --more-folds {i}"] = hybrid(raw["length"], c)
