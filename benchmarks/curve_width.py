@@ -32,15 +32,17 @@ def main(argv=None) -> int:
     out, splits = args.measure_dir, args.splits
     from clear_learn.evaluation import evaluate_policies
     from clear_learn.fitting import rollout_nll
-    from clear_learn.predictor.batch_context import relative_log_length, shift_by_length
+    from clear_learn.predictor.batch_context import (clip_offsets, relative_log_length,
+                                                     shift_by_length)
     from clear_learn.predictor.calibration import tau_spread_by_group
 
     _, test, curves, slopes = unseen_family_curves(out)
     fam = np.array([r["task"] for r in test])
     if slopes:
         ctx = next(iter(slopes.values()))
-        d = relative_log_length([r["text"] for r in test], ctx["neighbours"],
-                                ctx["min_similarity"])
+        d = clip_offsets(relative_log_length([r["text"] for r in test], ctx["neighbours"],
+                                             ctx["min_similarity"]),
+                         [slopes[f].get("max_offset") for f in fam])
         curves = shift_by_length(curves, d, np.array([slopes[f]["tau_slope"] for f in fam]),
                                  np.array([slopes[f]["p_slope"] for f in fam]))
     counts = np.array([len(r["rollouts"]) for r in test], dtype=float)

@@ -105,8 +105,9 @@ def main(argv=None) -> int:
     from clear_learn.allocation import allocate
     from clear_learn.curves import Curves
     from clear_learn.evaluation import evaluate_policies
-    from clear_learn.predictor.batch_context import (BatchContext, neighbour_mean,
-                                                     relative_log_length, shift_by_length)
+    from clear_learn.predictor.batch_context import (BatchContext, clip_offsets,
+                                                     neighbour_mean, relative_log_length,
+                                                     shift_by_length)
     from clear_learn.predictor.calibration import tau_spread_by_group
 
     records, test, learned, slopes = unseen_family_curves(out)
@@ -129,6 +130,7 @@ def main(argv=None) -> int:
     ctx = {f: BatchContext.from_dict(d) for f, d in slopes.items()}
     ts = np.array([ctx[f].tau_slope for f in fam])
     ps = np.array([ctx[f].p_slope for f in fam])
+    bound = [ctx[f].max_offset for f in fam]  # None in folds made before it was recorded
     names = list(raw) + ["learned, averaged among look-alikes", "learned, p slope x2"]
 
     def shifted(name: str, idx: np.ndarray):
@@ -137,7 +139,7 @@ def main(argv=None) -> int:
         c = raw["learned" if name not in raw else name][idx]
         if name == "learned, averaged among look-alikes":
             c = from_theta(neighbour_mean(sub, to_theta(c)))
-        d = relative_log_length(sub)
+        d = clip_offsets(relative_log_length(sub), [bound[i] for i in idx])
         return shift_by_length(c, d, ts[idx], ps[idx] * (2 if "x2" in name else 1))
 
     every = np.arange(len(test))

@@ -5,9 +5,9 @@ import pytest
 
 from clear_learn.curves import Curves
 from clear_learn.predictor.batch_context import (BatchContext, apply_batch_context,
-                                                 neighbour_log_length, neighbour_mean,
-                                                 shift_by_length,
-                                                 within_task_slopes)
+                                                 clip_offsets, neighbour_log_length,
+                                                 neighbour_mean, relative_log_length,
+                                                 shift_by_length, within_task_slopes)
 
 
 def _record(task, text, lengths, correct):
@@ -93,8 +93,38 @@ def test_bad_context_is_refused_by_name():
         BatchContext(0.1, -1.0, neighbours=0)
     with pytest.raises(ValueError, match="unknown keys"):
         BatchContext.from_dict({"tau_slope": 0.1, "p_slope": 0.0, "radius": 3})
-    ctx = BatchContext(0.1, -1.0)
-    assert BatchContext.from_dict(ctx.to_dict()) == ctx
+    with pytest.raises(ValueError, match="max_offset must be a finite number >= 0"):
+        BatchContext(0.1, -1.0, max_offset=-0.5)
+    with pytest.raises(ValueError, match="max_offset must be a finite number >= 0"):
+        BatchContext.from_dict({"tau_slope": 0.1, "p_slope": 0.0, "max_offset": "1"})
+    for ctx in (BatchContext(0.1, -1.0), BatchContext(0.1, -1.0, max_offset=0.7)):
+        assert BatchContext.from_dict(ctx.to_dict()) == ctx
+
+
+def test_offsets_are_clipped_to_the_largest_seen_in_training():
+    recs = _families()
+    ctx = within_task_slopes(recs)
+    logs = np.log([len(r["text"]) for r in recs])
+    fam = np.array([r["task"] for r in recs])
+    within = [abs(logs[i] - logs[fam == fam[i]].mean()) for i in range(len(recs))]
+    assert ctx.max_offset == pytest.approx(max(within))
+    # a text with a long preamble, among its short look-alikes: d is far beyond the bound
+    texts = ["count the letters in apple", "count the letters in pear",
+             "background " * 300 + "count the letters in plum"]
+    d = relative_log_length(texts)
+    assert d[2] > 0.8
+    bounded = BatchContext(0.5, -1.0, max_offset=0.4)
+    curves = Curves(np.full(3, 100.0), np.full(3, 0.5), np.full(3, 0.02))
+    out = apply_batch_context(curves, texts, bounded)
+    want = shift_by_length(curves, np.clip(d, -0.4, 0.4), 0.5, -1.0)
+    assert np.allclose(out.tau, want.tau) and np.allclose(out.p, want.p)
+    assert out.tau[2] == pytest.approx(100 * np.exp(0.5 * 0.4))
+    free = apply_batch_context(curves, texts, BatchContext(0.5, -1.0))  # older exports
+    assert free.tau[2] == pytest.approx(100 * np.exp(0.5 * d[2]))
+    # one bound per offset; None entries leave theirs alone
+    assert np.array_equal(clip_offsets(np.array([2.0, -2.0, 2.0]), [1.0, 0.5, None]),
+                          [1.0, -0.5, 2.0])
+    assert np.array_equal(clip_offsets(np.array([3.0]), None), [3.0])
 
 
 def test_stream_policy_gives_each_batch_its_own_context():

@@ -213,6 +213,54 @@ def test_tau_and_k_from_a_length_line(trained, tmp_path):
     assert np.allclose(d["clear-learned"].p, own.p)
 
 
+def test_no_extrapolation_beyond_the_trained_lengths(trained, tmp_path):
+    """A text longer than every training text is read as the longest one: by the head's
+    length feature and by the length line (a long preamble must not push tau past the cap)."""
+    from clear_learn.predictor.baselines import LengthCurvePredictor
+    from clear_learn.predictor.export import ClearPredictor, PredictorLoadError
+
+    _export(trained, tmp_path / "p", ["calibration.tau_k_from=length"])
+    pred = ClearPredictor.from_pretrained(tmp_path / "p")
+    train = [r["text"] for r in trained[1].split_records("train")]
+    n_tok = [len(x) for x in pred.tokenizer(train, truncation=False)["input_ids"]]
+    assert pred.n_tokens_range == (min(n_tok), max(n_tok))
+    chars = [len(t) for t in train]
+    assert pred.config["length_curve"]["chars_range"] == [min(chars), max(chars)]
+    assert pred.config["batch_context"]["max_offset"] > 0
+    card = (tmp_path / "p" / "README.md").read_text()
+    assert f"trained on texts of {min(chars)}-{max(chars)} characters" in card
+
+    longest = max(train, key=len)
+    texts = [train[0], longest, longest + " and so on" * 400]
+    seen = []
+    forward = pred.model.forward
+    pred.model.forward = lambda *a: seen.append(a[2].clone()) or forward(*a)
+    bare = dict(batch_context=False, tau_spread=0)
+    got = pred.predict(texts, **bare)
+    fed = torch.cat(seen).tolist()
+    assert max(fed) == max(n_tok) and sorted(fed)[0] == n_tok[0]
+    assert got.tau[2] == pytest.approx(got.tau[1])  # the line stops at the longest text
+    assert got.tau[2] == pytest.approx(LengthCurvePredictor.from_dict(
+        pred.config["length_curve"]).predict([longest]).tau[0])
+
+    # a predictor exported before the ranges were recorded extrapolates, as it did then
+    cfg = json.loads((tmp_path / "p" / "config.json").read_text())
+    old = dict(cfg, n_tokens_range=None,
+               length_curve={k: v for k, v in cfg["length_curve"].items()
+                             if k != "chars_range"})
+    (tmp_path / "p" / "config.json").write_text(json.dumps(old))
+    assert ClearPredictor.from_pretrained(tmp_path / "p").predict(texts, **bare).tau[2] > \
+        got.tau[2]
+    for bad in ([5], [9, 3], ["a", 1], [0, float("inf")]):
+        (tmp_path / "p" / "config.json").write_text(json.dumps(dict(cfg, n_tokens_range=bad)))
+        with pytest.raises(PredictorLoadError, match="bad 'n_tokens_range'"):
+            ClearPredictor.from_pretrained(tmp_path / "p")
+    (tmp_path / "p" / "config.json").write_text(json.dumps(dict(
+        cfg, length_curve=dict(cfg["length_curve"], chars_range=[10]))))
+    with pytest.raises(PredictorLoadError, match="bad 'length_curve'.*chars_range"):
+        ClearPredictor.from_pretrained(tmp_path / "p")
+
+
 def test_training_can_start_from_an_exported_predictor(trained, sim_file, tmp_path):
     """model.init_from (recalibration): fitting starts at the exported weights, not at a fresh
     head; a predictor of another architecture is refused, naming the field."""

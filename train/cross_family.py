@@ -59,10 +59,8 @@ def adjust(curves: dict, test: list[dict], idx: np.ndarray, contexts: dict | Non
     sub = [test[i] for i in idx]
     out = {name: c[idx] for name, c in curves.items()}
     if contexts:
-        slopes = (np.array([contexts[r["task"]].tau_slope for r in sub]),
-                  np.array([contexts[r["task"]].p_slope for r in sub]))
         out = with_context(out, [r["text"] for r in sub], next(iter(contexts.values())),
-                           slopes)
+                           [contexts[r["task"]] for r in sub])
     if spreads:
         out = with_spread(out, {name: np.array([per[r["task"]] for r in sub])
                                 for name, per in spreads.items()})

@@ -99,6 +99,10 @@ def export_predictor(module, dm, cfg: dict, metrics: dict | None = None):
                      "init_from": mcfg.get("init_from")},
         "metrics": metrics or {},
     }
+    n_tok = [len(x) for x in dm.tokenizer([r["text"] for r in records], truncation=False,
+                                          verbose=False)["input_ids"]]
+    if n_tok:
+        pcfg["n_tokens_range"] = [min(n_tok), max(n_tok)]
     ctx = context_from_config(cfg, records)
     if ctx is not None:
         pcfg["batch_context"] = ctx.to_dict()
@@ -123,16 +127,22 @@ def context_from_config(cfg: dict, records: list[dict]):
     return within_task_slopes(records, **bcfg)
 
 
-def with_context(predicted: dict, texts: list[str], ctx, slopes=None) -> dict:
-    """``predicted`` with every curve shifted by batch context (``ctx``; ``slopes``, a pair
-    of per-curve arrays, replaces its slopes), plus the learned curves as they were under
-    ``clear-learned-raw``; unchanged when ``ctx`` is None."""
-    from clear_learn.predictor.batch_context import relative_log_length, shift_by_length
+def with_context(predicted: dict, texts: list[str], ctx, per_query=None) -> dict:
+    """``predicted`` with every curve shifted by batch context (``ctx``; ``per_query``, one
+    ``BatchContext`` per text, replaces its slopes and offset bound text by text), plus the
+    learned curves as they were under ``clear-learned-raw``; unchanged when ``ctx`` is None."""
+    from clear_learn.predictor.batch_context import (clip_offsets, relative_log_length,
+                                                     shift_by_length)
 
     if ctx is None:
         return predicted
-    d = relative_log_length(texts, ctx.neighbours, ctx.min_similarity)
-    tau_slope, p_slope = slopes if slopes is not None else (ctx.tau_slope, ctx.p_slope)
+    if per_query is None:
+        d, tau_slope, p_slope = ctx.offsets(texts), ctx.tau_slope, ctx.p_slope
+    else:
+        d = clip_offsets(relative_log_length(texts, ctx.neighbours, ctx.min_similarity),
+                         [c.max_offset for c in per_query])
+        tau_slope = np.array([c.tau_slope for c in per_query])
+        p_slope = np.array([c.p_slope for c in per_query])
     out = {name: shift_by_length(c, d, tau_slope, p_slope) for name, c in predicted.items()}
     out["clear-learned-raw"] = predicted["clear-learned"]
     return out

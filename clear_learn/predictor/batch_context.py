@@ -15,6 +15,9 @@ without knowing any family:
   similarity, so that unrelated texts count little.
 - :func:`apply_batch_context`: ``tau *= exp(s_tau * d)`` and ``logit p += s_p * d``, with
   ``d = log(len) - centre``: a query longer than its look-alikes gets a later, lower curve.
+  ``d`` is clipped to the largest offset seen within a training family (``max_offset``), so
+  a text far longer than its neighbours (a long preamble, say) is not pushed beyond what the
+  slopes were fitted on.
 
 A single query is left as predicted, and so, nearly, is one unlike every other text of its
 batch. Chosen among six centre rules (no shift; the 10 nearest, unweighted, above a threshold
@@ -34,7 +37,7 @@ import numpy as np
 from ..curves import Curves
 
 __all__ = ["BatchContext", "within_task_slopes", "neighbour_log_length", "relative_log_length",
-           "shift_by_length", "apply_batch_context", "batch_context_policy"]
+           "clip_offsets", "shift_by_length", "apply_batch_context", "batch_context_policy"]
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,7 @@ class BatchContext:
     p_slope: float
     neighbours: int = 10
     min_similarity: float = 0.0
+    max_offset: float | None = None  # |d| is clipped to it; None: no clipping (older exports)
 
     def __post_init__(self) -> None:
         for name in ("tau_slope", "p_slope", "min_similarity"):
@@ -54,13 +58,24 @@ class BatchContext:
                                  f"{getattr(self, name)!r}")
         if int(self.neighbours) < 1:
             raise ValueError(f"BatchContext.neighbours must be >= 1, got {self.neighbours!r}")
+        m = self.max_offset
+        if m is not None and not (isinstance(m, (int, float)) and np.isfinite(m) and m >= 0):
+            raise ValueError(f"BatchContext.max_offset must be a finite number >= 0 or None, "
+                             f"got {m!r}")
+
+    def offsets(self, texts: Sequence[str]) -> np.ndarray:
+        """Each text's ``d``: its :func:`relative_log_length` in the batch ``texts``, clipped
+        to ``[-max_offset, max_offset]``."""
+        d = relative_log_length(texts, self.neighbours, self.min_similarity)
+        return clip_offsets(d, self.max_offset)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "BatchContext":
-        unknown = set(d) - {"tau_slope", "p_slope", "neighbours", "min_similarity"}
+        unknown = set(d) - {"tau_slope", "p_slope", "neighbours", "min_similarity",
+                            "max_offset"}
         if unknown:
             raise ValueError(f"batch_context: unknown keys {sorted(unknown)}")
         return cls(**d)
@@ -70,14 +85,19 @@ def _log_length(texts: Sequence[str]) -> np.ndarray:
     return np.log(np.maximum([len(t) for t in texts], 1)).astype(float)
 
 
+def _demeaned(v: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """``v`` less the mean of its group."""
+    out = v.astype(float).copy()
+    for g in np.unique(groups):
+        m = groups == g
+        out[m] -= out[m].mean()
+    return out
+
+
 def _within_slope(x: np.ndarray, y: np.ndarray, groups: np.ndarray) -> float:
     """Least-squares slope of ``y`` on ``x`` after removing each group's means (0 if ``x``
     never varies within a group)."""
-    xd, yd = x.copy(), y.copy()
-    for g in np.unique(groups):
-        m = groups == g
-        xd[m] -= xd[m].mean()
-        yd[m] -= yd[m].mean()
+    xd, yd = _demeaned(x, groups), _demeaned(y, groups)
     sxx = float(xd @ xd)
     return float(xd @ yd / sxx) if sxx > 1e-12 else 0.0
 
@@ -89,6 +109,7 @@ def within_task_slopes(records: list[dict], *, neighbours: int = 10,
     ``tau_slope``: of ``log(mean length of the correct rollouts)`` (queries never solved are
     left out); ``p_slope``: of ``log((c + 1/2) / (n - c + 1/2))`` with ``c`` correct of ``n``.
     Families are the records' ``task`` (records without one form a single family).
+    ``max_offset`` is the largest ``|log(len) - family mean|`` among them.
     """
     if not records:
         raise ValueError("within_task_slopes: no records")
@@ -104,7 +125,8 @@ def within_task_slopes(records: list[dict], *, neighbours: int = 10,
         tau_slope=_within_slope(x[solved], log_len[solved], groups[solved]) if solved.any()
         else 0.0,
         p_slope=_within_slope(x, logit, groups),
-        neighbours=int(neighbours), min_similarity=float(min_similarity))
+        neighbours=int(neighbours), min_similarity=float(min_similarity),
+        max_offset=float(np.abs(_demeaned(x, groups)).max()))
 
 
 def neighbour_mean(texts: Sequence[str], values: np.ndarray, neighbours: int = 10,
@@ -155,6 +177,15 @@ def relative_log_length(texts: Sequence[str], neighbours: int = 10,
     return _log_length(texts) - neighbour_log_length(texts, neighbours, min_similarity)
 
 
+def clip_offsets(d: np.ndarray, max_offset) -> np.ndarray:
+    """``d`` clipped to ``[-max_offset, max_offset]`` (one bound, or one per offset; None
+    leaves it as it is, as does a None entry)."""
+    if max_offset is None:
+        return np.asarray(d, dtype=float)
+    lim = np.array([np.inf if m is None else m for m in np.atleast_1d(max_offset)], dtype=float)
+    return np.clip(np.asarray(d, dtype=float), -lim, lim)
+
+
 def shift_by_length(curves: Curves, d: np.ndarray, tau_slope: np.ndarray | float,
                     p_slope: np.ndarray | float) -> Curves:
     """``tau * exp(tau_slope * d)`` and ``logit p + p_slope * d`` (slopes: one, or one per
@@ -174,8 +205,7 @@ def apply_batch_context(curves: Curves, texts: Sequence[str], ctx: BatchContext)
     texts = list(texts)
     if len(texts) != len(curves):
         raise ValueError(f"apply_batch_context: {len(texts)} texts for {len(curves)} curves")
-    d = relative_log_length(texts, ctx.neighbours, ctx.min_similarity)
-    return shift_by_length(curves, d, ctx.tau_slope, ctx.p_slope)
+    return shift_by_length(curves, ctx.offsets(texts), ctx.tau_slope, ctx.p_slope)
 
 
 def batch_context_policy(raw: Curves, texts: Sequence[str], ctx: BatchContext,

@@ -27,7 +27,7 @@ import numpy as np
 from ..allocation import AllocationResult, allocate
 from ..curves import Curves
 from .batch_context import BatchContext, apply_batch_context
-from .baselines import LengthCurvePredictor
+from .baselines import LengthCurvePredictor, check_length_range
 from .calibration import check_tau_spread
 from .features import surface_features
 
@@ -75,6 +75,14 @@ class ClearPredictor:
         return str(self.config.get("tau_k_source", "encoder"))
 
     @property
+    def n_tokens_range(self) -> tuple[float, float] | None:
+        """The range of text lengths in tokens it was trained on: the head's length feature
+        is clipped to it, so a longer text is read as the longest trained one (None: no
+        clipping, for predictors exported before it was recorded)."""
+        rng = self.config.get("n_tokens_range")
+        return None if rng is None else check_length_range(rng, "n_tokens_range")
+
+    @property
     def tau_spread(self) -> float:
         """The threshold uncertainty it was exported with (sd ``tau_spread * tau``; 0: none)."""
         return float(self.config.get("tau_spread", 0.0))
@@ -110,6 +118,7 @@ class ClearPredictor:
                              f"{texts[bad[0]]!r}")
         parts = []
         cap = float(self.max_new_tokens)
+        n_range = self.n_tokens_range
         with torch.inference_mode():
             order = np.argsort([len(t) for t in texts])  # similar lengths pad less
             for a in range(0, len(texts), batch_size):
@@ -121,6 +130,8 @@ class ClearPredictor:
                 n_tok = torch.tensor([len(x) for x in self.tokenizer(
                     batch, truncation=False, verbose=False)["input_ids"]],
                     dtype=torch.float32, device=self.device)
+                if n_range is not None:  # no extrapolation beyond the trained lengths
+                    n_tok = n_tok.clamp(*n_range)
                 surface = None
                 if getattr(self.model, "surface_features", False):
                     surface = torch.from_numpy(surface_features(batch)).to(self.device)
@@ -247,6 +258,12 @@ class ClearPredictor:
                 LengthCurvePredictor.from_dict(cfg.get("length_curve"))
             except ValueError as err:
                 raise PredictorLoadError(f"{path / 'config.json'}: bad 'length_curve': "
+                                         f"{err}") from None
+        if cfg.get("n_tokens_range") is not None:
+            try:
+                check_length_range(cfg["n_tokens_range"], "n_tokens_range")
+            except ValueError as err:
+                raise PredictorLoadError(f"{path / 'config.json'}: bad 'n_tokens_range': "
                                          f"{err}") from None
         if "tau_spread" in cfg:
             try:
@@ -382,6 +399,7 @@ def model_card(cfg: dict) -> str:
         f"{' + log text length' if cfg.get('length_feature') else ''}"
         f"{' + surface features' if cfg.get('surface_features') else ''}"
         f" -> {cfg.get('head_hidden')} -> 3",
+        *_range_lines(cfg),
         f"- tau and k: {_source_line(cfg)}",
         *_context_lines(cfg.get("batch_context")),
         f"- threshold spread: {_spread_line(cfg.get('tau_spread', 0.0))}",
@@ -418,8 +436,23 @@ def _context_lines(ctx: dict | None) -> list[str]:
             f"call (its {ctx['neighbours']} most similar texts by TF-IDF cosine"
             + (f", those >= {ctx['min_similarity']}" if ctx["min_similarity"] > 0 else "")
             + f") gets tau x exp({ctx['tau_slope']:.3f} d) and "
-            f"logit p {ctx['p_slope']:+.3f} d (within-family slopes of its training data); "
-            "`predict(texts, batch_context=False)` turns it off"]
+            f"logit p {ctx['p_slope']:+.3f} d (within-family slopes of its training data"
+            + (f"; |d| clipped to {ctx['max_offset']:.2f}, the largest within a training "
+               "family" if ctx.get("max_offset") is not None else "")
+            + "); `predict(texts, batch_context=False)` turns it off"]
+
+
+def _range_lines(cfg: dict) -> list[str]:
+    """Card lines for the text lengths it was trained on (no extrapolation beyond them)."""
+    toks = cfg.get("n_tokens_range")
+    chars = (cfg.get("length_curve") or {}).get("chars_range")
+    if toks is None and chars is None:
+        return []
+    seen = " and ".join(x for x in (
+        f"{chars[0]:.0f}-{chars[1]:.0f} characters" if chars else "",
+        f"{toks[0]:.0f}-{toks[1]:.0f} tokens" if toks else "") if x)
+    return [f"- trained on texts of {seen}: a longer (or shorter) text is read as the "
+            "nearest trained length (no extrapolation)"]
 
 
 def _source_line(cfg: dict) -> str:
