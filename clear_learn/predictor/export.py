@@ -421,7 +421,9 @@ def model_card(cfg: dict) -> str:
     lines += ["", "## Intended use", "",
               "Routing token budgets across batches of reasoning queries for the model above. "
               "Not a correctness predictor for any single query; scored only on the task "
-              "families listed in its training data.", "",
+              "families listed in its training data. Pass each query's own problem text, as "
+              "in training (no system prompt, few-shot examples or retrieved context): the "
+              "encoder reads only the first max_length tokens.", "",
               "On task families it was not trained on its curves are rougher: measured by "
               "leave-one-family-out (`train/measure.py`, figures in the project README), "
               "CLEAR on predicted curves beat an even split where tokens were scarce and fell "
