@@ -540,7 +540,7 @@ def test_main_job_evaluates_then_refits_on_every_query(sim_file, tmp_path, capsy
     assert f"- threshold spread: curves widened by a threshold uncertainty of sd {spread:g}" in card
     assert pred.config["tau_spread"] == spread
     assert set(pred.config["batch_context"]) == {"tau_slope", "p_slope", "neighbours",
-                                                 "min_similarity"}
+                                                 "min_similarity", "max_offset"}
     assert {"clear-learned-raw", "clear-learned-narrow"} <= set(metrics["gap_closed"])
     # the default takes tau and k from the length line, and reports the encoder's own too
     assert pred.tau_k_source == "length" and "clear-encoder" in metrics["gap_closed"]
