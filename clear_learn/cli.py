@@ -271,19 +271,13 @@ def cmd_model(args) -> int:
 
 
 def cmd_problems(args) -> int:
-    from .generation.problems import (reasoning_gym_problems, shared_problems,
-                                      strip_shared_texts)
+    from .generation.problems import benchmark_problems, default_problems, strip_shared_texts
     from .rollouts import write_jsonl
 
     if args.source == "default":
-        rows = reasoning_gym_problems(per_setting=args.per_setting, seed=args.seed)
+        rows = default_problems(seed=args.seed)
     else:
-        rng = np.random.default_rng(args.seed)
-        gsm = shared_problems("gsm8k")
-        math = shared_problems("math500", levels=[1, 2, 3])
-        gsm = [gsm[i] for i in rng.permutation(len(gsm))[: args.per_set]]
-        math = [math[i] for i in rng.permutation(len(math))[: args.per_set]]
-        rows = [r for pair in zip(gsm, math) for r in pair]
+        rows = benchmark_problems(seed=args.seed)
         if not args.with_texts:
             rows = strip_shared_texts(rows)
     write_jsonl(rows, args.output)
@@ -320,11 +314,12 @@ def cmd_rollouts(args) -> int:
 def cmd_regrade(args) -> int:
     from .generation.driver import regrade
     from .generation.problems import join_shared_texts
+    from .generation.texts import load_texts
     from .rollouts import read_rollouts, write_jsonl
 
     records = read_rollouts(args.rollouts, validate=False)
     problems = {str(p["id"]): p for p in join_shared_texts(_rows(args.problems))}
-    texts = {str(r["id"]): r["texts"] for r in _rows(args.texts)}  # the last copy of an id wins
+    texts = load_texts(args.texts)  # the last copy of an id wins
     new, changed = regrade(records, texts, problems)
     out = args.output or args.rollouts
     if not args.dry_run:
@@ -472,8 +467,6 @@ def build_parser() -> argparse.ArgumentParser:
                                    "--with-texts).")
     p.add_argument("source", choices=["default", "benchmark"])
     p.add_argument("-o", "--output", required=True)
-    p.add_argument("--per-setting", type=int, default=20)
-    p.add_argument("--per-set", type=int, default=60)
     p.add_argument("--seed", type=int, default=2026)
     p.add_argument("--with-texts", action="store_true")
     p.set_defaults(func=cmd_problems)
@@ -507,7 +500,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("regrade", help="recompute every rollout's correctness from saved "
                                        "response texts (after a grader fix), atomically")
     p.add_argument("rollouts")
-    p.add_argument("--texts", required=True, help="the side file written by rollouts --texts")
+    p.add_argument("--texts", required=True, nargs="+",
+                   help="side files written by rollouts --texts, packed chunks, or folders")
     p.add_argument("--problems", required=True, help="the problem file the rollouts came from")
     p.add_argument("-o", "--output", help="write here (default: replace the rollout file)")
     p.add_argument("--dry-run", action="store_true", help="count changed labels, write nothing")

@@ -141,6 +141,24 @@ def test_seeds_are_stable_and_distinct():
     assert sample_seed(0, "a", 0) != sample_seed(1, "a", 0)
 
 
+@pytest.mark.parametrize("response, reference, right", [
+    # issue 16: wrappers, spaces, "x =", signs and leading dots were graded wrong although right
+    (r"\boxed{\text{18}}", "18", True), (r"\boxed{\mathbf{18}}", "18", True),
+    (r"\boxed{1\,000}", "1000", True), (r"\boxed{x = 18}", "18", True),
+    (r"\boxed{+5}", "5", True), (r"\boxed{-\frac{1}{2}}", "-0.5", True),
+    (r"\boxed{.5}", "0.5", True), (r"\boxed{18 \text{ dollars}}", "18", True),
+    (r"\boxed{90^\circ}", "90", True), (r"\boxed{50\%}", "50", True),
+    (r"\boxed{12 cm}", "12", True), (r"\boxed{1,000,000}", "1000000", True),
+    (r"\boxed{\textbf{\$1,200}}", "1200", True), (r"\boxed{\frac{-1}{2}}", "-0.5", True),
+    # ... and a comma that is not a thousands separator was dropped
+    (r"\boxed{3,5}", "35", False), (r"\boxed{1,2,3}", "123", False),
+    (r"\boxed{18 \text{ and } 20}", "18", False), (r"\boxed{-18}", "18", False),
+    (r"\boxed{\text{x}}", "18", False),
+])
+def test_numeric_grader_spellings(response, reference, right):
+    assert grade_numeric(response, reference) is right
+
+
 def test_graders():
     assert last_boxed(r"x \boxed{1} y \boxed{\frac{a}{b}} z") == r"\frac{a}{b}"
     assert last_boxed("no box") is None and last_boxed(r"\boxed{unclosed") is None
@@ -187,12 +205,41 @@ def test_scientific_to_e():
 
 def test_embedded_problem_files_match_their_generator():
     pytest.importorskip("reasoning_gym")
-    from clear_learn.generation.problems import reasoning_gym_problems
+    from clear_learn.generation.problems import (BROAD_SETTINGS, DEFAULT_SETTINGS,
+                                                 default_problems)
 
     path = ROOT / "clear_learn" / "data" / "problems-default.jsonl"
     rows = [json.loads(x) for x in path.read_text().splitlines()]
-    assert len(rows) >= 400
-    assert rows[:30] == reasoning_gym_problems(per_setting=20)[:30]
+    assert rows == default_problems()
+    assert len({r["id"] for r in rows}) == len(rows)
+    # the original 440 problems first, as published; then every prefix of the broad block is
+    # balanced across its settings
+    assert [r["task"] for r in rows[:22]] == [s.family for s in DEFAULT_SETTINGS]
+    broad = rows[440:]
+    n = len(BROAD_SETTINGS)
+    for start in range(0, len(broad), n):
+        assert [(r["task"], r["difficulty"]) for r in broad[start:start + n]] == [
+            (s.family, s.difficulty) for s in BROAD_SETTINGS]
+
+
+def test_broad_setting_seeds_do_not_depend_on_position():
+    pytest.importorskip("reasoning_gym")
+    from clear_learn.generation.problems import BROAD_SETTINGS, reasoning_gym_problems
+
+    a = reasoning_gym_problems(BROAD_SETTINGS[:3], 2, positional_seeds=False)
+    b = reasoning_gym_problems(BROAD_SETTINGS[1:3], 2, positional_seeds=False)
+    first = (BROAD_SETTINGS[0].family, BROAD_SETTINGS[0].difficulty)
+    assert [r for r in a if (r["task"], r["difficulty"]) != first] == b
+
+
+def test_embedded_benchmark_file_matches_its_generator(shared_rollouts):
+    from clear_learn.generation.problems import benchmark_problems, strip_shared_texts
+
+    path = ROOT / "clear_learn" / "data" / "problems-benchmark.jsonl"
+    rows = [json.loads(x) for x in path.read_text().splitlines()]
+    assert rows == strip_shared_texts(benchmark_problems())
+    assert len({r["id"] for r in rows}) == len(rows) == 220
+    assert sum(r.get("difficulty") in ("level-4", "level-5") for r in rows) == 40
 
 
 def test_shared_problems_join_back(shared_rollouts):
@@ -286,3 +333,30 @@ def test_embedded_rollout_files_validate(shared_rollouts):
     if bench.is_file():
         raw = [json.loads(x) for x in bench.read_text().splitlines() if x.strip()]
         assert all("text" not in r and "answer" not in r for r in raw)  # never committed
+
+
+def test_texts_pack_into_chunks_and_load_back(tmp_path):
+    from clear_learn.generation.texts import CHUNK, load_texts, pack_texts
+
+    ids = [f"q{i}" for i in range(CHUNK + 5)]
+    side = tmp_path / "side.jsonl"
+    side.write_text("".join(json.dumps({"id": f"q{i}", "texts": [f"a{i}", f"b{i}"]}) + "\n"
+                            for i in (0, 3, CHUNK + 1)) + '{"id": "q4", "te')  # torn last line
+    out = tmp_path / "texts"
+    written = pack_texts([side], ids, out, stem="default")
+    assert written == {f"default-0000-{CHUNK:04d}.jsonl.gz": 2,
+                       f"default-{CHUNK:04d}-{2 * CHUNK:04d}.jsonl.gz": 1}
+    side2 = tmp_path / "side2.jsonl"
+    side2.write_text(json.dumps({"id": "q5", "texts": ["c"]}) + "\n")
+    assert pack_texts([side2], ids, out, stem="default") == {
+        f"default-0000-{CHUNK:04d}.jsonl.gz": 3}
+    assert pack_texts([side2], ids, out, stem="default") == {}  # nothing new: nothing written
+    texts = load_texts([out])
+    assert texts == {"q0": ["a0", "b0"], "q3": ["a3", "b3"], "q5": ["c"],
+                     f"q{CHUNK + 1}": [f"a{CHUNK + 1}", f"b{CHUNK + 1}"]}
+    with pytest.raises(ValueError, match="not in the problem file"):
+        pack_texts([side], ids[:2], out, stem="default")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": "q1", "texts": "oops"}\n{"id": "q2", "texts": []}\n')
+    with pytest.raises(ValueError, match=r"bad.jsonl, line 1"):
+        load_texts([bad])

@@ -1,18 +1,18 @@
 #!/usr/bin/env bash
 # Generate (or resume) the project's real rollout data sets in the background-friendly way:
 #   nice -n 19 bash train/generate_data.sh
-# Order: the embedded default up to FIRST problems (a balanced prefix: 125 gives 5-6 per
-# difficulty setting), then the whole benchmark file (unseen families for the predictor's
-# evaluation), then the rest of the default.
+# Order: rounds of 50 default problems (its original 440 first, then the broad families'
+# problems, interleaved) and 15 benchmark problems, until both files are done, so that both
+# grow together.
 # Resumable: rerun after any interruption; finished problems are kept, none is duplicated.
-# Response texts go to a side file under runs/texts/ (not committed) for `clear-learn regrade`.
+# Response texts go to a side file under runs/texts/ for `clear-learn regrade`; the default's
+# are packed into clear_learn/data/texts/ (committed) by `python train/pack_texts.py`.
 # Needs: pip install -e ".[generate,llamacpp]" (llama-cpp-python compiles from source).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
 SLOTS="${SLOTS:-32}"
 THREADS="${THREADS:-2}"
-FIRST="${FIRST:-125}"
 DATA=clear_learn/data
 
 run() {  # run NAME [extra args]: generate or resume one data set
@@ -21,11 +21,13 @@ run() {  # run NAME [extra args]: generate or resume one data set
         --texts "runs/texts/rollouts-$name.texts.jsonl" --slots "$SLOTS" --threads "$THREADS" "$@"
 }
 
+lines() { [ -f "$1" ] && grep -c . "$1" || echo 0; }
+
 clear-learn model
-have=0
-[ -f "$DATA/rollouts-default.jsonl" ] && have=$(grep -c . "$DATA/rollouts-default.jsonl" || true)
-if [ "$have" -lt "$FIRST" ]; then
-    run default --limit $((FIRST - have))
-fi
-run benchmark
-run default
+while :; do
+    before=$(( $(lines "$DATA/rollouts-default.jsonl") + $(lines "$DATA/rollouts-benchmark.jsonl") ))
+    run default --limit "${DEFAULT_ROUND:-50}"
+    run benchmark --limit "${BENCHMARK_ROUND:-15}"
+    after=$(( $(lines "$DATA/rollouts-default.jsonl") + $(lines "$DATA/rollouts-benchmark.jsonl") ))
+    [ "$after" -gt "$before" ] || break
+done

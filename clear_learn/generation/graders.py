@@ -35,7 +35,8 @@ def last_boxed(text: str) -> str | None:
     return None
 
 
-_WRAPPER = re.compile(r"^\\(?:text|textbf|mathrm|mathbf|operatorname)\s*\{(.*)\}$", re.S)
+_WRAPPER = re.compile(r"^\\(?:text|textbf|textrm|mathrm|mathbf|boldsymbol|operatorname|mbox)"
+                      r"\s*\{(.*)\}$", re.S)
 
 
 def unwrap(answer: str) -> str:
@@ -64,17 +65,45 @@ def scientific_to_e(answer: str) -> str:
     return f"{m.group(1)}e{exp}"
 
 
+_SPACES = re.compile(r"\\[,;:!> ]|~|\\quad|\\qquad|\s")
+_UNIT_TAIL = re.compile(r"(?:\\(?:text|mathrm|textrm|mbox)\{[^{}]*\}|\^\{?\\circ\}?|\\circ|"
+                        r"\\%|%|[A-Za-z]+\.?)+$")
+_DECIMAL = re.compile(r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)")
+_THOUSANDS = re.compile(r"([-+]?)(\d{1,3}(?:,\d{3})+)(\.\d+)?")
+_FRACTION = re.compile(r"([-+]?)\\[dt]?frac\{([-+]?\d+)\}\{(\d+)\}|([-+]?)(\d+)/(\d+)")
+
+
 def _to_number(s: str) -> float | None:
-    s = s.replace("\\$", "").replace("$", "").replace(",", "").replace("\\!", "")
-    s = s.replace(" ", "")
-    s = re.sub(r"\\(?:text|mathrm)\{[^}]*\}", "", s)
-    s = s.rstrip(".").replace("\\%", "").replace("%", "")
-    m = re.fullmatch(r"-?\d+(?:\.\d+)?", s)
-    if m:
+    """The number a short answer spells, or None when it is not exactly one number.
+
+    Accepts wrappers (``\\text{18}``, ``\\mathbf{18}``), a leading ``x =``, signs, ``.5``,
+    LaTeX spaces (``1\\,000``), thousands separators in groups of three (``1,234``; ``3,5`` is
+    not a number), ``$`` and ``%``, trailing units (``18 \\text{ dollars}``, ``cm``, degrees)
+    and fractions (``-\\frac{1}{2}``, ``3/4``)."""
+    s = unwrap(str(s))
+    s = s.replace("\\$", "").replace("$", "").replace("−", "-")
+    s = _SPACES.sub("", s)
+    if "=" in s:  # "x = 18": the right-hand side
+        s = s.rsplit("=", 1)[1]
+    s = unwrap(s)
+    s = s.rstrip(".")
+    for _ in range(2):  # "18\\text{dollars}", "90^\\circ", "12cm", "50\\%"
+        t = _UNIT_TAIL.sub("", s)
+        if t and t != s and re.search(r"\d\}?$", t):
+            s = t
+    s = unwrap(s)
+    if _DECIMAL.fullmatch(s):
         return float(s)
-    m = re.fullmatch(r"\\[dt]?frac\{(-?\d+)\}\{(\d+)\}", s) or re.fullmatch(r"(-?\d+)/(\d+)", s)
-    if m and float(m.group(2)) != 0:
-        return float(m.group(1)) / float(m.group(2))
+    m = _THOUSANDS.fullmatch(s)
+    if m:
+        return float(m.group(1) + m.group(2).replace(",", "") + (m.group(3) or ""))
+    m = _FRACTION.fullmatch(s)
+    if m:
+        sign, num, den = (m.group(1), m.group(2), m.group(3)) if m.group(2) is not None else (
+            m.group(4), m.group(5), m.group(6))
+        if float(den) != 0:
+            value = float(num) / float(den)
+            return -value if sign == "-" else value
     return None
 
 

@@ -14,12 +14,16 @@ from __future__ import annotations
 
 import json
 import os
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-__all__ = ["Setting", "DEFAULT_SETTINGS", "reasoning_gym_problems", "shared_problems",
-           "join_shared_texts", "shared_root"]
+import numpy as np
+
+__all__ = ["Setting", "DEFAULT_SETTINGS", "BROAD_SETTINGS", "reasoning_gym_problems",
+           "default_problems", "benchmark_problems", "setting_seed", "shared_problems",
+           "join_shared_texts", "strip_shared_texts", "shared_root"]
 
 
 @dataclass(frozen=True)
@@ -73,24 +77,118 @@ DEFAULT_SETTINGS: tuple[Setting, ...] = (
 )
 
 
+#: The broadened default's families (issue 16), two settings each (easy, hard), appended after
+#: :data:`DEFAULT_SETTINGS`' problems. Each setting's seed depends only on its own name (see
+#: :func:`setting_seed`), so a setting can be dropped or added without changing the others.
+BROAD_SETTINGS: tuple[Setting, ...] = (
+    Setting("bitwise_arithmetic", "d1", dict(difficulty=1)),
+    Setting("bitwise_arithmetic", "d2", dict(difficulty=2)),
+    Setting("caesar_cipher", "short", dict(min_words=2, max_words=3, min_rotation=1,
+                                           max_rotation=3)),
+    Setting("caesar_cipher", "long", dict(min_words=5, max_words=8)),
+    Setting("coin_flip", "few", dict(min_trials=3, max_trials=5)),
+    Setting("coin_flip", "many", dict(min_trials=10, max_trials=15)),
+    Setting("dice", "2d6", dict(num_dice=2, max_dice_size=6)),
+    Setting("dice", "4d20", dict(num_dice=4, max_dice_size=20)),
+    Setting("letter_jumble", "light", dict(min_words=3, max_words=4, max_word_len=6,
+                                           min_corruption_level=0.1, max_corruption_level=0.3)),
+    Setting("letter_jumble", "heavy", dict(min_words=8, max_words=12, min_corruption_level=0.5,
+                                           max_corruption_level=0.9)),
+    Setting("number_format", "few", dict(min_num_candidates=2, max_num_candidates=3,
+                                         max_n=100000)),
+    Setting("number_format", "many", dict(min_num_candidates=4, max_num_candidates=5)),
+    Setting("number_sequence", "simple", dict(min_terms=4, max_terms=6, max_complexity=1)),
+    Setting("number_sequence", "complex", dict(min_terms=6, max_terms=8, max_complexity=3)),
+    Setting("palindrome_generation", "short", dict(min_length=3, max_length=5)),
+    Setting("palindrome_generation", "long", dict(min_length=8, max_length=12)),
+    Setting("polynomial_equations", "linear", dict(min_terms=2, max_terms=2, min_degree=1,
+                                                   max_degree=1, max_value=20)),
+    Setting("polynomial_equations", "cubic", dict(min_terms=3, max_terms=4, min_degree=2,
+                                                  max_degree=3)),
+    Setting("propositional_logic", "small", dict(min_vars=2, max_vars=2, min_statements=2,
+                                                 max_statements=2, min_complexity=1,
+                                                 max_complexity=1)),
+    Setting("propositional_logic", "large", dict(min_vars=3, max_vars=4, min_statements=3,
+                                                 max_statements=4, min_complexity=2,
+                                                 max_complexity=3)),
+    Setting("rectangle_count", "few", dict(max_rectangles=2, width=20, height=12)),
+    Setting("rectangle_count", "many", dict(max_rectangles=5, width=40, height=20)),
+    Setting("rotate_matrix", "small", dict(min_n=2, max_n=3, min_rotations=1, max_rotations=2)),
+    Setting("rotate_matrix", "large", dict(min_n=4, max_n=6, min_rotations=1, max_rotations=10)),
+    Setting("sentence_reordering", "short", dict(min_words_in_sentence=3,
+                                                 max_words_in_sentence=5)),
+    Setting("sentence_reordering", "long", dict(min_words_in_sentence=8,
+                                                max_words_in_sentence=14)),
+    Setting("simple_integration", "low", dict(min_terms=2, max_terms=2, min_degree=1,
+                                              max_degree=3)),
+    Setting("simple_integration", "high", dict(min_terms=3, max_terms=5, min_degree=4,
+                                               max_degree=10)),
+    Setting("string_insertion", "short", dict(min_string_length=5, max_string_length=8)),
+    Setting("string_insertion", "long", dict(min_string_length=12, max_string_length=20)),
+    Setting("string_manipulation", "short", dict(min_string_length=5, max_string_length=8,
+                                                 min_num_rules=3, max_num_rules=3)),
+    Setting("string_manipulation", "long", dict(min_string_length=12, max_string_length=20,
+                                                min_num_rules=5, max_num_rules=8)),
+    Setting("syllogism", "plain", dict(allow_some_not=False, inversion_probability=0.0)),
+    Setting("syllogism", "mixed", dict()),
+    Setting("word_sequence_reversal", "short", dict(min_words=3, max_words=4)),
+    Setting("word_sequence_reversal", "long", dict(min_words=8, max_words=12)),
+    Setting("word_sorting", "short", dict(min_words=3, max_words=4)),
+    Setting("word_sorting", "long", dict(min_words=8, max_words=12)),
+    Setting("knights_knaves", "2p", dict(n_people=2, depth_constraint=2, width_constraint=2)),
+    Setting("knights_knaves", "3p", dict(n_people=3, depth_constraint=2, width_constraint=2)),
+    Setting("jugs", "3j-d3", dict(num_jugs=3, difficulty=3)),
+    Setting("jugs", "3j-d8", dict(num_jugs=3, difficulty=8)),
+    Setting("tower_of_hanoi", "2-3disks", dict(min_disks=2, max_disks=3, min_pegs=3, max_pegs=3)),
+    Setting("tower_of_hanoi", "4-5disks", dict(min_disks=4, max_disks=5, min_pegs=3, max_pegs=3)),
+    Setting("cryptarithm", "2words", dict(min_words=2, max_words=2)),
+    Setting("cryptarithm", "3words", dict(min_words=3, max_words=3)),
+    Setting("group_anagrams", "few", dict(min_anagram_groups=2, max_anagram_groups=3,
+                                          min_words_per_group=2, max_words_per_group=2)),
+    Setting("group_anagrams", "many", dict(min_anagram_groups=5, max_anagram_groups=8,
+                                           min_words_per_group=2, max_words_per_group=4)),
+    Setting("advanced_geometry", "angle", dict(task_types=["angle_measure"])),
+    Setting("advanced_geometry", "centers", dict(task_types=["orthocenter", "incircle_radius"])),
+    Setting("intermediate_integration", "linear", dict(problem_types=["linear"],
+                                                       problem_type_weights=[1.0])),
+    Setting("intermediate_integration", "mixed", dict()),
+    Setting("modulo_grid", "small", dict(size_x=10, size_y=10, max_divisor=6, max_target=5)),
+    Setting("modulo_grid", "large", dict()),
+    Setting("binary_alternation", "short", dict(min_n=4, max_n=8)),
+    Setting("binary_alternation", "long", dict(min_n=12, max_n=30)),
+    Setting("needle_haystack", "short", dict(min_num_statements=10, max_num_statements=20)),
+    Setting("needle_haystack", "long", dict(min_num_statements=50, max_num_statements=100)),
+)
+
+#: Problems per broad setting in the embedded default.
+BROAD_PER_SETTING = 8
+
+
 def _dataset(setting: Setting, seed: int, size: int):
     import reasoning_gym
 
     return reasoning_gym.create_dataset(setting.family, seed=seed, size=size, **setting.config)
 
 
+def setting_seed(setting: Setting, seed: int) -> int:
+    """A dataset seed that depends only on ``seed`` and the setting's own name."""
+    return seed + zlib.crc32(f"{setting.family}/{setting.difficulty}".encode()) % 1_000_000
+
+
 def reasoning_gym_problems(settings: Iterable[Setting] = DEFAULT_SETTINGS, per_setting: int = 20,
-                           seed: int = 2026) -> list[dict]:
+                           seed: int = 2026, *, positional_seeds: bool = True) -> list[dict]:
     """Problems from reasoning-gym, ``per_setting`` of each setting, interleaved so that any
     prefix of the list is balanced across settings.
 
     Each problem keeps what regenerates it exactly (``source``: family, config, seed, index),
-    so grading can rebuild the dataset entry.
+    so grading can rebuild the dataset entry. ``positional_seeds`` seeds setting ``i`` with
+    ``seed + 1000 * i`` (the original default's scheme, kept so its problems stay as they
+    are); otherwise each setting's seed is :func:`setting_seed`.
     """
     settings = list(settings)
     per: list[list[dict]] = []
     for s_i, s in enumerate(settings):
-        s_seed = seed + 1000 * s_i
+        s_seed = seed + 1000 * s_i if positional_seeds else setting_seed(s, seed)
         ds = _dataset(s, s_seed, per_setting)
         rows = []
         for i in range(per_setting):
@@ -108,6 +206,39 @@ def reasoning_gym_problems(settings: Iterable[Setting] = DEFAULT_SETTINGS, per_s
             })
         per.append(rows)
     return [rows[i] for i in range(per_setting) for rows in per]
+
+
+def default_problems(seed: int = 2026) -> list[dict]:
+    """The embedded default problem file: the original 22 settings x 20 (ids and order as
+    first published), then :data:`BROAD_SETTINGS` x :data:`BROAD_PER_SETTING`, interleaved."""
+    return (reasoning_gym_problems(DEFAULT_SETTINGS, 20, seed)
+            + reasoning_gym_problems(BROAD_SETTINGS, BROAD_PER_SETTING, seed,
+                                     positional_seeds=False))
+
+
+def _interleave(a: list, b: list) -> list:
+    """``a`` and ``b`` merged so that every prefix holds them in proportion to their sizes."""
+    keys = [((i + 0.5) / len(a), 0, i) for i in range(len(a))] + [
+        ((j + 0.5) / len(b), 1, j) for j in range(len(b))]
+    return [(a if w == 0 else b)[i] for _, w, i in sorted(keys)]
+
+
+def benchmark_problems(seed: int = 2026, root: Path | None = None) -> list[dict]:
+    """The embedded benchmark problem file, with texts (strip them before committing).
+
+    First 60 GSM8K test and 60 MATH-500 level 1-3 problems, alternating (as first
+    published); then 60 more GSM8K (the same seeded permutation, continued, so disjoint from
+    the first) and 40 MATH-500 levels 4-5 (a second permutation), interleaved in proportion.
+    """
+    rng = np.random.default_rng(seed)
+    gsm = shared_problems("gsm8k", root=root)
+    easy = shared_problems("math500", levels=[1, 2, 3], root=root)
+    gsm = [gsm[i] for i in rng.permutation(len(gsm))[:120]]
+    easy = [easy[i] for i in rng.permutation(len(easy))[:60]]
+    hard = shared_problems("math500", levels=[4, 5], root=root)
+    hard = [hard[i] for i in np.random.default_rng(seed + 1).permutation(len(hard))[:40]]
+    first = [r for pair in zip(gsm[:60], easy) for r in pair]
+    return first + _interleave(gsm[60:], hard)
 
 
 def _jsonable(config: dict) -> dict:
