@@ -21,6 +21,7 @@ _LAZY = {
     "write_rollouts": "clear_learn.rollouts",
     "validate_rollouts": "clear_learn.rollouts",
     "RolloutValidationError": "clear_learn.rollouts",
+    "DataError": "clear_learn.errors",
     "grid_optimum": "clear_learn.optimum",
     "empirical_optimum": "clear_learn.optimum",
 }
