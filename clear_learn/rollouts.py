@@ -34,6 +34,7 @@ __all__ = [
     "RolloutArrays",
     "read_rollouts",
     "iter_jsonl",
+    "read_objects",
     "validate_rollouts",
     "write_rollouts",
     "write_jsonl",
@@ -145,6 +146,24 @@ def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, Any, str | None]]
 #: Token counts and caps above this are refused (they would overflow the int64 arrays and
 #: lose precision as floats); real caps are far below it.
 MAX_TOKENS = 2**53
+
+
+def read_objects(path: str | os.PathLike, what: str = "rows") -> tuple[list[dict], list[int]]:
+    """The JSON objects of a JSON Lines file (plain or gzip) and their line numbers.
+
+    Raises :class:`~clear_learn.errors.DataError` naming the file and line of the first line
+    that is not a JSON object, and for a file without any (``what`` names them there)."""
+    rows, lines = [], []
+    for lineno, obj, err in iter_jsonl(path):
+        if err is None and not isinstance(obj, dict):
+            err = f"expected a JSON object, got {type(obj).__name__}"
+        if err is not None:
+            raise DataError(path, lineno, err)
+        rows.append(obj)
+        lines.append(lineno)
+    if not rows:
+        raise DataError(path, None, f"holds no {what}")
+    return rows, lines
 
 
 def _is_int(v: Any) -> bool:
