@@ -99,12 +99,10 @@ class EvalReport:
                 "meta": self.meta, "policies": self.rows}
 
     def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(_strict(self.to_dict()), indent=2, allow_nan=False) + "\n")
-        tmp.replace(path)
-        return path
+        from .atomic import write_text
+
+        return write_text(path, json.dumps(_strict(self.to_dict()), indent=2,
+                                           allow_nan=False) + "\n")
 
     @classmethod
     def load(cls, path: str | Path) -> "EvalReport":
@@ -309,10 +307,12 @@ def plot_frontier(report: EvalReport, path: str | Path, *, title: str = "") -> P
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
+    from .atomic import atomic_write
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        with atomic_write(path) as fh:
+            fig.savefig(fh, format="png")
+    finally:
+        plt.close(fig)
     return path

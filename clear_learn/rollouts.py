@@ -240,18 +240,22 @@ def _check_record(rec: Any, lineno: int, seen: dict[str, int]) -> list[Problem]:
 def validate_rollouts(source: str | os.PathLike | Iterable[dict]) -> list[Problem]:
     """Every problem in a rollout file (a path) or in records (line = position + 1).
 
-    No records at all is a problem too (``read_rollouts`` and ``fit`` refuse such a file).
-    A file that cannot be read at all raises :class:`~clear_learn.errors.DataError`."""
+    No records at all is a problem too (``read_rollouts`` and ``fit`` refuse such a file), and
+    so is a file that cannot be read from some line on (gzip data truncated or corrupt, a
+    folder): the problems before it are kept."""
     problems: list[Problem] = []
     seen: dict[str, int] = {}
     n = 0
     if isinstance(source, (str, os.PathLike)):
-        for lineno, rec, err in iter_jsonl(source):
-            n += 1
-            if err is not None:
-                problems.append(Problem(lineno, "<line>", err))
-            else:
-                problems.extend(_check_record(rec, lineno, seen))
+        try:
+            for lineno, rec, err in iter_jsonl(source):
+                n += 1
+                if err is not None:
+                    problems.append(Problem(lineno, "<line>", err))
+                else:
+                    problems.extend(_check_record(rec, lineno, seen))
+        except DataError as err:  # unreadable from here on: report it with the rest
+            return problems + [Problem(err.line, "<file>", err.reason)]
     else:
         for i, rec in enumerate(source):
             n += 1

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from clear_learn.atomic import write_text
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train import (ROOT, context_from_config, eval_splits, load_config, resolve,  # noqa: E402
                    tau_k_from_config, train_predictor, with_context,
@@ -148,7 +150,7 @@ def check_same_config(out: Path, cfg: dict, random_val: bool) -> None:
                              "--out, or delete it to start over")
         return
     out.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(want, indent=1))
+    write_text(path, json.dumps(want, indent=1))
 
 
 def load_fold(path: Path, ids: set[str]) -> dict[str, list[dict]] | None:
@@ -206,7 +208,7 @@ def main(argv=None) -> int:
             val = val_family(tasks, fam, args.random_val)
             got, metrics = fold_curves(cfg, fam, val)
             mpath.parent.mkdir(parents=True, exist_ok=True)
-            mpath.write_text(json.dumps(metrics) + "\n")
+            write_text(mpath, json.dumps(metrics) + "\n")
             write_jsonl([{"policy": name, **r} for name, rs in got.items() for r in rs], path)
         if mpath.is_file():
             fold_epochs[fam] = int(json.loads(mpath.read_text())["best_epochs"])

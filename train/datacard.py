@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from clear_learn.atomic import write_text
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "clear_learn" / "data"
 
@@ -110,7 +112,7 @@ def main() -> None:
                     f"{np.percentile(toks, 90):.0f}; cut off: "
                     f"{np.mean([not x['finished'] for x in rolls]):.3f}", ""]
         out += stats_table(rs, planned) + [""]
-    (DATA / "DATACARD.md").write_text("\n".join(out))
+    write_text(DATA / "DATACARD.md", "\n".join(out))
     print(f"wrote {DATA / 'DATACARD.md'}")
 
 
