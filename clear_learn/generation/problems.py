@@ -320,7 +320,8 @@ def _check_problem(row: dict) -> tuple[str, str] | None:
     if "source" in row and not isinstance(src, dict):
         return "source", f"must be an object, got {type(src).__name__}"
     if isinstance(src, dict) and "file" in src:  # a shared benchmark problem: text joined
-        if src["file"] not in {v[0] for v in _SHARED_SETS.values()}:
+        if (not isinstance(src["file"], str)
+                or src["file"] not in {v[0] for v in _SHARED_SETS.values()}):
             return "source.file", f"not a known shared problem file: {str(src['file'])[:60]!r}"
         if not _is_int(src.get("line")) or not 1 <= src["line"] < 2**31:
             return "source.line", "must be an integer >= 1"
