@@ -402,10 +402,10 @@ def test_cli_predict_allocate_and_evaluate_with_a_predictor(trained, tmp_path, s
     for rows in rep["meta"]["streams"].values():  # batch context per batch of the stream
         assert len(rows["clear-learned"]) == 2
     (tmp_path / "bad.jsonl").write_text(json.dumps({"id": "x"}) + "\n")
-    with pytest.raises(SystemExit, match="row 1.*no 'text'"):
-        main(["predict", str(tmp_path / "p"), str(tmp_path / "bad.jsonl"), "-o",
-              str(tmp_path / "o.jsonl")])
     capsys.readouterr()
+    assert main(["predict", str(tmp_path / "p"), str(tmp_path / "bad.jsonl"), "-o",
+                 str(tmp_path / "o.jsonl")]) == 2  # a DataError, like every other bad file
+    assert "bad.jsonl, line 1: field 'text': missing" in capsys.readouterr().err
 
 
 def test_bad_checkpoints_are_refused(trained, tmp_path):
