@@ -375,8 +375,10 @@ def join_shared_texts(records: list[dict], root: Path | None = None) -> list[dic
     cache: dict[str, list[str]] = {}
     out = []
     for rec in records:
-        src = rec.get("source") or {}
-        if rec.get("text") or src.get("file") not in by_file:
+        src = rec.get("source")
+        if not isinstance(src, dict):
+            src = {}
+        if rec.get("text") or not isinstance(src.get("file"), str) or src["file"] not in by_file:
             out.append(rec)
             continue
         fname = src["file"]
