@@ -192,7 +192,7 @@ def _check_record(rec: Any, lineno: int, seen: dict[str, int]) -> list[Problem]:
             bad(name, "missing")
     if "id" in rec:
         if rid_s is None or rid_s == "":
-            bad("id", f"must be a non-empty string or integer, got {_short(rid)}")
+            bad("id", f"must be a non-empty string or a 64-bit integer, got {_short(rid)}")
         elif rid_s in seen:
             bad("id", f"duplicate of line {seen[rid_s]}")
         else:

@@ -310,7 +310,7 @@ def _check_problem(row: dict) -> tuple[str, str] | None:
     if "id" not in row:
         return "id", "missing"
     if not ((isinstance(rid, str) and rid) or (_is_int(rid) and rid.bit_length() < 64)):
-        return "id", f"must be a non-empty string or integer, got {str(rid)[:40]!r}"
+        return "id", f"must be a non-empty string or a 64-bit integer, got {str(rid)[:40]!r}"
     if not isinstance(row.get("task"), str) or not row["task"]:
         return "task", "must be a non-empty string"
     grader = row.get("grader", "numeric")
