@@ -62,7 +62,8 @@ def load_texts(paths: Iterable[str | os.PathLike]) -> dict[str, list[str]]:
             if not ((isinstance(rid, str) and rid)
                     or (isinstance(rid, int) and not isinstance(rid, bool)
                         and rid.bit_length() < 64)):
-                raise DataError(path, lineno, "must be a non-empty string or a 64-bit integer", "id")
+                raise DataError(path, lineno, "must be a non-empty string or a 64-bit integer",
+                                "id")
             if (not isinstance(obj.get("texts"), list)
                     or not all(isinstance(t, str) for t in obj["texts"])):
                 raise DataError(path, lineno, "must be a list of strings", "texts")
