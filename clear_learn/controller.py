@@ -45,8 +45,8 @@ window's length. Why this rule and not another:
 Starting price. :func:`batch_price` on reference curves at the target is the price the loop
 would converge to on such traffic (:meth:`StreamController.from_reference` also measures
 ``eps`` there). Without one, a per-query controller bootstraps: for its first ``bootstrap``
-queries the price is the batch price of the queries seen so far (kept in a buffer of that fixed
-size, then dropped), and it estimates ``eps`` on them.
+queries the price is the batch (Lagrangian) price of the queries seen so far (kept in a buffer
+of that fixed size, then dropped), and it estimates ``eps`` on them.
 
 Hard cap. ``cap_tokens`` per ``cap_window`` is a separate guard, checked before each grant:
 a budget that would break it is trimmed to what is left (when the trimmed budget still pays at
@@ -152,6 +152,13 @@ class GrantBatch:
         return int(self.budgets.size)
 
 
+#: Grants over which the running means of the elasticity estimate are taken.
+ELASTICITY_MEMORY = 100
+#: Half-width, in log-price, of the per-query secant of the demand.
+ELASTICITY_STEP = 0.25
+#: The elasticity estimate is kept within these.
+ELASTICITY_BOUNDS = (0.25, 4.0)
+
 _TARGETS = ("granted", "consumed")
 _UNITS = ("queries", "seconds")
 
@@ -170,8 +177,12 @@ class StreamController:
         Starting price (see :func:`batch_price`). Without it a per-query controller
         bootstraps on its first ``bootstrap`` queries; a per-second one needs it.
     elasticity : float, optional
-        ``eps`` of the update rule (see :func:`demand_elasticity`); default 1, or measured on
-        the bootstrap sample.
+        Starting ``eps`` of the update rule (see :func:`demand_elasticity`); default 1, or
+        measured on the bootstrap sample.
+    adapt_elasticity : bool
+        Track ``eps`` on the stream: running means over ``ELASTICITY_MEMORY`` grants of each
+        query's demand and of its secant ``b(lambda e^-s) - b(lambda e^s)`` (``s =
+        ELASTICITY_STEP``), so that ``h`` keeps its meaning when the mix changes.
     horizon : float
         ``h``, the loop's time constant in clock units (queries, or seconds).
     target : "granted" or "consumed"
@@ -202,7 +213,8 @@ class StreamController:
 
     def __init__(self, *, tokens_per_query: float | None = None,
                  tokens_per_second: float | None = None, price: float | None = None,
-                 elasticity: float | None = None, horizon: float = 25.0,
+                 elasticity: float | None = None, adapt_elasticity: bool = True,
+                 horizon: float = 25.0,
                  target: str = "granted", max_tokens: int | None = None,
                  cap_tokens: int | None = None, cap_window: float | None = None,
                  cap_unit: str | None = None, cap_buckets: int = 16,
@@ -212,6 +224,7 @@ class StreamController:
         self.tokens_per_second = tokens_per_second
         self.price = price
         self.elasticity = elasticity
+        self.adapt_elasticity = adapt_elasticity
         self.horizon = horizon
         self.target = target
         self.max_tokens = max_tokens
@@ -315,6 +328,7 @@ class StreamController:
         """Forget the stream: back to the starting price and empty windows."""
         self.log_price_ = math.log(self.price) if self.price is not None else math.nan
         self.elasticity_ = float(self.elasticity) if self.elasticity is not None else 1.0
+        self._seed_elasticity()
         self.n_queries_ = 0
         self.granted_ = 0
         self.consumed_ = 0
@@ -353,7 +367,13 @@ class StreamController:
         if self.bootstrapping:
             self._bootstrap_price(tau, p, k, cap)
         lam = math.exp(self.log_price_)
-        demand = _best_budget(tau, p, k, lam, cap)
+        if self.adapt_elasticity:
+            lp = self.log_price_ + np.array([0.0, -ELASTICITY_STEP, ELASTICITY_STEP])
+            d0, d_lo, d_hi = _best_budgets(tau, p, k, lp, cap)
+            demand = int(d0)
+            self._track_elasticity(d0, d_lo - d_hi)
+        else:
+            demand = _best_budget(tau, p, k, lam, cap)
         budget, trimmed = demand, False
         headroom = self._headroom(now)
         if demand > headroom:
@@ -407,6 +427,13 @@ class StreamController:
         self.consumed_ += tokens
 
     # ------------------------------------------------------------------ internals
+    def _seed_elasticity(self) -> None:
+        """Start the elasticity's running means at ``elasticity_`` for a demand of one
+        query's share of the target."""
+        share = self._rate if not self._per_second else 1.0
+        self._ew_demand = share
+        self._ew_secant = self.elasticity_ * 2.0 * ELASTICITY_STEP * share
+
     def _tick(self, now: float | None) -> float | None:
         """Validate ``now``; for a rate target, credit the elapsed time (at most ``h``)."""
         needs = self._per_second or (self._cap is not None and self._cap_unit == "seconds")
@@ -431,18 +458,27 @@ class StreamController:
         x = self.log_price_ + tokens / (self._rate * float(self.horizon) * self.elasticity_)
         self.log_price_ = min(max(x, self._log_lo), self._log_hi)
 
+    def _track_elasticity(self, demand: float, secant: float) -> None:
+        a = 1.0 / ELASTICITY_MEMORY
+        self._ew_demand += a * (float(demand) - self._ew_demand)
+        self._ew_secant += a * (float(secant) - self._ew_secant)
+        if self.bootstrapping:
+            return
+        eps = self._ew_secant / (2.0 * ELASTICITY_STEP * max(self._ew_demand, 1.0))
+        self.elasticity_ = float(min(max(eps, ELASTICITY_BOUNDS[0]), ELASTICITY_BOUNDS[1]))
+
     def _bootstrap_price(self, tau: float, p: float, k: float, cap: float) -> None:
         self._boot[self._boot_n] = (tau, p, k, cap)
         self._boot_n += 1
         rows = self._boot[:self._boot_n]
         sample = Curves(rows[:, 0], rows[:, 1], rows[:, 2])
-        price = batch_price(sample, self._rate, rows[:, 3])
-        lo, hi = math.exp(self._log_lo), math.exp(self._log_hi)
-        price = min(max(price, lo), hi)
-        self.log_price_ = math.log(price)
+        self.log_price_ = _lagrangian_log_price(sample, self._rate * self._boot_n, rows[:, 3],
+                                                self._log_lo, self._log_hi)
+        price = math.exp(self.log_price_)
         if self._boot_n == self._boot_size:
             if self.elasticity is None:
                 self.elasticity_ = demand_elasticity(sample, price, rows[:, 3])
+                self._seed_elasticity()
             self._boot = None  # the sample is dropped; the loop takes over
 
     def _bucket(self, now: float | None) -> int:
@@ -478,6 +514,7 @@ class StreamController:
         """The controller's whole mutable state, JSON-ready; its size does not depend on how
         many queries it has seen."""
         d = {"log_price": self.log_price_, "elasticity": self.elasticity_,
+             "ew_demand": self._ew_demand, "ew_secant": self._ew_secant,
              "n_queries": self.n_queries_, "granted": self.granted_,
              "consumed": self.consumed_, "n_abandoned": self.n_abandoned_,
              "n_trimmed": self.n_trimmed_, "last_time": self._last_time,
@@ -492,6 +529,7 @@ class StreamController:
         """Restore what :meth:`state_dict` returned (on a controller of the same settings)."""
         self.log_price_ = float(state["log_price"])
         self.elasticity_ = float(state["elasticity"])
+        self._ew_demand, self._ew_secant = float(state["ew_demand"]), float(state["ew_secant"])
         self.n_queries_, self.granted_ = int(state["n_queries"]), int(state["granted"])
         self.consumed_ = int(state["consumed"])
         self.n_abandoned_, self.n_trimmed_ = int(state["n_abandoned"]), int(state["n_trimmed"])
@@ -514,21 +552,47 @@ class StreamController:
                 f"granted_={self.granted_}, n_abandoned_={self.n_abandoned_})")
 
 
+def _best_budgets(tau: float, p: float, k: float, log_prices: np.ndarray,
+                  cap: float) -> np.ndarray:
+    """``floor(min(b(lambda), cap))`` where it pays, else 0, at each of ``log_prices``
+    (one query)."""
+    out = np.zeros(log_prices.size)
+    if p <= 0.0 or cap < 1.0:
+        return out
+    L = math.log(p * k) - log_prices
+    on = L >= 1.0  # below the peak marginal utility p k / e
+    if not on.any():
+        return out
+    y = solve_y_minus_log_y(L[on])
+    c = np.floor(np.minimum(tau + y / k, cap))
+    u = utility(c, tau, p, k)
+    out[on] = np.where(u - np.exp(log_prices[on]) * c > 0.0, c, 0.0)
+    return out
+
+
 def _best_budget(tau: float, p: float, k: float, lam: float, cap: float) -> int:
     """``floor(min(b(lambda), cap))`` when it pays at ``lam``, else 0 (one query)."""
-    if p <= 0.0 or cap < 1.0:
-        return 0
-    L = math.log(p * k) - math.log(lam)
-    if L < 1.0:  # the price is above the peak marginal utility p k / e
-        return 0
-    y = float(solve_y_minus_log_y(np.array([L]))[0])
-    c = math.floor(min(tau + y / k, cap))
-    if c <= tau:
-        return 0
-    x = k * (c - tau)
-    u = p * (1.0 - (1.0 + x) * math.exp(-x)) if x >= 1e-3 else p * float(
-        utility(c, tau, 1.0, k))
-    return int(c) if u - lam * c > 0.0 else 0
+    return int(_best_budgets(tau, p, k, np.array([math.log(lam)]), cap)[0])
+
+
+def _lagrangian_log_price(curves: Curves, total: float, caps: np.ndarray, lo: float,
+                          hi: float, rounds: int = 4, points: int = 33) -> float:
+    """Smallest log-price in ``[lo, hi]`` whose :func:`budgets_at_price` demand fits
+    ``total``, to ``(hi - lo) / (points - 1)^rounds``, by rounds of a grid search (each one
+    broadcast call over grid x queries); ``lo`` when it fits there."""
+    tau, p, k = curves.tau, curves.p, curves.k
+    for _ in range(rounds):
+        grid = np.linspace(lo, hi, points)
+        lam = np.exp(grid)[:, None]
+        b = stationary_budget(lam, tau, p, k)
+        c = np.floor(np.minimum(np.nan_to_num(b, nan=0.0), caps))
+        pays = utility(c, tau, p, k) - lam * c > 0
+        fits = np.where(pays, c, 0.0).sum(axis=1) <= total
+        i = int(np.argmax(fits)) if fits.any() else points - 1
+        if i == 0:
+            return float(grid[0])
+        lo, hi = float(grid[i - 1]), float(grid[i])
+    return hi
 
 
 def _curve(tau, p, k) -> tuple[float, float, float]:
