@@ -23,7 +23,13 @@ deliberately wrong reference) grants every query in order. Printed per row:
   tokens the controller granted in it (the same curves, scored on the same rollouts);
 - ``vs uniform``: the controller's accuracy over uniform's at the same spend per window;
 - for the switch streams, ``recovery``: queries after the switch until the price is within
-  ``exp(+-0.3)`` of the new mix's batch price, and ``rate max`` over windows after that.
+  ``exp(+-0.3)`` of the new mix's batch price, and ``rate max`` over windows after that;
+- the horizon's trade-off: the rate error against accuracy for horizons of 10 to 100 queries;
+- a tokens-per-second target on Poisson arrivals whose rate doubles halfway.
+
+``vs batch (model)`` compares expected accuracies under the curves that made the
+allocations: the controller's own loss. ``vs batch (scored)`` uses the held-out rollouts and
+adds the noise of which of several near-identical queries each policy happened to fund.
 """
 
 from __future__ import annotations
@@ -89,6 +95,43 @@ def run_stream(idx: np.ndarray, curves: Curves, scores: list, caps: np.ndarray,
             "abandoned": float(g.abandoned.mean())}
 
 
+def run_rate_stream(idx: np.ndarray, curves: Curves, caps: np.ndarray, per_query: float,
+                    ref: np.ndarray, window_s: float, seed: int) -> dict:
+    """A tokens-per-second controller on ``idx`` arriving as a Poisson stream of 2 queries/s
+    that doubles to 4 queries/s halfway: target ``2 * per_query`` tokens/s, horizon 12.5 s
+    (25 queries at first). Rate errors over windows of ``window_s`` seconds (from 25 s on,
+    stride ``window_s / 4``), the price's recovery after the doubling, and accuracy (by the
+    curves) against batch CLEAR over the same windows at the same spend."""
+    rng = np.random.default_rng(seed)
+    half = idx.size // 2
+    gaps = np.concatenate([rng.exponential(0.5, half), rng.exponential(0.25, idx.size - half)])
+    times = np.cumsum(gaps)
+    rate = 2.0 * per_query
+    ctl = StreamController.from_reference(curves[ref], tokens_per_second=rate,
+                                          queries_per_second=2.0, max_tokens=int(caps.max()),
+                                          horizon=12.5)
+    g = ctl.grant_curves(curves[idx], max_tokens=caps[idx], times=times)
+    b = g.budgets
+    errs = []
+    for t in np.arange(25.0, times[-1] - window_s, window_s / 4):
+        m = (times >= t) & (times < t + window_s)
+        errs.append(abs(b[m].sum() / (rate * window_s) - 1))
+    stream = batch = 0.0
+    for t in np.arange(0.0, times[-1], window_s):
+        m = np.flatnonzero((times >= t) & (times < t + window_s))
+        if m.size:
+            w = idx[m]
+            stream += curves[w].utility(b[m]).sum()
+            batch += allocate(curves[w], int(b[m].sum()), max_tokens=caps[w]).expected_correct
+    new = max(batch_price(curves[idx[half:]], per_query / 2, caps[idx[half:]]), 1e-12)
+    hit = np.flatnonzero(np.abs(np.log(g.prices[half:] / new)) <= RECOVERED)
+    late = times >= 25.0
+    return {"rate_max": float(max(errs)),
+            "rate_all": float(abs(b[late].sum() / (rate * (times[-1] - 25.0)) - 1)),
+            "recovery": int(hit[0]) if hit.size else -1, "vs_batch": ratio(stream, batch),
+            "duration": float(times[-1])}
+
+
 def mean_rows(rows: list[dict]) -> dict:
     """Rows of :func:`run_stream` over halvings: accuracies averaged, rate errors the worst."""
     out = dict(rows[0])
@@ -111,6 +154,8 @@ def main(argv=None) -> int:
     ap.add_argument("--targets", type=float, nargs="+", default=[64, 128, 256])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--splits", type=int, default=3, help="rollout halvings to average")
+    ap.add_argument("--window-s", type=float, default=100.0,
+                    help="window of the tokens-per-second rows, in seconds")
     ap.add_argument("--horizons", type=float, nargs="+", default=[10, 25, 50, 100])
     ap.add_argument("--predictor", default=str(ROOT / "checkpoints" / "default"),
                     help="predictor directory, or 'none'")
@@ -207,6 +252,19 @@ def main(argv=None) -> int:
                 cells.append(f"{r['rate_max']:.3f} / "
                              f"{ratio(r['model']['stream'], r['model']['batch']):.4f}")
             print(f"| {name} | {target:g} | " + " | ".join(cells) + " |")
+
+    print("\na tokens-per-second target (oracle curves, first halving): Poisson arrivals at "
+          "2 queries/s, doubling to 4 halfway; target 2 x tokens/query per second, horizon "
+          f"12.5 s; rate over windows of {args.window_s:g} s\n\n| stream | tokens/s | "
+          "duration (s) | rate max | rate all | recovery after the doubling (queries) | "
+          "vs batch (model) |\n|---|---:|---:|---:|---:|---:|---:|")
+    for name in ("balanced", "bursts", "hard-heavy"):
+        for target in args.targets:
+            r = run_rate_stream(streams[name], halves[0][0], caps, target, ref,
+                                args.window_s, args.seed)
+            rec = r["recovery"] if r["recovery"] >= 0 else "never"
+            print(f"| {name} | {2 * target:g} | {r['duration']:.0f} | {r['rate_max']:.3f} | "
+                  f"{r['rate_all']:.3f} | {rec} | {r['vs_batch']:.4f} |")
 
     print("\nsummary (horizon 25):")
     for src in sources:
