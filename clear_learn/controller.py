@@ -38,9 +38,27 @@ window's length. Why this rule and not another:
   (abandonments make demand steep near the scarce end, caps make it flat near the ample end).
 - *A long horizon* keeps the price, and so the marginal value of a token, nearly equal across
   queries, which is what makes the batch allocation optimal; a short one meets the rate over
-  shorter windows. ``h`` sets that trade-off; the default, 25 queries, meets the rate within
-  a few percent over windows of 200 queries and stays within a few percent of batch CLEAR's
-  accuracy on the real rollouts (``benchmarks/stream_controller.py``).
+  shorter windows. ``h`` sets that trade-off. With the default, 25 queries, on the real
+  rollouts and streams (``benchmarks/stream_controller.py``, targets 64-256 tokens/query,
+  cap 512) the rate error over windows of 200 queries had a median of 6% and a 90th
+  percentile of 15%, and the accuracy was on average 0.99 of batch CLEAR's with hindsight at
+  the same spend; bursts of one family (64 queries each, longer than ``h``) are the weak case
+  (0.89-0.97 at 64 tokens/query, 0.995 with ``h = 100`` at the cost of a wider rate error).
+
+Guarantees
+----------
+- Exact: the rate identity above, while the price is inside ``price_bounds`` (tested).
+- Tested on a synthetic three-family mix (``tests/test_controller.py``, ``h = 25``, cap 512,
+  targets 48 and 128): from a cold start, warm-started on 300 reference queries or
+  bootstrapped, every window of 200 queries from query 50 on grants a mean within 20% of the
+  target, everything from query 50 on within 3%, and the price stays within ``exp(+-0.6)`` of
+  the stream's batch price from query 50 on. After a switch from easy-heavy to hard-heavy
+  traffic that moves the batch price more than ``e``-fold, the price is within
+  ``exp(+-0.3)`` of the new batch price within 120 queries and every window of 200 from
+  there meets the 20%. On the real switches of the benchmark: median 31, at most 90 queries.
+- The hard cap is never exceeded (property-tested over queries and over seconds).
+- The state has a constant size (tested: the same keys, lengths and pickled size after 100 and
+  1,800 queries).
 
 Starting price. :func:`batch_price` on reference curves at the target is the price the loop
 would converge to on such traffic (:meth:`StreamController.from_reference` also measures
