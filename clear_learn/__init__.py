@@ -23,6 +23,7 @@ _LAZY = {
     "RolloutValidationError": "clear_learn.rollouts",
     "grid_optimum": "clear_learn.optimum",
     "empirical_optimum": "clear_learn.optimum",
+    "StreamController": "clear_learn.controller",
 }
 
 __all__ = ["Curves", "allocate", "AllocationResult", "uniform_budgets", *_LAZY]
