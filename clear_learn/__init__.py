@@ -24,6 +24,7 @@ _LAZY = {
     "DataError": "clear_learn.errors",
     "grid_optimum": "clear_learn.optimum",
     "empirical_optimum": "clear_learn.optimum",
+    "StreamController": "clear_learn.controller",
 }
 
 __all__ = ["Curves", "allocate", "AllocationResult", "uniform_budgets", *_LAZY]

@@ -48,22 +48,65 @@ def stats_table(recs: list[dict], planned: dict[tuple[str, str], int]) -> list[s
     return lines
 
 
+def n_families(rows: list[dict]) -> int:
+    return len({r["task"] for r in rows})
+
+
+def rate_section(log: list[dict]) -> list[str]:
+    """The generation rate, from the rounds that `train/generate_data.sh` logged."""
+    out = ["## Generation rate", ""]
+    rounds = [r for r in log if r["summary"].get("written")]
+    if not rounds:
+        return out + ["No round logged yet (`clear_learn/data/generation-log.jsonl`).", ""]
+    for name in ("default", "benchmark"):
+        rs = [r for r in rounds if r["set"] == name]
+        if not rs:
+            continue
+        n = sum(r["summary"]["written"] for r in rs)
+        sec = sum(r["summary"]["seconds"] for r in rs)
+        tok = sum(r["summary"]["tokens"] for r in rs)
+        out.append(f"- {name}: {n} problems in {sec / 3600:.2f} h over {len(rs)} rounds: "
+                   f"{n / (sec / 3600):.1f} problems per hour, {tok / sec:.1f} generated "
+                   f"tokens/s (finished samples; llama.cpp, {rs[-1]['slots']} slots, "
+                   f"{rs[-1]['threads']} threads, nice 19, beside other work)")
+    return out + ["", "From `clear_learn/data/generation-log.jsonl` (one line per round).", ""]
+
+
+def audit_section() -> list[str]:
+    """The grader audit table, from train/grader_audit.json (verdicts checked by hand)."""
+    path = ROOT / "train" / "grader_audit.json"
+    if not path.is_file():
+        return []
+    rows = json.loads(path.read_text())
+    out = ["## Grader audit", "",
+           "Graded responses of the broad families read by hand against the grader's verdict "
+           "(right and wrong verdicts both sampled); a disagreement is a verdict the reader "
+           "judged wrong.", "",
+           "| family | responses read | disagreements | fix |", "|---|---:|---:|---|"]
+    for r in rows:
+        out.append(f"| {r['family']} | {r['read']} | {r['disagreements']} | {r['fix']} |")
+    return out + [""]
+
+
 def main() -> None:
     from clear_learn.generation.driver import BOXED_SUFFIX, QWEN_SYSTEM_PROMPT
     from clear_learn.generation.models import DEFAULT_MODEL
+    from clear_learn.generation.texts import load_texts
 
     problems = {name: load(DATA / f"problems-{name}.jsonl") for name in ("default", "benchmark")}
     rollouts = {name: load(DATA / f"rollouts-{name}.jsonl") for name in ("default", "benchmark")}
+    texts_dir = DATA / "texts"
+    n_texts = len(load_texts([texts_dir])) if texts_dir.is_dir() else 0
     out = [
         "# Data card: clear-learn's embedded rollout data sets",
         "",
         "Real labeled rollouts of a real LLM, for training and evaluating curve predictors.",
         "Regenerate or extend (resumable; several sessions of a 2-core CPU):",
-        "`nice -n 19 bash train/generate_data.sh`, then `python train/datacard.py`. Order: the "
-        "first 125 default problems (a balanced prefix, 5-6 per difficulty setting), the "
-        "benchmark file, the rest of the default. Response texts are kept out of the repo in "
-        "`runs/texts/`; after a grader fix, "
-        "`clear-learn regrade` relabels from them without sampling again.",
+        "`nice -n 19 bash train/generate_data.sh`, then `python train/pack_texts.py` and "
+        "`python train/datacard.py`. The problem files themselves: `clear-learn problems "
+        "default -o clear_learn/data/problems-default.jsonl` and `clear-learn problems benchmark "
+        "-o clear_learn/data/problems-benchmark.jsonl`. Generation alternates rounds of 50 "
+        "default and 15 benchmark problems, in file order.",
         "",
         "## Model and settings",
         "",
@@ -85,13 +128,21 @@ def main() -> None:
         "",
         "## Files",
         "",
-        "- `problems-default.jsonl`: 440 reasoning-gym problems (22 settings x 20), interleaved "
-        "so that any prefix is balanced; texts included (generated offline by reasoning-gym, "
-        "Apache-2.0)",
+        f"- `problems-default.jsonl`: {len(problems['default'])} reasoning-gym problems of "
+        f"{n_families(problems['default'])} families: first the original 440 (22 settings x "
+        "20), then the broad families (`BROAD_SETTINGS`, each setting seeded by its own name), "
+        "each block interleaved so that any prefix is balanced; texts included (generated "
+        "offline by reasoning-gym, Apache-2.0)",
         "- `rollouts-default.jsonl`: their rollouts (no response texts)",
-        "- `problems-benchmark.jsonl`: 60 GSM8K test + 60 MATH-500 level 1-3 problems, keyed by "
+        f"- `texts/default-AAAA-BBBB.jsonl.gz`: the response texts of {n_texts} default "
+        "problems (positions AAAA to BBBB-1 of the problem file), for `clear-learn regrade` "
+        "and audits; rows generated before 2026-12-01 have none (their texts were lost "
+        "with the machines that generated them)",
+        f"- `problems-benchmark.jsonl`: {len(problems['benchmark'])} problems: 60 GSM8K test + "
+        "60 MATH-500 level 1-3, then 60 more GSM8K and 40 MATH-500 levels 4-5, keyed by "
         "the shared file's name and line, without texts or answers (GSM8K: MIT, OpenAI; "
-        "MATH-500: MATH data MIT, Hendrycks et al., split from OpenAI PRM800K)",
+        "MATH-500: MATH data MIT, Hendrycks et al., split from OpenAI PRM800K); their response "
+        "texts are never committed (they quote the problems)",
         "- `rollouts-benchmark.jsonl`: their rollouts, keyed the same way; "
         "`clear_learn.datasets.load_rollouts('benchmark')` joins the texts from `../shared` "
         "(or `$CLEAR_LEARN_SHARED`)",
@@ -112,6 +163,7 @@ def main() -> None:
                     f"{np.percentile(toks, 90):.0f}; cut off: "
                     f"{np.mean([not x['finished'] for x in rolls]):.3f}", ""]
         out += stats_table(rs, planned) + [""]
+    out += rate_section(load(DATA / "generation-log.jsonl")) + audit_section()
     write_text(DATA / "DATACARD.md", "\n".join(out))
     print(f"wrote {DATA / 'DATACARD.md'}")
 

@@ -7,6 +7,8 @@
 # Resumable: rerun after any interruption; finished problems are kept, none is duplicated.
 # Response texts go to a side file under runs/texts/ for `clear-learn regrade`; the default's
 # are packed into clear_learn/data/texts/ (committed) by `python train/pack_texts.py`.
+# Each round's summary (problems, tokens, seconds) is appended to
+# clear_learn/data/generation-log.jsonl, from which the data card computes the rate.
 # Needs: pip install -e ".[generate,llamacpp]" (llama-cpp-python compiles from source).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,20 +16,24 @@ export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
 SLOTS="${SLOTS:-32}"
 THREADS="${THREADS:-2}"
 DATA=clear_learn/data
+LOG="$DATA/generation-log.jsonl"
 
-run() {  # run NAME [extra args]: generate or resume one data set
+run() {  # run NAME [extra args]: generate or resume one data set, log its summary
     local name=$1; shift
-    clear-learn rollouts "$DATA/problems-$name.jsonl" -o "$DATA/rollouts-$name.jsonl" \
-        --texts "runs/texts/rollouts-$name.texts.jsonl" --slots "$SLOTS" --threads "$THREADS" "$@"
+    local summary
+    summary=$(clear-learn rollouts "$DATA/problems-$name.jsonl" -o "$DATA/rollouts-$name.jsonl" \
+        --texts "runs/texts/rollouts-$name.texts.jsonl" --slots "$SLOTS" --threads "$THREADS" "$@")
+    echo "{\"date\": \"$(date -u +%FT%TZ)\", \"set\": \"$name\", \"slots\": $SLOTS," \
+         "\"threads\": $THREADS, \"summary\": $summary}" >> "$LOG"
 }
 
 lines() { [ -f "$1" ] && grep -c . "$1" || echo 0; }
+done_count() { echo $(( $(lines "$DATA/rollouts-default.jsonl") + $(lines "$DATA/rollouts-benchmark.jsonl") )); }
 
 clear-learn model
 while :; do
-    before=$(( $(lines "$DATA/rollouts-default.jsonl") + $(lines "$DATA/rollouts-benchmark.jsonl") ))
+    before=$(done_count)
     run default --limit "${DEFAULT_ROUND:-50}"
     run benchmark --limit "${BENCHMARK_ROUND:-15}"
-    after=$(( $(lines "$DATA/rollouts-default.jsonl") + $(lines "$DATA/rollouts-benchmark.jsonl") ))
-    [ "$after" -gt "$before" ] || break
+    [ "$(done_count)" -gt "$before" ] || break
 done
