@@ -138,3 +138,29 @@ def test_result_prints_and_serialises():
     assert "AllocationResult(n=5" in repr(res)
     import json
     json.loads(res.to_json())
+
+
+def test_both_price_searches_agree_at_the_threshold(monkeypatch):
+    """Just above SUBSAMPLE_ABOVE the subsampled search runs; it matches the exact one."""
+    n = alloc_mod.SUBSAMPLE_ABOVE + 1
+    curves = random_curves(n, seed=5)
+    calls = []
+    real = alloc_mod.search_subsampled
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(alloc_mod, "search_subsampled", counted)
+    total = 200 * n
+    fast = allocate(curves, total, max_tokens=4000)
+    assert calls == [1]
+    allocate(curves[:n - 1], 200 * (n - 1), max_tokens=4000)  # at the threshold: exact
+    assert calls == [1]
+    monkeypatch.setattr(alloc_mod, "SUBSAMPLE_ABOVE", 10**9)
+    exact = allocate(curves, total, max_tokens=4000)
+    assert calls == [1]
+    assert total - 4000 <= fast.budgets.sum() <= total
+    assert abs(fast.expected_correct / exact.expected_correct - 1) < 1e-5
+    assert abs(np.log(fast.price / exact.price)) < 1e-3
+    assert fast.upper_bound >= fast.expected_correct and exact.upper_bound >= fast.expected_correct
