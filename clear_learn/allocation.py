@@ -15,9 +15,10 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from .curves import Curves, utility
+from .curves import Curves, surge_cdf, utility
 from .demand import Demand, search_price
 from .large_batch import search_subsampled, trim
+from .lambertw import solve_y_minus_log_y
 
 __all__ = ["AllocationResult", "allocate", "uniform_budgets", "as_caps"]
 
@@ -46,7 +47,8 @@ class AllocationResult:
     total_budget, allocated : the budget given and the tokens handed out.
     upper_bound : an upper bound on the expected correct answers of any allocation of
         ``total_budget`` (weak Lagrangian duality), so ``expected_correct / upper_bound`` is a
-        certificate of near-optimality; NaN with ``fallback_tokens``.
+        certificate of near-optimality; with ``fallback_tokens``, of any allocation giving
+        every query at least the fallback.
     converged : whether the price search met its tolerance.
     message : a one-line summary of how it ended.
     """
@@ -185,9 +187,10 @@ def allocate(curves: Curves, total_budget: int, *, max_tokens=None, fallback_tok
     u = utility(budgets, tau, p, k)
     allocated = int(budgets.sum())
     expected = float(u.sum())
-    bound = info.pop("upper_bound", expected)
-    if fallback:  # a bound for the problem seen from the fallback, not for this one
-        bound = float("nan")
+    bound = info.pop("upper_bound", None)
+    if fallback or bound is None:
+        # the core's bound is for the curves seen from the fallback: bound this problem
+        bound = _dual_bound(price, total_budget, tau, p, k, caps, floor=fallback)
     msg = (f"{n - int(abandoned.sum())} of {n} queries funded at price {price:.4g}; "
            f"{total_budget - allocated} of {total_budget} tokens unspent")
     return AllocationResult(budgets=budgets, abandoned=abandoned, price=float(price),
@@ -239,25 +242,56 @@ def _allocate_core(tau, p, k, caps, budget, max_fill_rounds):
     info["price_evals"] = evals
     rounds = _greedy_fill(b, budget - b.sum(), tau, p, k, caps, demand, max_fill_rounds)
     info["fill_rounds"] = rounds
-    bound = _dual_bound(demand, log_price, budget, tau, p, k)
+    bound = _dual_bound(float(np.exp(log_price)), budget, tau, p, k, caps)
     if n <= POLISH_MAX_N and float(utility(b, tau, p, k).sum()) < bound * (1 - POLISH_GAP):
         b, info["polish_swaps"] = _polish(b, budget, tau, p, k, caps, demand, max_fill_rounds,
                                            log_price)
+        # the polish fills on a demand with one query forced in or out: refill on the real one
+        _greedy_fill(b, budget - b.sum(), tau, p, k, caps, demand, max_fill_rounds)
     info["upper_bound"] = bound
     return b.astype(np.int64), float(np.exp(log_price)), converged, info
 
 
-def _dual_bound(demand: Demand, log_price: float, budget: float, tau, p, k) -> float:
+def _dual_bound(lam: float, budget: float, tau, p, k, caps, floor: float = 0.0) -> float:
     """Weak-duality bound on the best expected correct answers of any feasible allocation.
 
-    For any price ``lambda >= 0``: ``OPT <= lambda B + sum_i max_{0<=b<=cap_i} (U_i(b) -
-    lambda b)``, the inner maxima being the Lagrangian's own per-query solutions.
+    For any price ``lambda >= 0`` and every ``b`` with ``sum_i b_i <= B`` and ``floor <= b_i <=
+    cap_i``: ``sum_i U_i(b_i) <= lambda (B - N floor) + sum_i max_{floor <= b <= cap_i}
+    (U_i(b) - lambda (b - floor))``. ``U - lambda b`` falls up to the rising side's stationary
+    point, rises to the decaying side's ``b_i(lambda)`` and falls after it, so each inner
+    maximum is at ``floor`` or at ``b_i(lambda)`` clipped to ``cap_i`` (when not below ``floor``).
+
+    Notes
+    -----
+    Computed so that rounding cannot make it too small: the clipped point is evaluated in
+    ``y = k (b - tau)``, never as ``b`` (with ``y / k`` below one ulp of ``tau``, a huge ``k``,
+    ``U(tau + y / k)`` would round to 0 and the bound to about ``lambda B``); the floor is
+    taken out before multiplying by ``lambda``; and the sum is raised by a bound on its own
+    rounding error (``(N + 4) eps`` of the sum of magnitudes, which matters only when a huge
+    price makes its terms cancel). The bound at ``lambda = 0`` (every query at its cap) is
+    valid too, and the smaller of the two is returned.
     """
-    lam = float(np.exp(log_price))
-    idx, y = demand.funded(log_price)
-    bc = np.minimum(tau[idx] + y / k[idx], demand.caps[idx])
-    gain = utility(bc, tau[idx], p[idx], k[idx]) - lam * bc
-    return float(lam * budget + np.maximum(gain, 0.0).sum())
+    n = np.size(tau)
+    with np.errstate(all="ignore"):
+        at_cap = float(np.where(np.isfinite(caps), utility(caps, tau, p, k), p).sum())
+        spare = budget - n * floor
+        if not 0 < lam < np.inf:
+            return at_cap
+        L = np.log(p) + np.log(k) - np.log(lam)  # -ln(lambda / (p k)), no underflow
+        y = solve_y_minus_log_y(np.where(np.isfinite(L), L, 1.0))
+        e = (tau - floor) + y / k  # b - floor at the stationary point
+        over = e > caps - floor
+        y = np.where(over, k * (caps - tau), y)
+        e = np.where(over, caps - floor, e)
+        extra = lam * e
+        gain = np.where(e >= 0, np.where(y > 0, p * surge_cdf(y), 0.0) - extra, -np.inf)
+        at_floor = utility(floor, tau, p, k)
+        top = gain > at_floor
+        value = np.where(top, gain, at_floor)
+        bound = lam * spare + value.sum()
+        scale = lam * spare + p.sum() + np.where(top, extra, 0.0).sum()
+        bound += (n + 4) * np.finfo(float).eps * scale
+        return float(np.fmin(bound, at_cap))
 
 
 def _polish(b, budget, tau, p, k, caps, demand, max_fill_rounds, log_price,
