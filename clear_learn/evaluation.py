@@ -27,16 +27,20 @@ Policy = Curves | Callable[[np.ndarray, int], np.ndarray]
 
 
 def split_rollouts(data: RolloutArrays, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Random disjoint halves of each query's rollouts: ``(fit_mask, score_mask)``.
+    """Random disjoint halves of each query's rollouts: flat masks ``(fit_mask, score_mask)``.
 
-    A query with an odd count gives the extra rollout to the scoring half.
+    Each is (R,) over :attr:`RolloutArrays.flat_tokens`. A query with an odd count gives the
+    extra rollout to the scoring half. Every rollout draws one uniform key, in flat order, and
+    the ``counts // 2`` lowest keys of a query form its fit half.
     """
     rng = np.random.default_rng(seed)
-    keys = np.where(data.mask, rng.random(data.mask.shape), np.inf)
-    rank = np.argsort(np.argsort(keys, axis=1), axis=1)
-    half = data.counts[:, None] // 2
-    fit = data.mask & (rank < half)
-    return fit, data.mask & ~fit
+    keys = rng.random(data.n_rollouts)
+    qi = data.query_index
+    order = np.lexsort((keys, qi))  # by query, then by key
+    rank = np.empty(data.n_rollouts, dtype=np.int64)
+    rank[order] = np.arange(data.n_rollouts) - data.offsets[qi[order]]
+    fit = rank < (data.counts // 2)[qi]
+    return fit, ~fit
 
 
 def gap_closed(acc: float, uniform: float, oracle: float) -> float:
@@ -244,8 +248,7 @@ def evaluate_policies(records: list[dict], policies: Mapping[str, Policy],
                 got["oracle"] = [_budgets("oracle", orc, idx, B, caps[idx], fallback_tokens)
                                  for B in totals]
             if optimum:
-                opt = empirical_optimum([sub.tokens[i][sub.mask[i]] for i in range(idx.size)],
-                                        [sub.correct[i][sub.mask[i]] for i in range(idx.size)],
+                opt = empirical_optimum(sub.split(sub.flat_tokens), sub.split(sub.flat_correct),
                                         max(totals), max_tokens=caps[idx])
                 got["optimum"] = [opt.budgets(B) for B in totals]
             for i, name in enumerate(names):

@@ -20,8 +20,10 @@ def data():
 def test_split_halves_are_disjoint_and_balanced(data):
     a = to_arrays(data[1])
     fit, score = split_rollouts(a, seed=3)
-    assert not np.any(fit & score) and np.array_equal(fit | score, a.mask)
-    assert np.all(fit.sum(1) == a.counts // 2)
+    assert fit.shape == score.shape == (a.n_rollouts,)
+    assert not np.any(fit & score) and np.all(fit | score)
+    assert np.all(a.per_query_sum(fit) == a.counts // 2)
+    assert np.all(a.with_mask(fit).counts == a.counts // 2)
 
 
 def test_report_orders_policies_sensibly(data, tmp_path):
