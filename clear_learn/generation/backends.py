@@ -6,8 +6,9 @@
 - :class:`~clear_learn.generation.llamacpp.LlamaCppBackend` (its own module): fast CPU sampling
   of GGUF models with continuous batching.
 
-Every backend counts a response's generated tokens without its stop token, and marks a response
-that reached ``max_new_tokens`` without stopping as not finished.
+Every backend draws sample ``j`` of problem ``i`` with its own seed ``seeds[i][j]`` (so a sample
+depends only on its seed), counts a response's generated tokens without its stop token, and
+marks a response that reached ``max_new_tokens`` without stopping as not finished.
 """
 
 from __future__ import annotations
