@@ -8,6 +8,10 @@ appending to) to a temporary file, appends one SIMULATED record with ``--big`` r
 in a subprocess, with and without the big record. Prints, for each, the wall time and the
 subprocess's peak resident memory (``ru_maxrss`` from ``os.wait4``), and the fitted curve of
 the big record against the curve it was sampled from.
+
+Measured on this project's 2-core machine (432 default records, shared with other jobs):
+with rollouts padded to the largest record, 918 s and 2,499 MiB with the big record (0.58 s,
+71 MiB without); with flat rollouts (issue 18 item 11), 1.5 s and 72 MiB (0.46 s, 72 MiB).
 """
 
 from __future__ import annotations
