@@ -32,8 +32,12 @@ __all__ = [
 
 
 def surge_cdf(x: np.ndarray) -> np.ndarray:
-    """``G(x) = 1 - (1 + x) exp(-x)`` for ``x > 0`` and 0 for ``x <= 0``, accurate for tiny ``x``."""
-    x = np.maximum(np.asarray(x, dtype=np.float64), 0.0)
+    """``G(x) = 1 - (1 + x) exp(-x)`` for ``x > 0`` and 0 for ``x <= 0``, accurate for tiny ``x``.
+
+    ``x`` is clipped to 1000 (where ``G`` is 1 to machine precision), so that ``x = inf``
+    (a huge ``k`` times a budget past ``tau``) gives 1, not ``inf * 0``.
+    """
+    x = np.clip(np.asarray(x, dtype=np.float64), 0.0, 1000.0)
     g = 1.0 - (1.0 + x) * np.exp(-x)
     small = x < 1e-3
     if np.any(small):
@@ -52,7 +56,7 @@ def utility(b: np.ndarray, tau: np.ndarray, p: np.ndarray, k: np.ndarray) -> np.
 
 def marginal_utility(b: np.ndarray, tau: np.ndarray, p: np.ndarray, k: np.ndarray) -> np.ndarray:
     """``U'(b) = p k^2 (b - tau) exp(-k (b - tau))`` for ``b > tau``, 0 otherwise."""
-    x = np.maximum(np.asarray(k) * (np.asarray(b, dtype=np.float64) - tau), 0.0)
+    x = np.clip(np.asarray(k) * (np.asarray(b, dtype=np.float64) - tau), 0.0, 1000.0)
     with np.errstate(over="ignore"):
         return np.asarray(p) * np.asarray(k) * x * np.exp(-x)
 

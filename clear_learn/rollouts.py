@@ -325,71 +325,142 @@ def write_rollouts(records: Iterable[dict], path: str | os.PathLike, *,
     return write_jsonl(records, path)
 
 
-@dataclass
 class RolloutArrays:
-    """Rollouts of Q queries as padded arrays (``n_max`` = most rollouts of any query).
+    """Rollouts of Q queries as flat arrays, query after query (ragged, never padded).
 
-    ``tokens`` (Q, n_max) int64, ``correct`` / ``cutoff`` / ``mask`` (Q, n_max) bool (``mask``
-    marks real rollouts), ``max_new_tokens`` (Q,) int64. ``cutoff`` is the rollout's
-    ``finished == false`` when given, else ``tokens == max_new_tokens``.
+    Query ``i``'s rollouts are positions ``offsets[i]:offsets[i + 1]`` of the flat arrays
+    ``flat_tokens`` (int64), ``flat_correct`` and ``flat_cutoff`` (bool); ``max_new_tokens``
+    is (Q,) int64. Memory and time grow with the total number of rollouts R, not with Q times
+    the largest query. ``cutoff`` is the rollout's ``finished == false`` when given, else
+    ``tokens == max_new_tokens``.
+
+    ``tokens``, ``correct``, ``cutoff`` and ``mask`` are padded (Q, n_max) views, built on
+    first use, for code that wants a rectangle (``mask`` marks real rollouts); they cost
+    Q x n_max, which one long query makes large.
     """
 
-    tokens: np.ndarray
-    correct: np.ndarray
-    cutoff: np.ndarray
-    mask: np.ndarray
-    max_new_tokens: np.ndarray
+    def __init__(self, flat_tokens, flat_correct, flat_cutoff, offsets, max_new_tokens):
+        self.flat_tokens = np.asarray(flat_tokens, dtype=np.int64)
+        self.flat_correct = np.asarray(flat_correct, dtype=bool)
+        self.flat_cutoff = np.asarray(flat_cutoff, dtype=bool)
+        self.offsets = np.asarray(offsets, dtype=np.int64)
+        self.max_new_tokens = np.asarray(max_new_tokens, dtype=np.int64)
+        r, q = self.flat_tokens.size, self.max_new_tokens.size
+        if (self.flat_correct.shape != (r,) or self.flat_cutoff.shape != (r,)
+                or self.offsets.shape != (q + 1,) or self.offsets[0] != 0
+                or self.offsets[-1] != r or np.any(np.diff(self.offsets) < 0)):
+            raise ValueError(f"RolloutArrays: inconsistent shapes (flat {r}, offsets "
+                             f"{self.offsets.shape}, queries {q})")
+        self._padded: dict[str, np.ndarray] = {}
 
     def __len__(self) -> int:
-        return int(self.tokens.shape[0])
+        return int(self.max_new_tokens.size)
+
+    @property
+    def n_rollouts(self) -> int:
+        """R, the total number of rollouts."""
+        return int(self.flat_tokens.size)
 
     @property
     def counts(self) -> np.ndarray:
-        return self.mask.sum(axis=1)
+        """Rollouts per query, (Q,) int64."""
+        return np.diff(self.offsets)
+
+    @property
+    def query_index(self) -> np.ndarray:
+        """The query of each flat rollout, (R,) int64."""
+        if "query_index" not in self._padded:
+            self._padded["query_index"] = np.repeat(np.arange(len(self)), self.counts)
+        return self._padded["query_index"]
+
+    def per_query_sum(self, values: np.ndarray) -> np.ndarray:
+        """Sum of per-rollout ``values`` (R,) within each query, (Q,) float64."""
+        out = np.bincount(self.query_index, weights=values, minlength=len(self))
+        return out.astype(np.float64, copy=False)  # bincount of nothing is int64
+
+    def split(self, values: np.ndarray) -> list[np.ndarray]:
+        """Per-rollout ``values`` (R,) cut into one array per query."""
+        return np.split(values, self.offsets[1:-1])
 
     def select(self, rows: np.ndarray) -> "RolloutArrays":
-        return RolloutArrays(self.tokens[rows], self.correct[rows], self.cutoff[rows],
-                             self.mask[rows], self.max_new_tokens[rows])
+        """The queries ``rows`` (indices, repeats allowed), in that order."""
+        rows = np.asarray(rows, dtype=np.int64)
+        counts = self.counts[rows]
+        offsets = np.concatenate([[0], np.cumsum(counts)])
+        pick = np.repeat(self.offsets[rows] - offsets[:-1], counts) + np.arange(offsets[-1])
+        return RolloutArrays(self.flat_tokens[pick], self.flat_correct[pick],
+                             self.flat_cutoff[pick], offsets, self.max_new_tokens[rows])
 
     def with_mask(self, mask: np.ndarray) -> "RolloutArrays":
-        """The same rollouts with only those in ``mask`` (and the old mask) kept."""
-        m = self.mask & mask
-        return RolloutArrays(self.tokens, self.correct & m, self.cutoff & m, m,
+        """The same queries with only the rollouts in ``mask`` kept.
+
+        ``mask`` is flat, (R,), or padded like :attr:`mask`, (Q, n_max).
+        """
+        mask = np.asarray(mask, dtype=bool)
+        if mask.ndim == 2:
+            if mask.shape != self.mask.shape:
+                raise ValueError(f"mask has shape {mask.shape}, the rollouts {self.mask.shape}")
+            mask = mask[self.mask]
+        if mask.shape != (self.n_rollouts,):
+            raise ValueError(f"mask has shape {mask.shape}, expected ({self.n_rollouts},)")
+        counts = np.bincount(self.query_index[mask], minlength=len(self))
+        return RolloutArrays(self.flat_tokens[mask], self.flat_correct[mask],
+                             self.flat_cutoff[mask], np.concatenate([[0], np.cumsum(counts)]),
                              self.max_new_tokens)
 
     def accuracy_at(self, budgets: np.ndarray) -> np.ndarray:
         """Empirical ``acc_i(b_i) = #{j: correct_ij, tokens_ij <= b_i} / n_i``."""
-        b = np.asarray(budgets)[:, None]
-        hit = self.correct & self.mask & (self.tokens <= b)
-        return hit.sum(axis=1) / np.maximum(self.counts, 1)
+        b = np.asarray(budgets)[self.query_index]
+        hit = self.flat_correct & (self.flat_tokens <= b)
+        return self.per_query_sum(hit) / np.maximum(self.counts, 1)
 
     def consumed_at(self, budgets: np.ndarray) -> np.ndarray:
         """Mean tokens actually generated per query under budgets: ``mean_j min(L_ij, b_i)``."""
-        b = np.asarray(budgets)[:, None]
-        used = np.where(self.mask, np.minimum(self.tokens, b), 0)
-        return used.sum(axis=1) / np.maximum(self.counts, 1)
+        b = np.asarray(budgets)[self.query_index]
+        used = np.minimum(self.flat_tokens, b)
+        return self.per_query_sum(used) / np.maximum(self.counts, 1)
+
+    def _pad(self, name: str) -> np.ndarray:
+        if name not in self._padded:
+            q, counts = len(self), self.counts
+            n_max = int(counts.max(initial=0))
+            col = np.arange(self.n_rollouts) - np.repeat(self.offsets[:-1], counts)
+            if name == "mask":
+                out = np.zeros((q, n_max), dtype=bool)
+                out[self.query_index, col] = True
+            else:
+                flat = getattr(self, "flat_" + name)
+                out = np.zeros((q, n_max), dtype=flat.dtype)
+                out[self.query_index, col] = flat
+            self._padded[name] = out
+        return self._padded[name]
+
+    tokens = property(lambda self: self._pad("tokens"),
+                      doc="Padded (Q, n_max) int64 token counts (0 past a query's rollouts).")
+    correct = property(lambda self: self._pad("correct"), doc="Padded (Q, n_max) bool.")
+    cutoff = property(lambda self: self._pad("cutoff"), doc="Padded (Q, n_max) bool.")
+    mask = property(lambda self: self._pad("mask"),
+                    doc="Padded (Q, n_max) bool: which cells are real rollouts.")
 
 
 def to_arrays(records: list[dict]) -> RolloutArrays:
-    """Pack validated records into :class:`RolloutArrays`."""
-    q = len(records)
-    n_max = max((len(r["rollouts"]) for r in records), default=0)
-    tokens = np.zeros((q, n_max), dtype=np.int64)
-    correct = np.zeros((q, n_max), dtype=bool)
-    cutoff = np.zeros((q, n_max), dtype=bool)
-    mask = np.zeros((q, n_max), dtype=bool)
-    caps = np.zeros(q, dtype=np.int64)
-    for i, rec in enumerate(records):
-        m = int(rec["max_new_tokens"])
-        caps[i] = m
-        for j, r in enumerate(rec["rollouts"]):
-            t = int(r["tokens"])
-            tokens[i, j] = t
-            correct[i, j] = bool(r["correct"])
-            fin = r.get("finished")
-            cutoff[i, j] = (not fin) if isinstance(fin, bool) else t >= m
-            mask[i, j] = True
-    return RolloutArrays(tokens, correct, cutoff, mask, caps)
+    """Pack validated records into :class:`RolloutArrays` (flat, in record order)."""
+    caps = np.fromiter((int(r["max_new_tokens"]) for r in records), dtype=np.int64,
+                       count=len(records))
+    counts = np.fromiter((len(r["rollouts"]) for r in records), dtype=np.int64,
+                         count=len(records))
+    n = int(counts.sum())
+    tokens = np.fromiter((int(x["tokens"]) for r in records for x in r["rollouts"]),
+                         dtype=np.int64, count=n)
+    correct = np.fromiter((bool(x["correct"]) for r in records for x in r["rollouts"]),
+                          dtype=bool, count=n)
+    finished = [x.get("finished") for r in records for x in r["rollouts"]]
+    cap_of = np.repeat(caps, counts)
+    cutoff = np.array([(not f) if isinstance(f, bool) else bool(t >= m)
+                       for f, t, m in zip(finished, tokens.tolist(), cap_of.tolist())],
+                      dtype=bool).reshape(n)
+    return RolloutArrays(tokens, correct, cutoff, np.concatenate([[0], np.cumsum(counts)]),
+                         caps)
 
 
 def to_dataset(records: list[dict]):
