@@ -78,12 +78,15 @@ def cmd_regrade(args) -> int:
     lines = [n for n, _, _ in iter_jsonl(args.rollouts)]
     problems = {str(p["id"]): p for p in join_shared_texts(read_problems(args.problems))}
     texts = load_texts(args.texts)  # the last copy of an id wins
-    new, changed = regrade(records, texts, problems, source=args.rollouts, lines=lines)
+    new, changed = regrade(records, texts, problems, source=args.rollouts, lines=lines,
+                           only_with_texts=args.only_with_texts)
+    with_texts = sum(str(r["id"]) in texts for r in records)
     out = args.output or args.rollouts
     if not args.dry_run:
         write_jsonl(new, out)
     n = sum(len(r["rollouts"]) for r in new)
-    print(json.dumps({"records": len(new), "rollouts": n, "labels_changed": changed,
+    print(json.dumps({"records": len(new), "records_with_texts": with_texts,
+                      "rollouts": n, "labels_changed": changed,
                       "written": None if args.dry_run else str(out)}))
     return 0
 
@@ -144,4 +147,7 @@ def add_generation_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", type=output_file,
                    help="write here (default: replace the rollout file)")
     p.add_argument("--dry-run", action="store_true", help="count changed labels, write nothing")
+    p.add_argument("--only-with-texts", action="store_true",
+                   help="regrade the records whose texts are saved, keep the others as they are "
+                        "(default: a record without texts is an error)")
     p.set_defaults(func=cmd_regrade)

@@ -199,8 +199,8 @@ def generate_rollouts(problems: Iterable[dict], backend: Backend, out_path: str 
 
 
 def regrade(records: list[dict], texts: dict[str, list[str]], problems: dict[str, dict], *,
-            source: str | None = None, lines: Sequence[int] | None = None
-            ) -> tuple[list[dict], int]:
+            source: str | None = None, lines: Sequence[int] | None = None,
+            only_with_texts: bool = False) -> tuple[list[dict], int]:
     """Records with every rollout's ``correct`` recomputed from its saved response text.
 
     ``texts`` maps a record id to its responses (as ``generate_rollouts`` saved them),
@@ -209,6 +209,7 @@ def regrade(records: list[dict], texts: dict[str, list[str]], problems: dict[str
     without texts, whose texts do not match its rollouts, or a rollout without ``finished``,
     is an error naming it: a :class:`~clear_learn.errors.DataError` naming ``source`` and the
     record's line (``lines``, or its position from 1) when ``source`` is given.
+    ``only_with_texts`` passes records without saved texts through unchanged instead.
     """
     def fail(i: int, rid: str, field: str | None, msg: str) -> ValueError:
         if source is None:
@@ -219,6 +220,9 @@ def regrade(records: list[dict], texts: dict[str, list[str]], problems: dict[str
     out, changed = [], 0
     for i, rec in enumerate(records):
         rid = str(rec["id"])
+        if rid not in texts and only_with_texts:
+            out.append(rec)
+            continue
         if rid not in texts:
             raise fail(i, rid, None, "no saved response texts")
         if rid not in problems:
