@@ -1,0 +1,50 @@
+"""The committed checkpoints/default keeps giving the results recorded before the predictor
+pipeline was refactored (issue 17): tests/fixtures/default_predictions.json holds its curves
+and allocations on 64 embedded texts, made by the code of the commit it names."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("peft")
+
+ROOT = Path(__file__).resolve().parents[1]
+CKPT = ROOT / "checkpoints" / "default"
+FIXTURE = json.loads((ROOT / "tests" / "fixtures" / "default_predictions.json").read_text())
+TOL = 1e-6
+
+
+@pytest.fixture(scope="module")
+def pred():
+    from clear_learn.predictor.export import ClearPredictor
+
+    if not (CKPT / "config.json").is_file():
+        pytest.skip("no committed default checkpoint")
+    return ClearPredictor.from_pretrained(CKPT)
+
+
+def _same(curves, want: dict) -> None:
+    for name in ("tau", "p", "k"):
+        np.testing.assert_allclose(getattr(curves, name), want[name], rtol=TOL, atol=TOL,
+                                   err_msg=name)
+
+
+def test_predict_matches_the_recorded_curves(pred):
+    texts = FIXTURE["texts"]
+    _same(pred.predict(texts), FIXTURE["predict"])
+    _same(pred.predict(texts, batch_context=False), FIXTURE["predict_no_context"])
+    _same(pred.predict(texts, tau_k_source="encoder"), FIXTURE["predict_encoder_source"])
+    _same(pred.predict(texts, batch_context=False, tau_spread=0, tau_k_source="encoder"),
+          FIXTURE["predict_network"])
+
+
+def test_allocate_matches_the_recorded_budgets(pred):
+    texts = FIXTURE["texts"]
+    for key, want in FIXTURE["allocate"].items():
+        total, cap = key.split("/")
+        res = pred.allocate(texts, int(total), max_tokens=None if cap == "None" else int(cap))
+        np.testing.assert_array_equal(res.budgets, want["budgets"])
+        assert abs(res.expected_correct - want["expected_correct"]) <= TOL
