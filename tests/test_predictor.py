@@ -623,6 +623,42 @@ def test_leave_one_family_out_resumes(sim_file, tmp_path, capsys):
     assert capsys.readouterr().out.count("reusing") == 1
 
 
+def test_saved_fold_curves_are_the_networks_own(trained, tmp_path, monkeypatch):
+    """A fold's saved clear-learned curves are the network's own (tau, p and k from the
+    encoder, no batch context, no spread): cross_family.py's pooling applies the length line,
+    the batch context and the spread once, after the folds. (They were saved by predict()
+    with the fold predictor's defaults, which already include all three, and then got them
+    a second time.)"""
+    sys.path.insert(0, str(ROOT / "train"))
+    import cross_family
+
+    pred = _export(trained, tmp_path / "p")  # default recipe: length line, context, spread
+    assert pred.batch_context is not None and pred.tau_spread > 0
+    assert pred.tau_k_source == "length"
+    module, dm, _, _ = trained
+    monkeypatch.setattr(cross_family, "train_predictor", lambda cfg: (pred, dm, {"x": 1}))
+    cfg = cross_family.load_config(ROOT / "configs" / "default.yaml",
+                                   [f"run_dir={tmp_path / 'run'}"])
+    rows, _ = cross_family.fold_curves(cfg, "sim-hard", None)
+    test = dm.split_records("test")
+    texts = [r["text"] for r in test]
+    from clear_learn.curves import Curves
+
+    saved = Curves.from_records(rows["clear-learned"])
+    assert [r["id"] for r in rows["clear-learned"]] == [r["id"] for r in test]
+    own = pred.predict_raw(texts)
+    assert np.allclose(saved.tau, own.tau) and np.allclose(saved.p, own.p)
+    assert np.allclose(saved.k, own.k)
+    shipped = pred.predict(texts)
+    assert not np.allclose(saved.p, shipped.p) and not np.allclose(saved.tau, shipped.tau)
+    # an --out of folds written before the fix is refused, not pooled
+    old = tmp_path / "cv"
+    old.mkdir()
+    (old / "config.json").write_text(json.dumps({"config": {}, "random_val": False}))
+    with pytest.raises(SystemExit, match="written before the fix"):
+        cross_family.check_same_config(old, cfg, False)
+
+
 def test_bad_evaluate_splits_is_refused_before_training(tmp_path):
     sys.path.insert(0, str(ROOT / "train"))
     import cross_family

@@ -31,6 +31,10 @@ from train import (ROOT, context_from_config, eval_splits, load_config, resolve,
                    with_sources, with_spread)
 
 POLICIES = ("clear-learned", "clear-tfidf", "clear-length")  # saved per fold, before context
+# what the saved folds hold; folds written before it (clear-learned saved by predict() with the
+# fold predictor's length line, batch context and spread, then pooled with them again) are
+# refused by check_same_config
+FOLD_CONTENTS = "network curves: clear-learned = ClearPredictor.predict_raw"
 
 
 def val_family(tasks: list[str], family: str, random_val: bool) -> str | None:
@@ -118,7 +122,7 @@ def fold_curves(cfg: dict, family: str, val_family: str | None
     pred, dm, metrics = train_predictor(cfg)
     train, test = dm.split_records("train"), dm.split_records("test")
     texts = [r["text"] for r in test]
-    curves = {"clear-learned": pred.predict(texts),
+    curves = {"clear-learned": pred.predict_raw(texts),  # the pooling adds every stage once
               "clear-tfidf": TfidfCurvePredictor().fit(train).predict(texts),
               "clear-length": LengthCurvePredictor().fit(train).predict(texts)}
     print(f"fold {family}: {len(train)} train, {len(test)} test, {metrics}")
@@ -139,10 +143,15 @@ def check_same_config(out: Path, cfg: dict, random_val: bool) -> None:
     """Record the run's config in ``OUT/config.json``; refuse to mix folds of another one
     (the sections in ``POOLING_ONLY`` act after the folds, so they may differ)."""
     want = {"config": {k: v for k, v in cfg.items() if k not in POOLING_ONLY},
-            "random_val": bool(random_val)}
+            "random_val": bool(random_val), "folds": FOLD_CONTENTS}
     path = out / "config.json"
     if path.is_file():
         have = json.loads(path.read_text())
+        if have.get("folds") != FOLD_CONTENTS:
+            raise SystemExit(f"{out} holds folds written before the fix of their contents "
+                             "(their clear-learned curves already had the batch context and "
+                             "spread that pooling adds again): pass another --out, or delete "
+                             "it to start over")
         if have != json.loads(json.dumps(want)):
             raise SystemExit(f"{out} holds folds of another config ({path}): pass another "
                              "--out, or delete it to start over")

@@ -105,10 +105,13 @@ class ClearPredictor:
         if tau_spread is not None:
             check_tau_spread(tau_spread)  # before the network runs
         self._tau_k_source(tau_k_source)
-        import torch
+        texts = self._checked_texts(texts)
+        return self.adjust(self.predict_raw(texts, batch_size=batch_size), texts,
+                           batch_context=batch_context, tau_spread=tau_spread,
+                           tau_k_source=tau_k_source)
 
-        from .model import raw_to_curve
-
+    @staticmethod
+    def _checked_texts(texts: Sequence[str]) -> list[str]:
         if isinstance(texts, str):
             raise TypeError("predict takes a list of texts, not one string")
         texts = list(texts)
@@ -116,6 +119,16 @@ class ClearPredictor:
         if bad:
             raise ValueError(f"texts must be non-empty strings; index {bad[0]} is "
                              f"{texts[bad[0]]!r}")
+        return texts
+
+    def predict_raw(self, texts: Sequence[str], *, batch_size: int = 64) -> Curves:
+        """The network's own curves, one per text: tau, p and k all from the encoder, before
+        any post-network stage (no length line, batch context or threshold spread)."""
+        import torch
+
+        from .model import raw_to_curve
+
+        texts = self._checked_texts(texts)
         parts = []
         cap = float(self.max_new_tokens)
         n_range = self.n_tokens_range
@@ -144,8 +157,7 @@ class ClearPredictor:
         out = np.zeros((3, len(texts)))
         for idx, t, p, k in parts:
             out[0, idx], out[1, idx], out[2, idx] = t, p, k
-        return self.adjust(Curves(out[0], out[1], out[2]), texts, batch_context=batch_context,
-                           tau_spread=tau_spread, tau_k_source=tau_k_source)
+        return Curves(out[0], out[1], out[2])
 
     def _tau_k_source(self, source: str | None) -> str:
         source = self.tau_k_source if source is None else source
