@@ -35,9 +35,10 @@ def _same(curves, want: dict) -> None:
 def test_predict_matches_the_recorded_curves(pred):
     texts = FIXTURE["texts"]
     _same(pred.predict(texts), FIXTURE["predict"])
-    _same(pred.predict(texts, batch_context=False), FIXTURE["predict_no_context"])
+    _same(pred.predict(texts, use_batch_context=False), FIXTURE["predict_no_context"])
     _same(pred.predict(texts, tau_k_source="encoder"), FIXTURE["predict_encoder_source"])
-    _same(pred.predict(texts, batch_context=False, tau_spread=0, tau_k_source="encoder"),
+    _same(pred.predict(texts, use_batch_context=False, tau_spread=0,
+                       tau_k_source="encoder"),
           FIXTURE["predict_network"])
 
 
@@ -48,3 +49,7 @@ def test_allocate_matches_the_recorded_budgets(pred):
         res = pred.allocate(texts, int(total), max_tokens=None if cap == "None" else int(cap))
         np.testing.assert_array_equal(res.budgets, want["budgets"])
         assert abs(res.expected_correct - want["expected_correct"]) <= TOL
+
+
+def test_predict_raw_is_the_networks_own_curve(pred):
+    _same(pred.predict_raw(FIXTURE["texts"]), FIXTURE["predict_network"])
