@@ -53,3 +53,28 @@ def test_allocate_matches_the_recorded_budgets(pred):
 
 def test_predict_raw_is_the_networks_own_curve(pred):
     _same(pred.predict_raw(FIXTURE["texts"]), FIXTURE["predict_network"])
+
+
+def test_it_records_the_texts_it_was_trained_on(pred):
+    """The checkpoint's 520 training texts (data commit da92f80: the first 400 default
+    records and the 120 benchmark ones) are recorded by hash: of the fixture's texts (every
+    11th default record, every 5th benchmark one) only default records 407, 418 and 429,
+    added after it was trained, are new to it."""
+    seen = pred.trained_on(FIXTURE["texts"])
+    assert [i for i, x in enumerate(seen) if not x] == [37, 38, 39]
+    assert pred.config.format_version == 2 and pred.config.training.n_train == 520
+
+
+def test_its_format_1_export_still_loads_to_the_same_curves(tmp_path):
+    """The checkpoint as it was exported (format 1, tests/fixtures/config-format1.json) loads
+    through the migration and predicts what it always did."""
+    import shutil
+
+    from clear_learn.predictor import ClearPredictor
+
+    old = tmp_path / "old"
+    shutil.copytree(CKPT, old)
+    shutil.copy(ROOT / "tests" / "fixtures" / "config-format1.json", old / "config.json")
+    pred = ClearPredictor.from_pretrained(old)
+    assert pred.trained_on(["anything"]) is None  # format 1 did not record its texts
+    _same(pred.predict(FIXTURE["texts"]), FIXTURE["predict"])
