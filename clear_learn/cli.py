@@ -82,7 +82,7 @@ def cmd_allocate(args) -> int:
         texts = _texts(rows, lines, args.curves)
         pred = _load_predictor(args.predictor)
         curves = pred.predict(texts,
-                              batch_context=not args.no_batch_context,
+                              use_batch_context=not args.no_batch_context,
                               tau_spread=args.tau_spread, tau_k_source=args.tau_k_source)
         max_tokens = pred.max_new_tokens if max_tokens is None else max_tokens
     else:
@@ -118,7 +118,7 @@ def cmd_predict(args) -> int:
     rows, lines = _rows(args.input)
     texts = _texts(rows, lines, args.input)
     curves = _load_predictor(args.predictor).predict(
-        texts, batch_size=args.batch_size, batch_context=not args.no_batch_context,
+        texts, batch_size=args.batch_size, use_batch_context=not args.no_batch_context,
         tau_spread=args.tau_spread, tau_k_source=args.tau_k_source)
     out = [{"id": r.get("id", i), "tau": float(t), "p": float(q), "k": float(k)}
            for i, (r, t, q, k) in enumerate(zip(rows, curves.tau, curves.p, curves.k))]
@@ -175,7 +175,10 @@ def cmd_evaluate(args) -> int:
         if missing:
             raise SystemExit(f"{args.curves}: no curve for {len(missing)} held-out queries, "
                              f"e.g. {missing[0]!r}")
+        from .predictor.overlap import warn_fitted_on
+
         given = [by_id[str(r["id"])] for r in test]
+        warn_fitted_on([o for o, _ in given], test, args.curves)
         policies["clear-given"] = Curves.from_records([o for o, _ in given], source=args.curves,
                                                       lines=[n for _, n in given])
     if args.predictor:
@@ -184,15 +187,16 @@ def cmd_evaluate(args) -> int:
         if caps != {pred.max_new_tokens}:
             print(f"warning: the predictor learned curves under a cap of {pred.max_new_tokens} "
                   f"tokens; these rollouts have caps {sorted(caps)}", file=sys.stderr)
-        texts = [r["text"] for r in test]
-        raw = pred.predict(texts, batch_context=False, tau_spread=0)
-        policies["clear-learned"] = pred.adjust(raw, texts)
-        if pred.batch_context is not None:  # in streams, each batch is its own context
-            from .predictor.batch_context import batch_context_policy
+        from .predictor.overlap import warn_trained_on
+        from .predictor.pipeline import LEARNED, postprocess, stream_policy
 
-            stream_policies["clear-learned"] = batch_context_policy(
-                raw, texts, pred.batch_context,
-                np.array([int(r["max_new_tokens"]) for r in test]), pred.tau_spread)
+        warn_trained_on(pred, test, args.predictor)
+        texts = [r["text"] for r in test]
+        raw = pred.predict_raw(texts)
+        policies[LEARNED] = postprocess(raw, texts, pred.stages)
+        if pred.batch_context is not None:  # in streams, each batch is its own context
+            stream_policies[LEARNED] = stream_policy(
+                raw, texts, pred.stages, np.array([int(r["max_new_tokens"]) for r in test]))
     print(f"evaluating on {label}: {len(test)} held-out queries "
           f"({len(train)} for the task prior)")
     report = evaluate_policies(test, policies, args.budgets, seed=args.seed,

@@ -1,6 +1,7 @@
 """Shifted-surge accuracy curves: the value type and its vectorised functions.
 
-A query's expected accuracy at a generation budget of ``b`` tokens is (DESIGN.md section 2)::
+A query's expected accuracy at a generation budget of ``b`` tokens is (docs/METHOD.md, "The
+curve of one query")::
 
     U(b) = p * G(k * (b - tau))   for b > tau,   0 otherwise,    G(x) = 1 - (1 + x) exp(-x)
 

@@ -33,6 +33,15 @@ def test_cli_end_to_end(tmp_path, capsys):
         rep["policies"])
     assert (tmp_path / "ev" / "frontier.png").exists()
     assert "bursts" in rep["meta"]["streams"]
+    # the curves were fitted on the very rollouts they are scored on: said (issue 18, 16)
+    assert "are fits of their own rollouts" in capsys.readouterr().err
+    other = tmp_path / "other.jsonl"  # the same queries, other rollouts: no warning
+    assert main(["simulate", "-o", str(other), "--per-task", "20", "--seed", "9"]) == 0
+    assert main(["fit", str(other), "-o", str(tmp_path / "oc.jsonl")]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(sim), "--budgets", "64", "--out", str(tmp_path / "ev2"),
+                 "--curves", str(tmp_path / "oc.jsonl")]) == 0
+    assert "are fits of their own rollouts" not in capsys.readouterr().err
 
 
 def test_cli_reports_bad_input(tmp_path, capsys):

@@ -33,10 +33,8 @@ from pathlib import Path
 import numpy as np
 
 from clear_learn.atomic import write_text
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cross_family import median_epochs  # noqa: E402
-from train import ROOT, parse_value, resolve  # noqa: E402
+from clear_learn.training.lofo import median_epochs
+from clear_learn.training.recipe import ROOT, parse_value, resolve
 
 TITLES = {"queries": "Held-out queries (random query split)",
           "unseen": "Held-out families, trained without them",
