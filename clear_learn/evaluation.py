@@ -7,6 +7,7 @@ policy is scored on the other half, so that all are judged on the same rollouts.
 
 from __future__ import annotations
 
+import itertools
 import json
 import warnings
 from dataclasses import dataclass, field
@@ -122,14 +123,21 @@ class EvalReport:
                    n_queries=int(d["n_queries"]), meta=d.get("meta", {}))
 
     def table(self, metric: str = "mean_accuracy") -> str:
-        """A plain-text table: one row per budget, one column per policy."""
+        """A plain-text table: one row per budget, one column per policy. An undefined value
+        (``gap_closed`` where the oracle does not beat uniform) is a dash, explained below."""
         names = list(self.rows)
         head = "| tokens/query | " + " | ".join(names) + " |"
         sep = "|---:|" + "---:|" * len(names)
         lines = [head, sep]
+        undefined = False
         for i, b in enumerate(self.budgets_per_query):
-            cells = [f"{self.rows[n][i][metric]:.3f}" for n in names]
+            vals = [self.rows[n][i][metric] for n in names]
+            undefined |= any(not np.isfinite(v) for v in vals)
+            cells = [f"{v:.3f}" if np.isfinite(v) else "-" for v in vals]
             lines.append(f"| {b:g} | " + " | ".join(cells) + " |")
+        if undefined:
+            lines.append("(-: undefined" + (", the oracle does not beat uniform at that budget)"
+                                            if metric.startswith("gap_closed") else ")"))
         return "\n".join(lines)
 
 
@@ -346,11 +354,16 @@ def plot_frontier(report: EvalReport, path: str | Path, *, title: str = "") -> P
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    # the reference lines in black, each its own dash; every other policy its own colour
+    reference = {"uniform": "--", "oracle": "-.", "optimum": ":"}
+    colours = itertools.cycle(plt.get_cmap("tab10").colors)
     for name, rows in report.rows.items():
         x = [r["allocated_tokens"] for r in rows]
         y = [r["mean_accuracy"] for r in rows]
-        style = {"uniform": "k--", "optimum": "k:", "oracle": "C3-"}.get(name, "-")
-        ax.plot(x, y, style, marker="o", ms=3, label=name)
+        if name in reference:
+            ax.plot(x, y, reference[name], color="black", marker="o", ms=3, label=name)
+        else:
+            ax.plot(x, y, "-", color=next(colours), marker="o", ms=3, label=name)
     ax.set_xlabel(f"total tokens allocated ({report.n_queries} queries)")
     ax.set_ylabel("mean accuracy (empirical, held-out rollouts)")
     ax.set_title(title or "Accuracy against total tokens")

@@ -248,3 +248,40 @@ def test_queries_with_one_rollout_are_left_out_with_a_warning(data):
     assert without.n_queries == 20
     with pytest.raises(ValueError, match="fewer than 2 rollouts.*oracle=False"):
         evaluate_policies([dict(r, rollouts=r["rollouts"][:1]) for r in test], {}, [64])
+
+
+def _report(names, gap):
+    from clear_learn.evaluation import EvalReport
+
+    rows = {n: [{"mean_accuracy": 0.1 * (i + 1), "gap_closed": gap, "allocated_tokens": 100.0}]
+            for i, n in enumerate(names)}
+    return EvalReport(rows=rows, budgets_per_query=[384.0], n_queries=4)
+
+
+def test_table_prints_a_dash_for_an_undefined_gap():
+    rep = _report(["uniform", "oracle", "clear-learned"], float("nan"))
+    text = rep.table("gap_closed")
+    assert "nan" not in text.lower()
+    assert "| 384 | - | - | - |" in text and "oracle does not beat uniform" in text
+    assert "undefined" not in _report(["uniform"], 0.5).table("gap_closed")
+
+
+def test_frontier_gives_each_policy_its_own_style(tmp_path, monkeypatch):
+    import matplotlib.axes
+
+    from clear_learn.evaluation import plot_frontier
+
+    seen = []
+    real = matplotlib.axes.Axes.plot
+
+    def spy(self, *args, **kw):
+        seen.append((kw["label"], args[2], kw["color"]))
+        return real(self, *args, **kw)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "plot", spy)
+    names = ["uniform", "oracle", "optimum"] + [f"clear-{i}" for i in range(4)] + ["clear-encoder"]
+    plot_frontier(_report(names, 0.5), tmp_path / "f.png")
+    styles = {(dash, tuple(c) if not isinstance(c, str) else c) for _, dash, c in seen}
+    assert len(styles) == len(names)  # no two policies look alike
+    assert all(c == "black" for n, _, c in seen if n in ("uniform", "oracle", "optimum"))
+    assert all(c != "black" for n, _, c in seen if n.startswith("clear"))
