@@ -506,6 +506,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", help="write here (default: replace the rollout file)")
     p.add_argument("--dry-run", action="store_true", help="count changed labels, write nothing")
     p.set_defaults(func=cmd_regrade)
+
+    from .serve.config import register as register_serve  # the proxy (clear_learn.serve)
+
+    register_serve(sub)
     return ap
 
 
