@@ -177,8 +177,10 @@ class BudgetService:
     """Predictor + micro-batcher + controller + abandoned-query policy: one budget per request.
 
     ``max_tokens`` is the per-query cap (a request's own limit lowers it);
-    ``abandon_policy`` one of ``fallback`` (forward with the controller's fallback budget;
-    refused when even that would break the hard cap), ``refuse`` or ``passthrough``.
+    ``abandon_policy`` one of ``fallback`` (forward with the controller's
+    ``fallback_tokens``, or the request's own limit if smaller; refused when even that would
+    break the hard cap), ``refuse`` or ``passthrough`` (forward unchanged; the controller
+    counts 0 tokens for it).
     ``clock`` gives the seconds passed to the controller (monotonic).
     """
 
@@ -251,8 +253,11 @@ class BudgetService:
         waited = time.perf_counter() - t0
         caps = [c for c in (client_cap, self.max_tokens) if c is not None]
         cap = min(caps) if caps else None
-        g = self.controller.grant(tau, p, k, max_tokens=cap, now=self.clock() - self._t0)
-        budget: int | None = g.budget
+        # a limit below the fallback still gets the fallback, trimmed to the limit (the
+        # controller counts the whole fallback: conservative for the hard cap)
+        ctl_cap = cap if cap is None else max(cap, self.controller.fallback_tokens)
+        g = self.controller.grant(tau, p, k, max_tokens=ctl_cap, now=self.clock() - self._t0)
+        budget: int | None = g.budget if cap is None else min(g.budget, cap)
         refused = False
         if g.abandoned:
             if self.abandon_policy == "refuse" or (self.abandon_policy == "fallback"

@@ -38,10 +38,10 @@ class ServeConfig:
     """Settings of ``clear-learn serve`` (each one a YAML key and a ``--flag``)."""
 
     upstream: str = field(default="", metadata={
-        "help": "base URL of the OpenAI-compatible upstream, ending in /v1 "
+        "metavar": "URL", "help": "base URL of the OpenAI-compatible upstream, ending in /v1 "
                 "(e.g. http://127.0.0.1:8000/v1)"})
     predictor: str | None = field(default=None, metadata={
-        "help": "an exported predictor directory (ClearPredictor.from_pretrained)"})
+        "metavar": "DIR", "help": "an exported predictor directory (ClearPredictor.from_pretrained)"})
     host: str = field(default="127.0.0.1", metadata={"help": "address to listen on"})
     port: int = field(default=8080, metadata={"help": "port to listen on"})
     tokens_per_query: float | None = field(default=None, metadata={
@@ -69,7 +69,7 @@ class ServeConfig:
     price: float | None = field(default=None, metadata={
         "help": "starting shadow price (default: bootstrapped, or from reference)"})
     reference: str | None = field(default=None, metadata={
-        "help": "a text file of reference queries (one per line) to warm-start the price"})
+        "metavar": "FILE", "help": "a text file of reference queries (one per line) to warm-start the price"})
     queries_per_second: float | None = field(default=None, metadata={
         "help": "arrival rate of the reference traffic (with tokens_per_second and "
                 "reference)"})
@@ -96,15 +96,17 @@ class ServeConfig:
     log_level: str = field(default="info", metadata={"help": "log level"})
 
     # ---------------------------------------------------------------- validation
-    def validate(self) -> "ServeConfig":
-        """Check every setting; raises :class:`ConfigError` naming the first bad key."""
-        if not self.upstream:
-            raise ConfigError("upstream: required (the upstream's base URL ending in /v1)")
-        if not self.upstream.startswith(("http://", "https://")):
-            raise ConfigError(f"upstream: must be an http(s) URL, got {self.upstream!r}")
-        self.upstream = self.upstream.rstrip("/")
-        if not self.upstream.endswith("/v1"):
-            raise ConfigError(f"upstream: must end in /v1, got {self.upstream!r}")
+    def validate(self, *, require_upstream: bool = True) -> "ServeConfig":
+        """Check every setting (``upstream`` may be empty without ``require_upstream``, as
+        for the LiteLLM hook); raises :class:`ConfigError` naming the first bad key."""
+        if self.upstream or require_upstream:
+            if not self.upstream:
+                raise ConfigError("upstream: required (the upstream's base URL ending in /v1)")
+            if not self.upstream.startswith(("http://", "https://")):
+                raise ConfigError(f"upstream: must be an http(s) URL, got {self.upstream!r}")
+            self.upstream = self.upstream.rstrip("/")
+            if not self.upstream.endswith("/v1"):
+                raise ConfigError(f"upstream: must end in /v1, got {self.upstream!r}")
         if (self.tokens_per_query is None) == (self.tokens_per_second is None):
             raise ConfigError("tokens_per_query / tokens_per_second: give exactly one")
         for name in ("tokens_per_query", "tokens_per_second", "price", "queries_per_second",
@@ -236,7 +238,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name,
                             type=lambda s, n=f.name, t=_field_type(f): _flag(n, t, s),
                             choices=choices, default=argparse.SUPPRESS,
-                            metavar=kind.upper() if choices is None else None,
+                            metavar=(f.metadata.get("metavar", kind.upper())
+                                     if choices is None else None),
                             help=f"{f.metadata.get('help', '')} (YAML key {f.name}; "
                                  f"default {f.default!r})")
 

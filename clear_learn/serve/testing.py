@@ -107,6 +107,7 @@ class ServerThread:
         self.port = port or free_port()
         self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port,
                                                     log_level=log_level, lifespan="on",
+                                                    timeout_graceful_shutdown=2,
                                                     access_log=False))
         self.server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
         self.thread = threading.Thread(target=self.server.run, daemon=True)
