@@ -150,3 +150,20 @@ def test_budget_service_from_config_warm_starts_on_reference_texts(tmp_path):
     with pytest.raises(ConfigError, match="^controller settings"):
         BudgetService.from_config(ServeConfig(upstream=UP, tokens_per_query=10,
                                               fallback_tokens=16).validate(), FakePredictor())
+
+
+def test_the_documented_router_config_is_valid(tmp_path):
+    import re
+
+    from serve_support import ROOT
+
+    doc = (ROOT / "docs" / "ROUTER.md").read_text()
+    yaml_block = re.search(r"```yaml\n(.*?)```", doc, re.S).group(1)
+    path = tmp_path / "router.yaml"
+    path.write_text(yaml_block)
+    cfg = ServeConfig.from_yaml(path).validate()
+    assert cfg.upstream == "http://127.0.0.1:8000/v1" and cfg.tokens_per_query == 128
+    assert (ROOT / cfg.predictor).is_dir()
+    flags = re.search(r"clear-learn serve --upstream (.*?)\n(.*?)\n", doc, re.S)
+    argv = ("--upstream " + flags.group(1).rstrip("\\ ") + " " + flags.group(2)).split()
+    assert parse(*argv).port == 8080

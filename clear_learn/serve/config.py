@@ -88,8 +88,9 @@ class ServeConfig:
         "help": "seconds to connect to the upstream before a 502"})
     batch_size: int = field(default=64, metadata={
         "help": "most queries the encoder predicts in one micro-batch"})
-    batch_wait_ms: float = field(default=2.0, metadata={
-        "help": "how long a micro-batch waits for company once the encoder is free"})
+    batch_wait_ms: float = field(default=0.0, metadata={
+        "help": "how long a micro-batch waits for company once the encoder is free (0: "
+                "none; batches still form from what queued while the encoder ran)"})
     upstream_api_key_env: str | None = field(default=None, metadata={
         "help": "name of an environment variable holding the upstream's API key, used when "
                 "a client sends no Authorization (never logged)"})
