@@ -167,3 +167,22 @@ def test_the_documented_router_config_is_valid(tmp_path):
     flags = re.search(r"clear-learn serve --upstream (.*?)\n(.*?)\n", doc, re.S)
     argv = ("--upstream " + flags.group(1).rstrip("\\ ") + " " + flags.group(2)).split()
     assert parse(*argv).port == 8080
+
+
+def test_the_batch_context_is_turned_off_under_either_name():
+    from clear_learn.serve.budget import _predict_fn
+
+    seen = []
+
+    class New(FakePredictor):
+        def predict(self, texts, *, use_batch_context=True):
+            seen.append(use_batch_context)
+            return super().predict(texts)
+
+    class Old(FakePredictor):
+        def predict(self, texts, *, batch_context=True):
+            seen.append(batch_context)
+            return super().predict(texts)
+
+    _predict_fn(New())(["a"]), _predict_fn(Old())(["a"])
+    assert seen == [False, False]

@@ -74,8 +74,9 @@ def _predict_fn(predictor: Predictor) -> Callable[[list[str]], Curves]:
         params = inspect.signature(predictor.predict).parameters
     except (TypeError, ValueError):
         params = {}
-    if "batch_context" in params:
-        return lambda texts: predictor.predict(texts, batch_context=False)
+    for name in ("use_batch_context", "batch_context"):  # its name before and after 0.1
+        if name in params:
+            return lambda texts: predictor.predict(texts, **{name: False})
     return predictor.predict
 
 
