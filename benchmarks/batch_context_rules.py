@@ -20,44 +20,19 @@ threshold (0, 0.2, 0.3); weighted by their similarity, or by its square.
 
 from __future__ import annotations
 
-import argparse
-import hashlib
 import json
 import sys
-from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "train"))
+from clear_learn.training.recipe import DEFAULT_CONFIG, load_config
+from clear_learn.training.runs import measure_dir_arg, unseen_family_curves
 
 BUDGETS = [48, 64, 96, 128, 160, 192, 256]
 RULES = {"none": None, "nearest-10": ("hard", 0.0), "nearest-10, sim>=0.2": ("hard", 0.2),
          "nearest-10, sim>=0.3": ("hard", 0.3), "weighted by sim (shipped)": ("pow", 1.0),
          "weighted by sim^2": ("pow", 2.0)}
 
-
-def measured_records(state: dict) -> list[dict]:
-    """The records of each source as the run saw them: the prefix of its (append-only) file
-    whose sha256 is the one recorded; exits if no prefix matches."""
-    from clear_learn.datasets import data_path
-    from clear_learn.predictor.data import load_records
-
-    out = []
-    for src, info in state["data"].items():
-        path = data_path(src) if src in ("default", "benchmark") else Path(info["path"])
-        lines = path.read_bytes().splitlines(keepends=True)
-        h, n = hashlib.sha256(), None
-        for i, line in enumerate(lines):
-            h.update(line)
-            if h.hexdigest() == info["sha256"]:
-                n = i + 1
-                break
-        if n is None:
-            raise SystemExit(f"{path}: no prefix matches the measured sha256; check "
-                             "out the data of the measured commit")
-        out += load_records(src)[:n]
-    return out
 
 
 def length_signal(records: list[dict]) -> str:
@@ -111,58 +86,8 @@ def shifted(curves, texts, rule, tau_slope, p_slope):
     return shift_by_length(curves, d, tau_slope, p_slope)
 
 
-def measure_dir_arg(argv, doc: str, *, more_folds: bool = False) -> argparse.Namespace:
-    """The arguments of these scripts: ``measure_dir``, an ``--out`` folder of
-    ``train/measure.py``; ``splits``, the rollout halvings to average the figures over; with
-    ``more_folds``, also ``more_folds``, ``cross_family.py --out`` folders of other seeds."""
-    ap = argparse.ArgumentParser(description=doc,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("measure_dir", type=Path, help="an --out folder of train/measure.py")
-    ap.add_argument("--splits", type=int, default=5,
-                    help="random halvings of each query's rollouts (oracle half, scoring "
-                         "half) to average over (default 5)")
-    if more_folds:
-        ap.add_argument("--more-folds", type=Path, nargs="*", default=[], metavar="DIR",
-                        help="cross_family.py --out folders trained on the same data with "
-                             "other seeds (--set seed=N)")
-    args = ap.parse_args(argv)
-    if args.splits < 1:
-        ap.error(f"--splits must be a positive integer, got {args.splits}")
-    return args
 
 
-def unseen_family_curves(out: Path, policy: str = "clear-learned"):
-    """``(records as measured, the unseen-family test records in cross_family.py's order,
-    their ``policy`` curves before batch context, the per-family batch-context slopes)`` of a
-    measure run ``out``."""
-    from clear_learn.curves import Curves
-
-    records = measured_records(json.loads((out / "state.json").read_text()))
-    fam_dir = out / "families"
-    slopes = json.loads((fam_dir / "report.json").read_text())["meta"]["batch_context"]
-    learned = fold_rows(fam_dir, policy)
-    test = [r for r in records if str(r["id"]) in learned]  # cross_family.py's order
-    return records, test, Curves.from_records([learned[str(r["id"])] for r in test]), slopes
-
-
-def fold_rows(fam_dir: Path, policy: str) -> dict[str, dict]:
-    """``{id: curve row}`` of ``policy`` in the folds of a ``cross_family.py --out`` folder."""
-    rows = [json.loads(x) for f in sorted((fam_dir / "folds").glob("*.jsonl"))
-            for x in f.read_text().splitlines() if x.strip()]
-    return {str(r["id"]): r for r in rows if r["policy"] == policy}
-
-
-def fold_curves_of(fam_dir: Path, policy: str, test: list[dict]):
-    """``policy``'s fold curves of the ``test`` queries, in their order; exits naming a
-    query the folds lack (another data state)."""
-    from clear_learn.curves import Curves
-
-    rows = fold_rows(fam_dir, policy)
-    missing = [r["id"] for r in test if str(r["id"]) not in rows]
-    if missing:
-        raise SystemExit(f"{fam_dir}: no {policy} curve for {len(missing)} queries, e.g. "
-                         f"{missing[0]!r} (folds of other data?)")
-    return Curves.from_records([rows[str(r["id"])] for r in test])
 
 
 def mean_gaps(report) -> dict[str, float]:
@@ -177,8 +102,7 @@ def main(argv=None) -> int:
     from clear_learn.evaluation import evaluate_policies
     from clear_learn.predictor.batch_context import within_task_slopes
     from clear_learn.predictor.data import split_records
-    from clear_learn.predictor.export import ClearPredictor
-    from train import load_config
+    from clear_learn.predictor import ClearPredictor
 
     state = json.loads((out / "state.json").read_text())
     records, test, raw, slopes = unseen_family_curves(out)
@@ -202,7 +126,7 @@ def main(argv=None) -> int:
                             seed=0, stream=stream, batch_size=64, splits=splits)
     res["(b) unseen families, batches of 64"] = mean_gaps(rep)
 
-    cfg = load_config(ROOT / "configs" / "default.yaml", state.get("set", []))
+    cfg = load_config(DEFAULT_CONFIG, state.get("set", []))
     d = cfg["data"]
     _, _, te = split_records(records, split="query", val_fraction=d["val_fraction"],
                              test_fraction=d["test_fraction"], seed=int(cfg.get("seed", 0)))
@@ -211,7 +135,7 @@ def main(argv=None) -> int:
     q_texts = [r["text"] for r in q_test]
     pred = ClearPredictor.from_pretrained(out / "queries" / "predictor")
     ctx = pred.batch_context or within_task_slopes([records[i] for i in tr])
-    q_raw = pred.predict(q_texts, batch_context=False)
+    q_raw = pred.predict(q_texts, use_batch_context=False, tau_spread=0)  # tau_k stage only
     rep = evaluate_policies(q_test, {n: shifted(q_raw, q_texts, u, ctx.tau_slope, ctx.p_slope)
                                      for n, u in RULES.items()}, BUDGETS, seed=0, splits=splits)
     res[f"(c) held-out queries ({len(q_test)})"] = mean_gaps(rep)

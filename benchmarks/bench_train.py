@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "train"))
 
 
 def main() -> None:
@@ -32,7 +31,7 @@ def main() -> None:
     args = ap.parse_args()
     import torch
 
-    from train import build_modules, load_config
+    from clear_learn.training.recipe import build_modules, load_config
 
     cfg = load_config(args.config, args.set)
     cfg["threads"] = args.threads

@@ -15,15 +15,13 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(ROOT / "train"))
-from batch_context_rules import measure_dir_arg, measured_records  # noqa: E402
-from family_batches import BUDGETS, hybrid  # noqa: E402
+from clear_learn.predictor.pipeline import length_tau_k, postprocess
+from clear_learn.training.recipe import DEFAULT_CONFIG, load_config
+from clear_learn.training.runs import BUDGETS, measure_dir_arg, measured_records
+
 
 UNSEEN = ("gsm8k", "math500")
 
@@ -35,12 +33,11 @@ def main(argv=None) -> int:
     from clear_learn.fitting import rollout_nll
     from clear_learn.predictor.baselines import LengthCurvePredictor
     from clear_learn.predictor.data import split_records
-    from clear_learn.predictor.export import ClearPredictor
-    from train import load_config
+    from clear_learn.predictor import ClearPredictor
 
     state = json.loads((out / "state.json").read_text())
     records = measured_records(state)
-    d = load_config(ROOT / "configs" / "default.yaml", state.get("set", []))["data"]
+    d = load_config(DEFAULT_CONFIG, state.get("set", []))["data"]
     train, _, test = split_records(records, split="query", val_fraction=d["val_fraction"],
                                    test_fraction=d["test_fraction"], seed=0)
     held = [i for i, r in enumerate(records) if r["task"] in UNSEEN]
@@ -54,15 +51,15 @@ def main(argv=None) -> int:
         q = [records[i] for i in te]
         texts = [r["text"] for r in q]
         pred = ClearPredictor.from_pretrained(out / step / "predictor")
-        learned = pred.predict(texts, batch_context=False, tau_spread=0,
-                               tau_k_source="encoder")
+        learned = pred.predict_raw(texts)
         length = LengthCurvePredictor().fit([records[i] for i in tr]).predict(texts)
         raw = {"learned": learned, "length": length,
-               "length tau and k, learned p": hybrid(length, learned)}
+               "length tau and k, learned p": length_tau_k(learned, length)}
         counts = np.array([len(r["rollouts"]) for r in q], dtype=float)
         cells = {name: [] for name in raw}
         for spread in (0.0, 0.7):
-            curves = {n: pred.adjust(c, texts, tau_spread=spread, tau_k_source="encoder")
+            stages = pred.stages_for(tau_spread=spread, tau_k_source="encoder")
+            curves = {n: postprocess(c, texts, stages)
                       for n, c in raw.items()}  # each as composed here, then context, spread
             rep = evaluate_policies(q, curves, BUDGETS, seed=0, splits=halvings)
             for n, c in curves.items():

@@ -16,15 +16,12 @@ way on a finer grid).
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from batch_context_rules import measure_dir_arg, unseen_family_curves  # noqa: E402
+from clear_learn.training.runs import BUDGETS, measure_dir_arg, unseen_family_curves
 
 GRID = [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
-BUDGETS = [48, 64, 96, 128, 160, 192, 256, 384]
 
 
 def main(argv=None) -> int:
@@ -32,19 +29,18 @@ def main(argv=None) -> int:
     out, splits = args.measure_dir, args.splits
     from clear_learn.evaluation import evaluate_policies
     from clear_learn.fitting import rollout_nll
-    from clear_learn.predictor.batch_context import (clip_offsets, relative_log_length,
-                                                     shift_by_length)
+    from clear_learn.predictor.batch_context import BatchContext
     from clear_learn.predictor.calibration import tau_spread_by_group
+    from clear_learn.predictor.config import Stages
+    from clear_learn.predictor.pipeline import BATCH_CONTEXT, postprocess
 
     _, test, curves, slopes = unseen_family_curves(out)
     fam = np.array([r["task"] for r in test])
-    if slopes:
-        ctx = next(iter(slopes.values()))
-        d = clip_offsets(relative_log_length([r["text"] for r in test], ctx["neighbours"],
-                                             ctx["min_similarity"]),
-                         [slopes[f].get("max_offset") for f in fam])
-        curves = shift_by_length(curves, d, np.array([slopes[f]["tau_slope"] for f in fam]),
-                                 np.array([slopes[f]["p_slope"] for f in fam]))
+    if slopes:  # each query's own fold's batch context, the spread left to the grid below
+        ctx = {f: BatchContext.from_dict(d) for f, d in slopes.items()}
+        curves = postprocess(curves, [r["text"] for r in test],
+                             Stages(batch_context=next(iter(ctx.values()))),
+                             contexts=[ctx[f] for f in fam], until=BATCH_CONTEXT)
     counts = np.array([len(r["rollouts"]) for r in test], dtype=float)
     policies = {f"s={s}": curves.widened(s) for s in GRID}
     chosen = tau_spread_by_group(curves, test, fam, GRID)

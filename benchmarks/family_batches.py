@@ -32,17 +32,15 @@ variants are chosen on the queries they are measured on.
 from __future__ import annotations
 
 import sys
-from pathlib import Path
+from dataclasses import replace
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(ROOT / "train"))
-from batch_context_rules import (fold_curves_of, measure_dir_arg,  # noqa: E402
-                                 unseen_family_curves)
+from clear_learn.predictor.pipeline import (BATCH_CONTEXT, LEARNED, LENGTH, TFIDF,
+                                            length_tau_k, postprocess)
+from clear_learn.training.runs import (BUDGETS, fold_curves_of, measure_dir_arg,
+                                     unseen_family_curves)
 
-BUDGETS = [48, 64, 96, 128, 160, 192, 256, 384]
 
 
 def to_theta(c) -> np.ndarray:
@@ -54,13 +52,6 @@ def from_theta(t: np.ndarray):
     from clear_learn.curves import Curves
 
     return Curves(np.exp(t[:, 0]), 1 / (1 + np.exp(-t[:, 1])), np.exp(t[:, 2]))
-
-
-def hybrid(length, learned):
-    """Curves with ``length``'s tau and k and ``learned``'s p."""
-    from clear_learn.curves import Curves
-
-    return Curves(length.tau, learned.p, length.k)
 
 
 def frozen_embedding_p(records: list[dict], test: list[dict], alpha: float = 1.0
@@ -105,51 +96,52 @@ def main(argv=None) -> int:
     from clear_learn.allocation import allocate
     from clear_learn.curves import Curves
     from clear_learn.evaluation import evaluate_policies
-    from clear_learn.predictor.batch_context import (BatchContext, clip_offsets,
-                                                     neighbour_mean, relative_log_length,
-                                                     shift_by_length)
+    from clear_learn.predictor.batch_context import BatchContext, neighbour_mean
     from clear_learn.predictor.calibration import tau_spread_by_group
+    from clear_learn.predictor.config import Stages
 
     records, test, learned, slopes = unseen_family_curves(out)
-    raw = {"learned": learned, "tfidf": unseen_family_curves(out, "clear-tfidf")[2],
-           "length": unseen_family_curves(out, "clear-length")[2]}
+    raw = {"learned": learned, "tfidf": unseen_family_curves(out, TFIDF)[2],
+           "length": unseen_family_curves(out, LENGTH)[2]}
     raw["blend learned+length"] = from_theta((to_theta(learned) + to_theta(raw["length"])) / 2)
-    raw["length tau and k, learned p"] = hybrid(raw["length"], learned)
+    raw["length tau and k, learned p"] = length_tau_k(learned, raw["length"])
     raw["length tau and k, frozen-embedding p"] = Curves(
         raw["length"].tau, frozen_embedding_p(records, test), raw["length"].k)
-    seeds = [learned] + [fold_curves_of(d, "clear-learned", test) for d in args.more_folds]
+    seeds = [learned] + [fold_curves_of(d, LEARNED, test) for d in args.more_folds]
     for i, c in enumerate(seeds[1:], 1):
-        raw[f"length tau and k, learned p of --more-folds {i}"] = hybrid(raw["length"], c)
+        raw[f"length tau and k, learned p of --more-folds {i}"] = length_tau_k(c, raw["length"])
     if len(seeds) > 1:  # the encoders' mean logit p: an ensemble of the seeds' folds
         mean = from_theta(np.mean([to_theta(c) for c in seeds], axis=0))
-        raw[f"length tau and k, mean learned p of {len(seeds)} seeds"] = hybrid(raw["length"],
-                                                                              mean)
+        raw[f"length tau and k, mean learned p of {len(seeds)} seeds"] = length_tau_k(
+            mean, raw["length"])
     fam = np.array([r["task"] for r in test])
     texts = [r["text"] for r in test]
     caps = np.array([int(r["max_new_tokens"]) for r in test])
     ctx = {f: BatchContext.from_dict(d) for f, d in slopes.items()}
-    ts = np.array([ctx[f].tau_slope for f in fam])
-    ps = np.array([ctx[f].p_slope for f in fam])
-    bound = [ctx[f].max_offset for f in fam]  # None in folds made before it was recorded
+    per_query = [ctx[f] for f in fam]  # each query's own fold's slopes
+    doubled = [replace(c, p_slope=2 * c.p_slope) for c in per_query]
+    stages = Stages(batch_context=BatchContext(0.0, 0.0))  # the shipped neighbourhood
     names = list(raw) + ["learned, averaged among look-alikes", "learned, p slope x2"]
 
-    def shifted(name: str, idx: np.ndarray):
-        """``name``'s curves of ``test[idx]`` with ``idx`` as one batch, before widening."""
+    def shipped(name: str, idx: np.ndarray, spread=None):
+        """``name``'s curves of ``test[idx]`` with ``idx`` as one batch: batch context, then
+        (``spread``, one per query) the threshold spread; before it without one."""
         sub = [texts[i] for i in idx]
         c = raw["learned" if name not in raw else name][idx]
         if name == "learned, averaged among look-alikes":
             c = from_theta(neighbour_mean(sub, to_theta(c)))
-        d = clip_offsets(relative_log_length(sub), [bound[i] for i in idx])
-        return shift_by_length(c, d, ts[idx], ps[idx] * (2 if "x2" in name else 1))
+        slopes = doubled if "x2" in name else per_query
+        return postprocess(c, sub, stages, contexts=[slopes[i] for i in idx], spreads=spread,
+                           until=BATCH_CONTEXT if spread is None else None)
 
     every = np.arange(len(test))
     spreads = {}
     for name in names:  # each family's spread fitted on the others, as cross_family.py does
-        per = tau_spread_by_group(shifted(name, every), test, fam)
+        per = tau_spread_by_group(shipped(name, every), test, fam)
         spreads[name] = np.array([per[f] for f in fam])
 
     def final(name: str, idx: np.ndarray):
-        return shifted(name, idx).widened(spreads[name][idx])
+        return shipped(name, idx, spreads[name][idx])
 
     def per_batch(name: str):
         cache: dict[int, object] = {}

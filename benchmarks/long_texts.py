@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,11 +25,11 @@ PREAMBLE = "Context: the following question comes from a routine arithmetic work
 
 def unbounded(pred):
     """A copy of ``pred`` without its length bounds (an older export)."""
+    cfg, st = pred.config, pred.config.stages
     old = copy.copy(pred)
-    old.config = copy.deepcopy(pred.config)
-    old.config.pop("n_tokens_range", None)
-    (old.config.get("length_curve") or {}).pop("chars_range", None)
-    (old.config.get("batch_context") or {}).pop("max_offset", None)
+    old.config = replace(cfg, head=replace(cfg.head, n_tokens_range=None), stages=replace(
+        st, length_line=st.length_line and replace(st.length_line, chars_range=None),
+        batch_context=st.batch_context and replace(st.batch_context, max_offset=None)))
     return old
 
 
@@ -49,9 +50,9 @@ def main() -> None:
     chain = [r["text"] for r in rows if r["task"] == "chain_sum"]
     question, others = chain[0], chain[1:4]
     print(f"predictor {args.predictor}: trained on texts of "
-          f"{(pred.config.get('length_curve') or {}).get('chars_range', '?')} characters, "
-          f"{pred.config.get('n_tokens_range', '?')} tokens; batch-context max_offset "
-          f"{(pred.config.get('batch_context') or {}).get('max_offset', '?')}")
+          f"{getattr(pred.stages.length_line, 'chars_range', '?')} characters, "
+          f"{pred.n_tokens_range} tokens; batch-context max_offset "
+          f"{getattr(pred.batch_context, 'max_offset', '?')}")
     print("| preamble chars | text chars | tau | p | 1/k | budget | tau, unbounded | "
           "p, unbounded | budget, unbounded |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
@@ -60,7 +61,7 @@ def main() -> None:
         text = (PREAMBLE * (n // len(PREAMBLE) + 1))[:n] + question
         row = [n, len(text)]
         for p in (pred, old):
-            c = p.predict([text], batch_context=False, tau_spread=0)
+            c = p.predict([text], use_batch_context=False, tau_spread=0)
             b = p.allocate([text, *others], 256 * 4, fallback_tokens=1).budgets[0]
             row += ([f"{c.tau[0]:.0f}", f"{c.p[0]:.3f}", f"{1 / c.k[0]:.0f}", int(b)]
                     if p is pred else [f"{c.tau[0]:.0f}", f"{c.p[0]:.3f}", int(b)])

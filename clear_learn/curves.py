@@ -1,6 +1,7 @@
 """Shifted-surge accuracy curves: the value type and its vectorised functions.
 
-A query's expected accuracy at a generation budget of ``b`` tokens is (DESIGN.md section 2)::
+A query's expected accuracy at a generation budget of ``b`` tokens is (docs/METHOD.md, "The
+curve of one query")::
 
     U(b) = p * G(k * (b - tau))   for b > tau,   0 otherwise,    G(x) = 1 - (1 + x) exp(-x)
 
@@ -12,7 +13,8 @@ broadcasts; none loops over queries.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping
+from numbers import Real
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -31,8 +33,12 @@ __all__ = [
 
 
 def surge_cdf(x: np.ndarray) -> np.ndarray:
-    """``G(x) = 1 - (1 + x) exp(-x)`` for ``x > 0`` and 0 for ``x <= 0``, accurate for tiny ``x``."""
-    x = np.maximum(np.asarray(x, dtype=np.float64), 0.0)
+    """``G(x) = 1 - (1 + x) exp(-x)`` for ``x > 0`` and 0 for ``x <= 0``, accurate for tiny ``x``.
+
+    ``x`` is clipped to 1000 (where ``G`` is 1 to machine precision), so that ``x = inf``
+    (a huge ``k`` times a budget past ``tau``) gives 1, not ``inf * 0``.
+    """
+    x = np.clip(np.asarray(x, dtype=np.float64), 0.0, 1000.0)
     g = 1.0 - (1.0 + x) * np.exp(-x)
     small = x < 1e-3
     if np.any(small):
@@ -51,7 +57,7 @@ def utility(b: np.ndarray, tau: np.ndarray, p: np.ndarray, k: np.ndarray) -> np.
 
 def marginal_utility(b: np.ndarray, tau: np.ndarray, p: np.ndarray, k: np.ndarray) -> np.ndarray:
     """``U'(b) = p k^2 (b - tau) exp(-k (b - tau))`` for ``b > tau``, 0 otherwise."""
-    x = np.maximum(np.asarray(k) * (np.asarray(b, dtype=np.float64) - tau), 0.0)
+    x = np.clip(np.asarray(k) * (np.asarray(b, dtype=np.float64) - tau), 0.0, 1000.0)
     with np.errstate(over="ignore"):
         return np.asarray(p) * np.asarray(k) * x * np.exp(-x)
 
@@ -231,22 +237,58 @@ class Curves:
         return rows
 
     @classmethod
-    def from_records(cls, rows: Iterable[Mapping[str, Any]]) -> "Curves":
-        """Inverse of :meth:`to_records`; an error names the row and field that is wrong."""
+    def from_records(cls, rows: Iterable[Mapping[str, Any]], *, source: str | None = None,
+                     lines: Sequence[int] | None = None) -> "Curves":
+        """Inverse of :meth:`to_records`; an error names the row and field that is wrong.
+
+        Rows count from 1, or are numbered by ``lines`` (a file's line numbers). Each row
+        needs numbers ``tau``, ``p`` and ``k`` (``true``/``false`` are not numbers). With
+        ``source`` (a file name) the error is a :class:`~clear_learn.errors.DataError`
+        naming it; otherwise a ``ValueError``.
+        """
+        rows = list(rows)
+
+        def fail(i: int, field: str | None, msg: str):
+            n = lines[i] if lines is not None else i + 1
+            if source is not None:
+                from .errors import DataError
+
+                return DataError(source, n, msg, field)
+            where = f"curve row {n}" + (f": field '{field}'" if field else "")
+            return ValueError(f"{where}: {msg}")
+
         cols: dict[str, list[float]] = {"tau": [], "p": [], "k": []}
         for i, row in enumerate(rows):
+            if not isinstance(row, Mapping):
+                raise fail(i, None, "expected an object with 'tau', 'p' and 'k', got "
+                                    f"{type(row).__name__}")
             for name in cols:
                 if name not in row:
-                    raise ValueError(f"curve row {i}: missing field '{name}'")
+                    raise fail(i, name, "missing")
+                v = row[name]
+                if not isinstance(v, Real) or isinstance(v, (bool, np.bool_)):
+                    raise fail(i, name, f"is not a number: {_short(v)}")
                 try:
-                    cols[name].append(float(row[name]))
-                except (TypeError, ValueError):
-                    raise ValueError(f"curve row {i}: field '{name}' is not a number: "
-                                     f"{row[name]!r}") from None
-        try:
-            return cls(cols["tau"], cols["p"], cols["k"])
-        except ValueError as err:
-            raise ValueError(f"curve rows: {err}") from None
+                    cols[name].append(float(v))
+                except OverflowError:  # an integer beyond float range
+                    raise fail(i, name, "is too large to be a float") from None
+        for name, col in cols.items():  # the row of the first value out of range
+            a = np.asarray(col, dtype=np.float64)
+            try:
+                _check(name, a)
+            except ValueError:
+                for i in range(a.size):
+                    try:
+                        _check(name, a[i:i + 1])
+                    except ValueError as err:
+                        rule = str(err).split(":")[0].replace(f"Curves.{name} ", "")
+                        raise fail(i, name, f"{rule}, got {col[i]!r}") from None
+        return cls(cols["tau"], cols["p"], cols["k"])
+
+
+def _short(v: Any, width: int = 60) -> str:
+    r = repr(v)
+    return r if len(r) <= width else r[: width - 3] + "..."
 
 
 def _check(name: str, a: np.ndarray) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .rollouts import RolloutValidationError, iter_jsonl, read_rollouts, validate_rollouts
+from .rollouts import RolloutValidationError, read_objects, read_rollouts, validate_rollouts
 
 __all__ = ["DATA_DIR", "data_path", "load_rollouts"]
 
@@ -36,7 +36,7 @@ def load_rollouts(name: str = "default") -> list[dict]:
         return read_rollouts(path)
     from .generation.problems import join_shared_texts
 
-    records = [obj for _, obj, err in iter_jsonl(path) if err is None]
+    records, _ = read_objects(path, "records")  # a bad line is an error, never skipped
     records = join_shared_texts(records)
     problems = validate_rollouts(records)
     if problems:

@@ -8,6 +8,7 @@ policy is scored on the other half, so that all are judged on the same rollouts.
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
@@ -27,16 +28,20 @@ Policy = Curves | Callable[[np.ndarray, int], np.ndarray]
 
 
 def split_rollouts(data: RolloutArrays, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Random disjoint halves of each query's rollouts: ``(fit_mask, score_mask)``.
+    """Random disjoint halves of each query's rollouts: flat masks ``(fit_mask, score_mask)``.
 
-    A query with an odd count gives the extra rollout to the scoring half.
+    Each is (R,) over :attr:`RolloutArrays.flat_tokens`. A query with an odd count gives the
+    extra rollout to the scoring half. Every rollout draws one uniform key, in flat order, and
+    the ``counts // 2`` lowest keys of a query form its fit half.
     """
     rng = np.random.default_rng(seed)
-    keys = np.where(data.mask, rng.random(data.mask.shape), np.inf)
-    rank = np.argsort(np.argsort(keys, axis=1), axis=1)
-    half = data.counts[:, None] // 2
-    fit = data.mask & (rank < half)
-    return fit, data.mask & ~fit
+    keys = rng.random(data.n_rollouts)
+    qi = data.query_index
+    order = np.lexsort((keys, qi))  # by query, then by key
+    rank = np.empty(data.n_rollouts, dtype=np.int64)
+    rank[order] = np.arange(data.n_rollouts) - data.offsets[qi[order]]
+    fit = rank < (data.counts // 2)[qi]
+    return fit, ~fit
 
 
 def gap_closed(acc: float, uniform: float, oracle: float) -> float:
@@ -99,12 +104,10 @@ class EvalReport:
                 "meta": self.meta, "policies": self.rows}
 
     def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(_strict(self.to_dict()), indent=2, allow_nan=False) + "\n")
-        tmp.replace(path)
-        return path
+        from .atomic import write_text
+
+        return write_text(path, json.dumps(_strict(self.to_dict()), indent=2,
+                                           allow_nan=False) + "\n")
 
     @classmethod
     def load(cls, path: str | Path) -> "EvalReport":
@@ -162,8 +165,13 @@ def evaluate_policies(records: list[dict], policies: Mapping[str, Policy],
         ``f(indices, total_budget) -> budgets``. ``uniform`` is always added.
     budgets_per_query : average budgets ``B / N`` to sweep.
     oracle : add ``oracle``: CLEAR on curves fitted to one half of each query's rollouts; all
-        policies are then scored on the other half.
-    optimum : add ``optimum``: the exact optimum of the (scoring) empirical curves.
+        policies are then scored on the other half. A query with fewer than 2 rollouts has
+        no fit half: it is left out of the whole evaluation (every policy, so that all are
+        scored on the same queries) with a warning naming it, and listed in
+        ``meta["skipped"]``.
+    optimum : add ``optimum``: the exact optimum of the (scoring) empirical curves, under the
+        same rule as CLEAR: every query holds at least ``fallback_tokens``.
+    fallback_tokens : what CLEAR gives a query it abandons (see :func:`allocate`).
     stream, batch_size : evaluate on a traffic stream (indices into ``records``, repeats
         allowed) cut into consecutive batches, each allocated on its own with
         ``budget_per_query * len(batch)`` tokens. Default: all records as one batch.
@@ -179,7 +187,10 @@ def evaluate_policies(records: list[dict], policies: Mapping[str, Policy],
     EvalReport
         For each policy and budget: ``mean_accuracy``, ``allocated_tokens``,
         ``consumed_tokens``, ``abandoned``, ``ratio_to_uniform`` and (with ``oracle``)
-        ``gap_closed``.
+        ``gap_closed``. ``abandoned`` counts the queries a policy gave up on, whatever
+        fallback they then hold: CLEAR's ``AllocationResult.abandoned``, the optimum's queries
+        left at the fallback, and for a function policy (``uniform`` included) the budgets of
+        at most ``fallback_tokens``.
     """
     data = to_arrays(records)
     if len(data) == 0:
@@ -199,6 +210,10 @@ def evaluate_policies(records: list[dict], policies: Mapping[str, Policy],
         batches = [stream[i:i + batch_size] for i in range(0, stream.size, batch_size)]
     if stream.size and (stream.min() < 0 or stream.max() >= len(data)):
         raise ValueError(f"batch indices must lie in [0, {len(data)})")
+    skipped: list = []
+    if oracle:
+        batches, skipped = _without_unsplittable(records, data, batches)
+        stream = np.concatenate(batches)
     if isinstance(splits, bool) or not isinstance(splits, (int, np.integer)) or splits < 1:
         raise ValueError(f"splits must be a positive integer, got {splits!r}")
     if splits > 1 and not oracle:
@@ -215,18 +230,24 @@ def evaluate_policies(records: list[dict], policies: Mapping[str, Policy],
         if isinstance(pol, Curves) and len(pol) != len(data):
             raise ValueError(f"policy {name!r} has {len(pol)} curves for {len(data)} queries")
     meta: dict = {"seed": seed, "scored_on": "all rollouts", "n_batches": len(batches),
-                  "batch_size": int(batch_size)}
+                  "batch_size": int(batch_size), "fallback_tokens": int(fallback_tokens)}
     if oracle:
         meta["scored_on"] = "the half of each query's rollouts not used for oracle fits"
         meta["splits"] = int(splits)
+        meta["skipped"] = skipped
     names = list(curves) + (["oracle"] if oracle else []) + (["optimum"] if optimum else [])
     sums = np.zeros((splits, len(names), len(budgets_per_query), 4))
     halves = []  # per halving: (the scoring rollouts, the oracle's curves)
     for s in range(splits):
         if oracle:
             fit_mask, score_mask = split_rollouts(data, seed + s)
-            halves.append((data.with_mask(score_mask),
-                           fit_curves(data.with_mask(fit_mask)).curves))
+            fit_half = data.with_mask(fit_mask)
+            kept = np.flatnonzero(fit_half.counts > 0)  # the skipped ones get no curve
+            curves_kept = fit_curves(fit_half.select(kept)).curves
+            full = [np.zeros(len(data)), np.zeros(len(data)), np.ones(len(data))]
+            for col, vals in zip(full, (curves_kept.tau, curves_kept.p, curves_kept.k)):
+                col[kept] = vals
+            halves.append((data.with_mask(score_mask), Curves(*full)))
         else:
             halves.append((data, None))
     it = batches
@@ -244,14 +265,17 @@ def evaluate_policies(records: list[dict], policies: Mapping[str, Policy],
                 got["oracle"] = [_budgets("oracle", orc, idx, B, caps[idx], fallback_tokens)
                                  for B in totals]
             if optimum:
-                opt = empirical_optimum([sub.tokens[i][sub.mask[i]] for i in range(idx.size)],
-                                        [sub.correct[i][sub.mask[i]] for i in range(idx.size)],
-                                        max(totals), max_tokens=caps[idx])
-                got["optimum"] = [opt.budgets(B) for B in totals]
+                opt = empirical_optimum(sub.split(sub.flat_tokens), sub.split(sub.flat_correct),
+                                        max(totals), max_tokens=caps[idx],
+                                        fallback_tokens=fallback_tokens)
+                got["optimum"] = []
+                for B in totals:
+                    b = opt.budgets(B)
+                    got["optimum"].append((b, b == fallback_tokens))
             for i, name in enumerate(names):
-                for j, b in enumerate(got[name]):
+                for j, (b, gave_up) in enumerate(got[name]):
                     sums[s, i, j] += (sub.accuracy_at(b).sum(), b.sum(),
-                                      sub.consumed_at(b).sum(), np.count_nonzero(b == 0))
+                                      sub.consumed_at(b).sum(), np.count_nonzero(gave_up))
     n = stream.size
     mean = sums.mean(axis=0)
     rows: dict[str, list[dict]] = {}
@@ -279,15 +303,39 @@ def evaluate_policies(records: list[dict], policies: Mapping[str, Policy],
 
 
 def _budgets(name: str, policy: Policy, idx: np.ndarray, total: int, caps: np.ndarray,
-             fallback_tokens: int) -> np.ndarray:
-    """``policy``'s budgets for the batch ``idx`` under ``total``; refuses a broken budget."""
+             fallback_tokens: int) -> tuple[np.ndarray, np.ndarray]:
+    """``policy``'s budgets for the batch ``idx`` under ``total``, and which queries it gave
+    up on (see :func:`evaluate_policies`); refuses a broken budget."""
     if isinstance(policy, Curves):
-        b = allocate(policy[idx], total, max_tokens=caps, fallback_tokens=fallback_tokens).budgets
+        res = allocate(policy[idx], total, max_tokens=caps, fallback_tokens=fallback_tokens)
+        b, gave_up = res.budgets, res.abandoned
     else:
         b = np.asarray(policy(idx, total), dtype=np.int64)
+        gave_up = b <= fallback_tokens
     if b.sum() > total or np.any(b > caps):
         raise AssertionError(f"policy {name!r} broke the budget at B={total}")
-    return b
+    return b, gave_up
+
+
+def _without_unsplittable(records: list[dict], data: RolloutArrays, batches: list[np.ndarray]
+                          ) -> tuple[list[np.ndarray], list]:
+    """``batches`` without the queries of fewer than 2 rollouts (no oracle fit half), and
+    their ids; warns naming them, and refuses when nothing is left."""
+    short = data.counts < 2
+    if not np.any(short):
+        return batches, []
+    ids = [records[i].get("id", i) for i in np.flatnonzero(short)]
+    shown = ", ".join(repr(x) for x in ids[:10]) + (f" and {len(ids) - 10} more"
+                                                   if len(ids) > 10 else "")
+    kept = [b[~short[b]] for b in batches]
+    kept = [b for b in kept if b.size]
+    if not kept:
+        raise ValueError(f"every query has fewer than 2 rollouts (ids {shown}): the oracle needs "
+                         "2 or more, one half to fit and one to score; pass oracle=False")
+    warnings.warn(f"{len(ids)} queries have fewer than 2 rollouts, so no half to fit an oracle "
+                  f"curve on: left out of the evaluation (every policy): ids {shown}",
+                  UserWarning, stacklevel=3)
+    return kept, ids
 
 
 def plot_frontier(report: EvalReport, path: str | Path, *, title: str = "") -> Path:
@@ -309,10 +357,12 @@ def plot_frontier(report: EvalReport, path: str | Path, *, title: str = "") -> P
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
+    from .atomic import atomic_write
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        with atomic_write(path) as fh:
+            fig.savefig(fh, format="png")
+    finally:
+        plt.close(fig)
     return path

@@ -57,19 +57,30 @@ class FitResult:
 
 
 class _FitData:
-    """What the likelihood needs of each query: correct lengths and outcome counts."""
+    """What the likelihood needs of each query: its correct lengths and outcome counts.
+
+    The correct rollouts' lengths ``L`` are flat, with ``query`` giving each one's query, so
+    that every array here grows with the number of rollouts, not with Q times the largest.
+    """
 
     def __init__(self, data: RolloutArrays):
-        corr = data.correct & data.mask
+        q = len(data)
+        qi = data.query_index
+        corr = data.flat_correct
+        wrong = ~corr
+        self.q = q
         self.M = data.max_new_tokens.astype(np.float64)
-        self.n_c = corr.sum(1).astype(np.float64)
-        self.n_w = (data.mask & ~data.correct & ~data.cutoff).sum(1).astype(np.float64)
-        self.n_cut = (data.mask & ~data.correct & data.cutoff).sum(1).astype(np.float64)
-        width = max(int(self.n_c.max(initial=0)), 1)
-        order = np.argsort(~corr, axis=1, kind="stable")[:, :width]  # correct ones first
-        self.L = np.take_along_axis(data.tokens, order, 1).astype(np.float64)
-        self.mask_c = np.take_along_axis(corr, order, 1)
+        self.n_c = np.bincount(qi[corr], minlength=q).astype(np.float64)
+        self.n_w = np.bincount(qi[wrong & ~data.flat_cutoff], minlength=q).astype(np.float64)
+        self.n_cut = np.bincount(qi[wrong & data.flat_cutoff], minlength=q).astype(np.float64)
+        self.query = qi[corr]
+        self.L = data.flat_tokens[corr].astype(np.float64)
         self.n = data.counts.astype(np.float64)
+
+    def sum(self, values: np.ndarray) -> np.ndarray:
+        """Per-query sums of values given on the correct rollouts (0 for a query with none)."""
+        out = np.bincount(self.query, weights=values, minlength=self.q)
+        return out.astype(np.float64, copy=False)  # bincount of nothing is int64
 
 
 def _terms(theta: np.ndarray, d: _FitData, eps: float, need_grad: bool):
@@ -81,14 +92,14 @@ def _terms(theta: np.ndarray, d: _FitData, eps: float, need_grad: bool):
     M = d.M
     tau = M * np.exp(a)
     k = np.exp(-w) / M
-    x = d.L - tau[:, None]
-    pos = (x > 0) & d.mask_c
-    kcol = k[:, None]
-    kx = np.where(pos, kcol * x, 0.0)
+    x = d.L - tau[d.query]
+    pos = x > 0
+    kc = k[d.query]
+    kx = np.where(pos, kc * x, 0.0)
     ekx = np.exp(-kx)
-    f = np.where(pos, kcol * kx * ekx, 0.0)
-    qd = (1.0 - eps) * f + eps / M[:, None]
-    ll_c = np.where(d.mask_c, np.log(qd), 0.0).sum(1)
+    f = np.where(pos, kc * kx * ekx, 0.0)
+    qd = (1.0 - eps) * f + eps / M[d.query]
+    ll_c = d.sum(np.log(qd))
 
     y = np.maximum(k * (M - tau), 0.0)
     ey = np.exp(-y)
@@ -100,9 +111,9 @@ def _terms(theta: np.ndarray, d: _FitData, eps: float, need_grad: bool):
     ll = d.n_c * logp + ll_c + d.n_w * log1mp + d.n_cut * np.log(one_ph)
     if not need_grad:
         return ll, None
-    r = np.where(d.mask_c, (1.0 - eps) / qd, 0.0)
-    d_tau = -(r * kcol * kcol * ekx * (1.0 - kx) * pos).sum(1)
-    d_k = (r * f * (2.0 / kcol - np.where(pos, x, 0.0))).sum(1)
+    r = (1.0 - eps) / qd
+    d_tau = -d.sum(r * kc * kc * ekx * (1.0 - kx) * pos)
+    d_k = d.sum(r * f * (2.0 / kc - np.where(pos, x, 0.0)))
     dc_dh = -d.n_cut * p / one_ph
     live = (M - tau) > 0
     gp = (1.0 - eps) * y * ey * dc_dh
@@ -122,8 +133,9 @@ def _prior(theta: np.ndarray, prior: FitPrior):
 def _init(d: _FitData) -> np.ndarray:
     M = d.M
     has = d.n_c > 0
-    first = np.where(d.mask_c, d.L, np.inf).min(1)
-    mean_c = np.where(d.mask_c, d.L, 0.0).sum(1) / np.maximum(d.n_c, 1)
+    first = np.full(d.q, np.inf)
+    np.minimum.at(first, d.query, d.L)
+    mean_c = d.sum(d.L) / np.maximum(d.n_c, 1)
     tau0 = np.maximum(np.where(has, 0.7 * np.minimum(first, M), 0.5 * M), 1e-3 * M)
     width0 = np.where(has, np.maximum((mean_c - tau0) / 2.0, 0.01 * M), M / 16.0)
     p0 = (d.n_c + 0.5) / (d.n + 1.0)

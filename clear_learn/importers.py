@@ -1,4 +1,5 @@
-"""Importers: other rollout formats converted into the rollout format of DESIGN.md section 6.
+"""Importers: other rollout formats converted into the rollout format (docs/METHOD.md, "File
+format").
 
 Token counts come from a tokenizer the caller names (:func:`load_token_counter`): a
 ``tokenizer.json`` file, a directory holding one, or ``pkg:NAME`` for one shipped inside an

@@ -25,25 +25,33 @@ __all__ = ["KnapsackFrontier", "grid_optimum", "empirical_optimum", "knapsack_fr
 class KnapsackFrontier:
     """Best total value for every total budget ``0..max_total`` (in units of ``unit`` tokens).
 
-    ``value[t]`` is the optimum with at most ``t`` units; :meth:`budgets` recovers one optimal
-    allocation (in tokens) for any total.
+    ``value[t]`` is the optimum with at most ``t`` units beyond the ``floor`` tokens that
+    every query holds; :meth:`best` and :meth:`budgets` take a total in tokens, floors
+    included, and :meth:`budgets` recovers one optimal allocation (in tokens).
     """
 
     value: np.ndarray
     choice: np.ndarray  # (n_queries, max_total + 1) index into each query's candidates
     costs: list[np.ndarray]
     unit: int
+    floor: int = 0
+
+    def _units(self, total_tokens: int) -> int:
+        spare = int(total_tokens) - len(self.costs) * self.floor
+        if spare < 0:
+            raise ValueError(f"total_tokens={int(total_tokens)} cannot give {len(self.costs)} "
+                             f"queries their fallback_tokens={self.floor} each")
+        return min(spare // self.unit, self.value.size - 1)
 
     def best(self, total_tokens: int) -> float:
-        t = min(int(total_tokens) // self.unit, self.value.size - 1)
-        return float(self.value[t])
+        return float(self.value[self._units(total_tokens)])
 
     def budgets(self, total_tokens: int) -> np.ndarray:
-        t = min(int(total_tokens) // self.unit, self.value.size - 1)
+        t = self._units(total_tokens)
         out = np.zeros(len(self.costs), dtype=np.int64)
         for i in range(len(self.costs) - 1, -1, -1):
             c = int(self.costs[i][self.choice[i, t]])
-            out[i] = c * self.unit
+            out[i] = c * self.unit + self.floor
             t -= c
         return out
 
@@ -101,23 +109,40 @@ def grid_optimum(curves: Curves, max_total_tokens: int, *, grid: int = 10,
 
 
 def empirical_optimum(lengths: list[np.ndarray], correct: list[np.ndarray],
-                      max_total_tokens: int, *, max_tokens=None) -> KnapsackFrontier:
+                      max_total_tokens: int, *, max_tokens=None,
+                      fallback_tokens: int = 0) -> KnapsackFrontier:
     """Exact optimum of mean empirical accuracy over integer budgets.
 
     ``lengths[i]``, ``correct[i]``: the token counts and correctness of query ``i``'s rollouts.
     ``acc_i(b) = #{j: correct_ij and L_ij <= b} / n_i`` only rises at correct lengths, so
     each query's candidates are 0 and those lengths (up to its cap). Values are in accuracy
     units (``value.sum`` of ``acc_i``).
+
+    With ``fallback_tokens = f`` every query holds at least ``f`` tokens (as
+    :func:`~clear_learn.allocation.allocate` gives them): the candidates are ``f`` and the
+    correct lengths above it, and ``f`` tokens per query are taken out of every total. A
+    query left at ``f`` is the optimum's abandoned one.
     """
     n = len(lengths)
     caps = as_caps(max_tokens, n)
+    f = int(fallback_tokens)
+    if f < 0 or np.any(caps < f):
+        raise ValueError(f"fallback_tokens={fallback_tokens} must be >= 0 and at most every "
+                         "query's max_tokens")
     costs, values = [], []
     for i in range(n):
         L = np.asarray(lengths[i], dtype=np.int64)
         ok = np.asarray(correct[i], dtype=bool) & (L <= caps[i])
         cl = np.sort(L[ok])
-        uniq, last = np.unique(cl, return_index=False, return_counts=True)
-        cum = np.cumsum(last) / max(L.size, 1)
-        costs.append(np.concatenate([[0], uniq]))
-        values.append(np.concatenate([[0.0], cum]))
-    return knapsack_frontier(costs, values, int(max_total_tokens))
+        base = np.count_nonzero(cl <= f)
+        uniq, last = np.unique(cl[cl > f], return_index=False, return_counts=True)
+        cum = (base + np.cumsum(last)) / max(L.size, 1)
+        costs.append(np.concatenate([[0], uniq - f]))
+        values.append(np.concatenate([[base / max(L.size, 1)], cum]))
+    spare = int(max_total_tokens) - n * f
+    if spare < 0:
+        raise ValueError(f"fallback_tokens={f} for {n} queries needs {n * f} tokens, more than "
+                         f"max_total_tokens={int(max_total_tokens)}")
+    fr = knapsack_frontier(costs, values, spare)
+    fr.floor = f
+    return fr

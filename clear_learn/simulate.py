@@ -26,7 +26,8 @@ def random_curves(n: int, seed: int = 0, *, tau_median: float = 300.0, tau_sigma
 def sample_rollouts(curves: Curves, n_rollouts: int, max_new_tokens: int, seed: int = 0,
                     *, texts: list[str] | None = None, tasks: list[str] | None = None,
                     ids: list[str] | None = None) -> list[dict]:
-    """Sample rollouts from each curve by its generative reading (DESIGN.md section 2).
+    """Sample rollouts from each curve by its generative reading (docs/METHOD.md, "The
+    curve of one query").
 
     Solvable responses (probability ``p``) have length ``tau + Gamma(2, k)``; the others have
     the same length law but a wrong answer. Responses longer than the cap are cut off at it

@@ -138,3 +138,81 @@ def test_result_prints_and_serialises():
     assert "AllocationResult(n=5" in repr(res)
     import json
     json.loads(res.to_json())
+
+
+def test_both_price_searches_agree_at_the_threshold(monkeypatch):
+    """Just above SUBSAMPLE_ABOVE the subsampled search runs; it matches the exact one."""
+    n = alloc_mod.SUBSAMPLE_ABOVE + 1
+    curves = random_curves(n, seed=5)
+    calls = []
+    real = alloc_mod.search_subsampled
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(alloc_mod, "search_subsampled", counted)
+    total = 200 * n
+    fast = allocate(curves, total, max_tokens=4000)
+    assert calls == [1]
+    allocate(curves[:n - 1], 200 * (n - 1), max_tokens=4000)  # at the threshold: exact
+    assert calls == [1]
+    monkeypatch.setattr(alloc_mod, "SUBSAMPLE_ABOVE", 10**9)
+    exact = allocate(curves, total, max_tokens=4000)
+    assert calls == [1]
+    assert total - 4000 <= fast.budgets.sum() <= total
+    assert abs(fast.expected_correct / exact.expected_correct - 1) < 1e-5
+    assert abs(np.log(fast.price / exact.price)) < 1e-3
+    assert fast.upper_bound >= fast.expected_correct and exact.upper_bound >= fast.expected_correct
+
+
+def test_bound_holds_for_a_huge_surge_rate():
+    """Issue 18 item 9: with k = 1e20 the bound rounded to about lambda B, below the result."""
+    res = allocate(Curves(tau=[120, 400, 30], p=[0.9, 0.6, 0.95], k=[1e20] * 3), 600,
+                   max_tokens=512)
+    assert res.expected_correct == pytest.approx(2.45)
+    assert res.upper_bound >= res.expected_correct - 1e-12
+    assert res.upper_bound == pytest.approx(2.45)
+
+
+def test_bound_with_a_fallback_is_a_bound_for_the_problem_itself():
+    """With fallback_tokens the bound covers every allocation giving each query >= fallback
+    (it was NaN); here it is checked against the exact optimum on a grid of 1 token."""
+    c = Curves([3.0, 8.0, 20.0], [0.9, 0.5, 0.8], [0.5, 0.3, 0.2])
+    for total in (6, 15, 30, 60):
+        res = allocate(c, total, max_tokens=40, fallback_tokens=2)
+        best = 0.0
+        for b0 in range(2, 41):
+            for b1 in range(2, 41):
+                b2 = min(total - b0 - b1, 40)
+                if b2 >= 2:
+                    best = max(best, float(c.utility(np.array([b0, b1, b2])).sum()))
+        assert res.expected_correct <= best + 1e-12
+        assert best <= res.upper_bound + 1e-12
+        assert 0 <= res.optimality_gap <= 1
+
+
+_extreme = st.one_of(st.floats(-300, 300).map(lambda e: 10.0 ** e),
+                     st.sampled_from([5e-324, 1e-308, 1e308, np.finfo(float).max]))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(1, 5).flatmap(lambda m: st.tuples(
+           st.lists(st.one_of(st.just(0.0), st.floats(0, 1e12), _extreme.filter(
+               lambda x: x <= 1e15)), min_size=m, max_size=m),
+           st.lists(st.one_of(st.floats(0, 1), st.sampled_from([0.0, 5e-324, 1e-300, 1.0])),
+                    min_size=m, max_size=m),
+           st.lists(_extreme, min_size=m, max_size=m))),
+       st.one_of(st.integers(0, 10_000), st.integers(0, 10**15)),
+       st.one_of(st.none(), st.integers(0, 10**9)), st.integers(0, 3))
+def test_bound_holds_for_extreme_curves_and_budgets(params, total, cap, fallback):
+    """upper_bound >= expected_correct and 0 <= gap <= 1 for any finite input."""
+    curves = Curves(*params)
+    n = len(curves)
+    if fallback and (n * fallback > total or (cap is not None and cap < fallback)):
+        return
+    res = allocate(curves, total, max_tokens=cap, fallback_tokens=fallback, max_fill_rounds=50)
+    assert res.budgets.sum() <= total and np.all(res.budgets >= fallback)
+    assert np.isfinite(res.expected_correct) and np.isfinite(res.upper_bound)
+    assert res.upper_bound >= res.expected_correct - 1e-12 * max(1.0, res.expected_correct)
+    assert 0.0 <= res.optimality_gap <= 1.0

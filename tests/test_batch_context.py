@@ -129,7 +129,8 @@ def test_offsets_are_clipped_to_the_largest_seen_in_training():
 
 def test_stream_policy_gives_each_batch_its_own_context():
     from clear_learn.allocation import allocate
-    from clear_learn.predictor.batch_context import batch_context_policy
+    from clear_learn.predictor.config import Stages
+    from clear_learn.predictor.pipeline import stream_policy
 
     texts = ["count the letters in apple", "count the letters in the word banana split please",
              "what is the capital of peru", "count the letters in the long word strawberries"]
@@ -137,7 +138,7 @@ def test_stream_policy_gives_each_batch_its_own_context():
                  np.full(4, 0.03))
     ctx = BatchContext(tau_slope=0.5, p_slope=-1.0)
     caps = np.array([512, 512, 256, 512])
-    policy = batch_context_policy(raw, texts, ctx, caps)
+    policy = stream_policy(raw, texts, Stages(batch_context=ctx), caps)
     for idx in (np.array([0, 1, 2]), np.array([1, 3, 3])):
         got = policy(idx, 300)
         want = allocate(apply_batch_context(raw[idx], [texts[i] for i in idx], ctx), 300,

@@ -128,8 +128,15 @@ def test_curves_records_round_trip_and_errors():
     rows = c.to_records(["a", "b"])
     c2 = Curves.from_records(rows)
     assert np.array_equal(c.tau, c2.tau) and np.array_equal(c.k, c2.k)
-    with pytest.raises(ValueError, match="row 1: missing field 'k'"):
+    # rows count from 1, like every other message (issue 18 item 5; they counted from 0)
+    with pytest.raises(ValueError, match="row 2: field 'k': missing"):
         Curves.from_records([rows[0], {"tau": 1, "p": 0.5}])
-    with pytest.raises(ValueError, match="row 0: field 'p' is not a number"):
+    with pytest.raises(ValueError, match="row 1: field 'p': is not a number: 'x'"):
         Curves.from_records([{"tau": 1, "p": "x", "k": 1}])
+    with pytest.raises(ValueError, match="row 2: field 'p': is not a number: True"):
+        Curves.from_records([rows[0], {"tau": 1, "p": True, "k": 1}])
+    with pytest.raises(ValueError, match="row 2: expected an object .* got int"):
+        Curves.from_records([rows[0], 3])
+    with pytest.raises(ValueError, match=r"row 2: field 'k': must be finite and > 0, got -1"):
+        Curves.from_records([rows[0], {"tau": 1, "p": 0.5, "k": -1}])
     assert "Curves(n=2" in repr(c)

@@ -20,8 +20,10 @@ def data():
 def test_split_halves_are_disjoint_and_balanced(data):
     a = to_arrays(data[1])
     fit, score = split_rollouts(a, seed=3)
-    assert not np.any(fit & score) and np.array_equal(fit | score, a.mask)
-    assert np.all(fit.sum(1) == a.counts // 2)
+    assert fit.shape == score.shape == (a.n_rollouts,)
+    assert not np.any(fit & score) and np.all(fit | score)
+    assert np.all(a.per_query_sum(fit) == a.counts // 2)
+    assert np.all(a.with_mask(fit).counts == a.counts // 2)
 
 
 def test_report_orders_policies_sensibly(data, tmp_path):
@@ -189,3 +191,60 @@ def test_splits_average_the_halvings(data, tmp_path):
         evaluate_policies(test, prior, budgets, splits=2, oracle=False)
     with pytest.raises(ValueError, match="reserved"):
         evaluate_policies(test, {"oracle": prior["clear-task-prior"]}, budgets)
+
+
+def test_abandoned_counts_queries_at_the_fallback(data):
+    """Issue 18 item 14: with fallback_tokens=1 the abandoned queries hold 1 token and were
+    counted as not abandoned (only budgets of 0 were); the optimum ignored the fallback."""
+    from clear_learn.allocation import allocate
+
+    test = data[1]
+    prior = task_prior_curves(data[0], [r["task"] for r in test])
+    bpq = [8, 32, 512]
+    rep = evaluate_policies(test, {"prior": prior}, bpq, fallback_tokens=1)
+    rows = rep.rows
+    caps = np.array([r["max_new_tokens"] for r in test])
+    for j, b in enumerate(bpq):
+        want = allocate(prior, b * len(test), max_tokens=caps, fallback_tokens=1).n_abandoned
+        assert rows["prior"][j]["abandoned"] == want
+        assert rows["uniform"][j]["abandoned"] == (len(test) if b <= 1 else 0)
+        for name in rows:  # every row gives every query at least the fallback
+            assert rows[name][j]["allocated_tokens"] >= len(test)
+            assert rows[name][j]["mean_accuracy"] <= rows["optimum"][j]["mean_accuracy"] + 1e-12
+    assert rows["prior"][0]["abandoned"] > 0 and rows["oracle"][0]["abandoned"] > 0
+    assert rows["optimum"][0]["abandoned"] > 0
+    assert rep.meta["fallback_tokens"] == 1
+
+
+def test_optimum_with_a_fallback_gives_every_query_at_least_it():
+    from clear_learn.optimum import empirical_optimum
+
+    lengths = [np.array([1, 5, 9]), np.array([3, 40]), np.array([2])]
+    correct = [np.array([True, True, False]), np.array([True, True]), np.array([False])]
+    fr = empirical_optimum(lengths, correct, 20, fallback_tokens=2)
+    assert fr.budgets(8).tolist() == [2, 3, 2] and fr.best(8) == pytest.approx(1 / 3 + 1 / 2)
+    assert fr.budgets(11).tolist() == [5, 3, 2] and fr.best(11) == pytest.approx(2 / 3 + 1 / 2)
+    assert fr.budgets(6).tolist() == [2, 2, 2] and fr.best(6) == pytest.approx(1 / 3)
+    with pytest.raises(ValueError, match="fallback_tokens=2"):
+        fr.budgets(5)
+    with pytest.raises(ValueError, match="fallback_tokens=2"):
+        empirical_optimum(lengths, correct, 5, fallback_tokens=2)
+
+
+def test_queries_with_one_rollout_are_left_out_with_a_warning(data):
+    """Issue 18 item 15: a query with a single rollout made the oracle fit fail."""
+    test = [dict(r) for r in data[1][:20]]
+    test[4] = dict(test[4], rollouts=test[4]["rollouts"][:1])
+    test[9] = dict(test[9], rollouts=test[9]["rollouts"][:1])
+    with pytest.warns(UserWarning, match=r"2 queries have fewer than 2 rollouts.*"
+                                         + repr(test[4]["id"]) + ", " + repr(test[9]["id"])):
+        rep = evaluate_policies(test, {}, [64, 256])
+    assert rep.n_queries == 18 and rep.meta["skipped"] == [test[4]["id"], test[9]["id"]]
+    for name in ("uniform", "oracle", "optimum"):
+        for row, bpq in zip(rep.rows[name], [64, 256]):
+            assert 0 <= row["mean_accuracy"] <= 1 and row["allocated_tokens"] <= 18 * bpq
+    assert rep.rows["uniform"][0]["allocated_tokens"] == 18 * 64
+    without = evaluate_policies(test, {}, [64], oracle=False)  # nothing to split: all kept
+    assert without.n_queries == 20
+    with pytest.raises(ValueError, match="fewer than 2 rollouts.*oracle=False"):
+        evaluate_policies([dict(r, rollouts=r["rollouts"][:1]) for r in test], {}, [64])

@@ -108,6 +108,10 @@ def test_saved_texts_regrade_labels(tmp_path):
     assert recs[0]["rollouts"][0]["correct"] is True  # inputs untouched
     with pytest.raises(ValueError, match="p1.*no saved response texts"):
         regrade(recs, {"p0": saved["p0"]}, by_id)
+    # rows generated before texts were kept: only_with_texts regrades the others
+    part, changed = regrade(recs, {"p0": saved["p0"]}, fixed, only_with_texts=True)
+    assert part[1:] == recs[1:] and part[0] == new[0]
+    assert changed == sum(x["correct"] for x in recs[0]["rollouts"])
     # the CLI rewrites the file atomically
     from clear_learn.cli import main
 

@@ -118,13 +118,12 @@ def _default_config() -> dict:
 
 
 def _export(trained, path, extra=()):
-    sys.path.insert(0, str(ROOT / "train"))
-    from train import export_predictor, load_config
+    from clear_learn.training.recipe import load_config, predictor_from_run
 
     module, dm, _, _ = trained
     cfg = load_config(ROOT / "configs" / "default.yaml",
                       ["model.head_hidden=32", "model.lora_r=4", "data.max_length=32", *extra])
-    pred = export_predictor(module, dm, cfg, {"note": "test"})
+    pred = predictor_from_run(module, dm, cfg, {"note": "test"})
     pred.save_pretrained(path)
     return pred
 
@@ -142,7 +141,7 @@ def test_save_load_round_trip_is_identical(trained, tmp_path):
     assert res.budgets.sum() <= 100 * len(texts) and res.budgets.max() <= 512
     # the batch context travels with it and is what separates predict from its raw curves
     assert loaded.batch_context is not None and loaded.batch_context == pred.batch_context
-    raw = loaded.predict(texts, batch_context=False, tau_spread=0)
+    raw = loaded.predict(texts, use_batch_context=False, tau_spread=0)
     from clear_learn.predictor.batch_context import apply_batch_context
     again = apply_batch_context(raw, texts, loaded.batch_context)
     # then the threshold spread of the config, which widens the curves
@@ -151,12 +150,15 @@ def test_save_load_round_trip_is_identical(trained, tmp_path):
     assert np.allclose(again.p, b.p) and not np.allclose(again.tau, b.tau)
     again = again.widened(loaded.tau_spread)
     assert np.allclose(again.tau, b.tau) and np.allclose(again.k, b.k)
-    assert np.allclose(loaded.adjust(raw, texts).tau, b.tau)
+    from clear_learn.predictor.pipeline import postprocess
+
+    assert np.allclose(postprocess(raw, texts, loaded.stages).tau, b.tau)
+    assert np.allclose(postprocess(loaded.predict_raw(texts), texts, loaded.stages).p, b.p)
     with pytest.raises(ValueError, match="tau_spread must be a number >= 0"):
         loaded.predict(texts, tau_spread=-1)
     cfg = json.loads((tmp_path / "p" / "config.json").read_text())
-    assert cfg["format_version"] == 1 and cfg["base_model"].startswith("pkg:")
-    assert "/" not in cfg["base_model"]  # no absolute path of the training machine
+    assert cfg["format_version"] == 2 and cfg["encoder"]["base_model"].startswith("pkg:")
+    assert "/" not in cfg["encoder"]["base_model"]  # no absolute path of the training machine
     for f in (tmp_path / "p").rglob("*"):
         if f.is_file() and f.suffix in (".json", ".md"):
             assert "site-packages" not in f.read_text() and str(ROOT) not in f.read_text(), f
@@ -168,20 +170,20 @@ def test_save_load_round_trip_is_identical(trained, tmp_path):
 
 
 def test_tau_and_k_from_a_length_line(trained, tmp_path):
-    """calibration.tau_k_from=length: the exported predictor keeps the encoder's p and takes
+    """calibration.tau_k_source=length: the exported predictor keeps the encoder's p and takes
     tau and k from the length line fitted on its training rollouts, stored in its config."""
     from clear_learn.predictor.baselines import LengthCurvePredictor
     from clear_learn.predictor.export import ClearPredictor, PredictorLoadError
 
-    enc = _export(trained, tmp_path / "enc", ["calibration.tau_k_from=encoder"])
-    _export(trained, tmp_path / "len", ["calibration.tau_k_from=length"])
+    enc = _export(trained, tmp_path / "enc", ["calibration.tau_k_source=encoder"])
+    _export(trained, tmp_path / "len", ["calibration.tau_k_source=length"])
     pred = ClearPredictor.from_pretrained(tmp_path / "len")
     assert pred.tau_k_source == "length" and enc.tau_k_source == "encoder"
     train = trained[1].split_records("train")
     line = LengthCurvePredictor().fit(train)
-    assert pred.config["length_curve"] == line.to_dict()
+    assert pred.stages.length_line.to_dict() == line.to_dict()
     texts = [r["text"] for r in trained[1].split_records("test")][:20]
-    bare = dict(batch_context=False, tau_spread=0)
+    bare = dict(use_batch_context=False, tau_spread=0)
     got, own = pred.predict(texts, **bare), enc.predict(texts, **bare)
     want = line.predict(texts)
     assert np.allclose(got.tau, want.tau) and np.allclose(got.k, want.k)
@@ -191,26 +193,31 @@ def test_tau_and_k_from_a_length_line(trained, tmp_path):
     assert np.array_equal(a.budgets, enc.allocate(texts, 100 * len(texts)).budgets)
     assert "- tau and k: a line in the text's length" in (tmp_path / "len" / "README.md"
                                                           ).read_text()
-    with pytest.raises(ValueError, match="needs a predictor exported with a length_curve"):
+    with pytest.raises(ValueError, match="needs a predictor exported with a length line"):
         enc.predict(texts, tau_k_source="length")
     with pytest.raises(ValueError, match="tau_k_source must be one of"):
         pred.predict(texts, tau_k_source="tfidf")
     cfg = json.loads((tmp_path / "len" / "config.json").read_text())
-    cfg["length_curve"]["k"] = -1
+    cfg["stages"]["length_line"]["k"] = -1
     (tmp_path / "len" / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(PredictorLoadError, match="bad 'length_curve'.*k > 0"):
+    with pytest.raises(PredictorLoadError, match="stages.length_line.k must be > 0"):
         ClearPredictor.from_pretrained(tmp_path / "len")
-    cfg["tau_k_source"] = "tfidf"
+    cfg["stages"]["length_line"]["k"] = 0.03
+    cfg["stages"]["tau_k_source"] = "tfidf"
     (tmp_path / "len" / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(PredictorLoadError, match="bad 'tau_k_source' 'tfidf'"):
+    with pytest.raises(PredictorLoadError, match="stages.tau_k_source must be one of.*'tfidf'"):
         ClearPredictor.from_pretrained(tmp_path / "len")
     with pytest.raises(ValueError, match="tau_per_char must be a number"):
         LengthCurvePredictor.from_dict(dict(line.to_dict(), tau_per_char="x"))
-    from train import with_sources  # what the evaluation scripts compare
+    from dataclasses import replace
 
-    d = with_sources({"clear-learned": own, "clear-length": want}, "length")
-    assert d["clear-encoder"] is own and np.allclose(d["clear-learned"].tau, want.tau)
-    assert np.allclose(d["clear-learned"].p, own.p)
+    from clear_learn.predictor.pipeline import ENCODER, LEARNED, LENGTH, policy_curves
+
+    # what the evaluation scripts compare
+    d = policy_curves(own, {LENGTH: want}, texts, replace(pred.stages, batch_context=None,
+                                                            tau_spread=0.0))
+    assert np.allclose(d[ENCODER].tau, own.tau) and np.allclose(d[LEARNED].tau, want.tau)
+    assert np.allclose(d[LEARNED].p, own.p)
 
 
 def test_no_extrapolation_beyond_the_trained_lengths(trained, tmp_path):
@@ -219,14 +226,14 @@ def test_no_extrapolation_beyond_the_trained_lengths(trained, tmp_path):
     from clear_learn.predictor.baselines import LengthCurvePredictor
     from clear_learn.predictor.export import ClearPredictor, PredictorLoadError
 
-    _export(trained, tmp_path / "p", ["calibration.tau_k_from=length"])
+    _export(trained, tmp_path / "p", ["calibration.tau_k_source=length"])
     pred = ClearPredictor.from_pretrained(tmp_path / "p")
     train = [r["text"] for r in trained[1].split_records("train")]
     n_tok = [len(x) for x in pred.tokenizer(train, truncation=False)["input_ids"]]
     assert pred.n_tokens_range == (min(n_tok), max(n_tok))
     chars = [len(t) for t in train]
-    assert pred.config["length_curve"]["chars_range"] == [min(chars), max(chars)]
-    assert pred.config["batch_context"]["max_offset"] > 0
+    assert pred.stages.length_line.chars_range == (min(chars), max(chars))
+    assert pred.batch_context.max_offset > 0
     card = (tmp_path / "p" / "README.md").read_text()
     assert f"trained on texts of {min(chars)}-{max(chars)} characters" in card
 
@@ -235,29 +242,30 @@ def test_no_extrapolation_beyond_the_trained_lengths(trained, tmp_path):
     seen = []
     forward = pred.model.forward
     pred.model.forward = lambda *a: seen.append(a[2].clone()) or forward(*a)
-    bare = dict(batch_context=False, tau_spread=0)
+    bare = dict(use_batch_context=False, tau_spread=0)
     got = pred.predict(texts, **bare)
     fed = torch.cat(seen).tolist()
     assert max(fed) == max(n_tok) and sorted(fed)[0] == n_tok[0]
     assert got.tau[2] == pytest.approx(got.tau[1])  # the line stops at the longest text
     assert got.tau[2] == pytest.approx(LengthCurvePredictor.from_dict(
-        pred.config["length_curve"]).predict([longest]).tau[0])
+        pred.stages.length_line.to_dict()).predict([longest]).tau[0])
 
     # a predictor exported before the ranges were recorded extrapolates, as it did then
     cfg = json.loads((tmp_path / "p" / "config.json").read_text())
-    old = dict(cfg, n_tokens_range=None,
-               length_curve={k: v for k, v in cfg["length_curve"].items()
-                             if k != "chars_range"})
+    old = json.loads(json.dumps(cfg))
+    old["head"]["n_tokens_range"] = None
+    del old["stages"]["length_line"]["chars_range"]
     (tmp_path / "p" / "config.json").write_text(json.dumps(old))
     assert ClearPredictor.from_pretrained(tmp_path / "p").predict(texts, **bare).tau[2] > \
         got.tau[2]
     for bad in ([5], [9, 3], ["a", 1], [0, float("inf")]):
-        (tmp_path / "p" / "config.json").write_text(json.dumps(dict(cfg, n_tokens_range=bad)))
-        with pytest.raises(PredictorLoadError, match="bad 'n_tokens_range'"):
+        (tmp_path / "p" / "config.json").write_text(json.dumps(
+            dict(cfg, head=dict(cfg["head"], n_tokens_range=bad))))
+        with pytest.raises(PredictorLoadError, match="head.n_tokens_range must be"):
             ClearPredictor.from_pretrained(tmp_path / "p")
-    (tmp_path / "p" / "config.json").write_text(json.dumps(dict(
-        cfg, length_curve=dict(cfg["length_curve"], chars_range=[10]))))
-    with pytest.raises(PredictorLoadError, match="bad 'length_curve'.*chars_range"):
+    (tmp_path / "p" / "config.json").write_text(json.dumps(dict(cfg, stages=dict(
+        cfg["stages"], length_line=dict(cfg["stages"]["length_line"], chars_range=[10])))))
+    with pytest.raises(PredictorLoadError, match="stages.length_line.chars_range"):
         ClearPredictor.from_pretrained(tmp_path / "p")
 
 
@@ -326,17 +334,16 @@ def test_surface_feature_model_trains_exports_and_reloads(sim_file, tmp_path):
     module = CurveLightningModule(lora_r=0, head_hidden=8, surface_features=True)
     module.model.train()
     _trainer(tmp_path, 3).fit(module, datamodule=dm)
-    sys.path.insert(0, str(ROOT / "train"))
-    from train import export_predictor, load_config
+    from clear_learn.training.recipe import load_config, predictor_from_run
 
     cfg = load_config(ROOT / "configs" / "default.yaml",
                       ["model.head_hidden=8", "model.lora_r=0", "data.max_length=32",
                        "model.surface_features=true"])
-    pred = export_predictor(module, dm, cfg)
+    pred = predictor_from_run(module, dm, cfg)
     pred.save_pretrained(tmp_path / "p")
     texts = ["What is 3 + 4?", "Add 12,345 and 6789, then divide by 7."]
     loaded = ClearPredictor.from_pretrained(tmp_path / "p")
-    assert loaded.config["surface_features"] is True
+    assert loaded.config.head.surface_features is True
     assert np.array_equal(pred.predict(texts).tau, loaded.predict(texts).tau)
     assert "surface features" in (tmp_path / "p" / "README.md").read_text()
 
@@ -374,7 +381,7 @@ def test_cli_predict_allocate_and_evaluate_with_a_predictor(trained, tmp_path, s
                  "--no-batch-context"]) == 0
     raw = [json.loads(x)["tau"] for x in (tmp_path / "r.jsonl").read_text().splitlines()]
     assert np.allclose(raw, ClearPredictor.from_pretrained(tmp_path / "p").predict(
-        [f"What is {i} + {i * 7}?" for i in range(12)], batch_context=False).tau)
+        [f"What is {i} + {i * 7}?" for i in range(12)], use_batch_context=False).tau)
     assert main(["predict", str(tmp_path / "p"), str(texts), "-o", str(tmp_path / "n.jsonl"),
                  "--tau-spread", "0"]) == 0
     narrow = [json.loads(x)["k"] for x in (tmp_path / "n.jsonl").read_text().splitlines()]
@@ -399,13 +406,15 @@ def test_cli_predict_allocate_and_evaluate_with_a_predictor(trained, tmp_path, s
                  "--batch-size", "16"]) == 0
     rep = json.loads((tmp_path / "ev" / "report.json").read_text())
     assert "clear-learned" in rep["policies"]
+    # the predictor was trained on part of this file: said, not silently scored in-sample
+    assert "was trained on" in capsys.readouterr().err
     for rows in rep["meta"]["streams"].values():  # batch context per batch of the stream
         assert len(rows["clear-learned"]) == 2
     (tmp_path / "bad.jsonl").write_text(json.dumps({"id": "x"}) + "\n")
-    with pytest.raises(SystemExit, match="row 1.*no 'text'"):
-        main(["predict", str(tmp_path / "p"), str(tmp_path / "bad.jsonl"), "-o",
-              str(tmp_path / "o.jsonl")])
     capsys.readouterr()
+    assert main(["predict", str(tmp_path / "p"), str(tmp_path / "bad.jsonl"), "-o",
+                 str(tmp_path / "o.jsonl")]) == 2  # a DataError, like every other bad file
+    assert "bad.jsonl, line 1: field 'text': missing" in capsys.readouterr().err
 
 
 def test_bad_checkpoints_are_refused(trained, tmp_path):
@@ -428,7 +437,12 @@ def test_bad_checkpoints_are_refused(trained, tmp_path):
     corrupt = tmp_path / "corrupt"
     shutil.copytree(good, corrupt)
     (corrupt / "head.safetensors").write_bytes(b"garbage")
-    with pytest.raises(PredictorLoadError, match="could not load weights"):
+    with pytest.raises(PredictorLoadError, match="head.safetensors: could not load the head"):
+        ClearPredictor.from_pretrained(corrupt)
+    shutil.copy(good / "head.safetensors", corrupt / "head.safetensors")
+    (corrupt / "adapter" / "adapter_model.safetensors").write_bytes(b"\x08garbage" * 9)
+    with pytest.raises(PredictorLoadError,
+                       match="adapter_model.safetensors: could not load the encoder"):
         ClearPredictor.from_pretrained(corrupt)
     badcfg = tmp_path / "badcfg"
     shutil.copytree(good, badcfg)
@@ -437,23 +451,33 @@ def test_bad_checkpoints_are_refused(trained, tmp_path):
     (badcfg / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(PredictorLoadError, match="format_version 99"):
         ClearPredictor.from_pretrained(badcfg)
-    cfg["format_version"] = 1
-    cfg["batch_context"] = {"tau_slope": 0.3, "p_slope": -1.0, "radius": 4}
+    cfg["format_version"] = 2
+    good_ctx = cfg["stages"]["batch_context"]
+    cfg["stages"]["batch_context"] = {"tau_slope": 0.3, "p_slope": -1.0, "radius": 4}
     (badcfg / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(PredictorLoadError, match="bad 'batch_context'.*radius"):
+    with pytest.raises(PredictorLoadError, match="stages.batch_context.*radius"):
         ClearPredictor.from_pretrained(badcfg)
-    del cfg["batch_context"]
-    cfg["tau_spread"] = "wide"
+    cfg["stages"]["batch_context"] = good_ctx
+    cfg["stages"]["tau_spread"] = "wide"
     (badcfg / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(PredictorLoadError, match="bad 'tau_spread'"):
+    with pytest.raises(PredictorLoadError, match="stages.tau_spread must be a finite number"):
+        ClearPredictor.from_pretrained(badcfg)
+    cfg["stages"]["tau_spread"] = 0.5
+    cfg["head"]["colour"] = "red"  # unknown keys are refused by name, not dropped
+    (badcfg / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(PredictorLoadError, match=r"config.json: head: unknown keys \['colour'\]"):
         ClearPredictor.from_pretrained(badcfg)
     (badcfg / "config.json").write_text("{not json")
-    with pytest.raises(PredictorLoadError, match="not JSON"):
+    with pytest.raises(PredictorLoadError, match="config.json: not JSON"):
+        ClearPredictor.from_pretrained(badcfg)
+    (badcfg / "config.json").write_bytes(bytes(range(256)))
+    with pytest.raises(PredictorLoadError, match="config.json: not UTF-8"):
         ClearPredictor.from_pretrained(badcfg)
 
 
 def test_failed_save_keeps_the_old_predictor(trained, tmp_path, monkeypatch):
-    from clear_learn.predictor import export as export_mod
+    from clear_learn.predictor import card as card_mod
+    from clear_learn.predictor import storage
     from clear_learn.predictor.export import ClearPredictor
 
     pred = _export(trained, tmp_path / "p")
@@ -462,12 +486,41 @@ def test_failed_save_keeps_the_old_predictor(trained, tmp_path, monkeypatch):
     def boom(cfg):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(export_mod, "model_card", boom)
+    monkeypatch.setattr(card_mod, "model_card", boom)
     with pytest.raises(RuntimeError, match="disk full"):
         pred.save_pretrained(tmp_path / "p")
     assert sorted(p.name for p in (tmp_path / "p").rglob("*")) == before
     assert [p.name for p in tmp_path.iterdir()] == ["p"]  # no temporary directory left
     ClearPredictor.from_pretrained(tmp_path / "p")
+    monkeypatch.undo()
+
+    # the second rename fails: the old predictor is moved back, not left hidden in .p.old
+    real, calls = os.replace, []
+
+    def second_fails(a, b):
+        calls.append((a, b))
+        if len(calls) == 2:
+            raise OSError("rename failed")
+        return real(a, b)
+
+    monkeypatch.setattr(storage.os, "replace", second_fails)
+    with pytest.raises(OSError, match="rename failed"):
+        pred.save_pretrained(tmp_path / "p")
+    monkeypatch.undo()
+    assert sorted(p.name for p in (tmp_path / "p").rglob("*")) == before
+    assert [p.name for p in tmp_path.iterdir()] == ["p"]
+    ClearPredictor.from_pretrained(tmp_path / "p")
+
+    # a replaced predictor keeps its modes; a killed save's temp directory is cleaned
+    (tmp_path / "p").chmod(0o750)
+    (tmp_path / "p" / "config.json").chmod(0o640)
+    stale = tmp_path / ".p.999999999.abcd.tmp"  # no such process
+    stale.mkdir()
+    pred.save_pretrained(tmp_path / "p")
+    assert (tmp_path / "p").stat().st_mode & 0o777 == 0o750
+    assert {f.stat().st_mode & 0o777 for f in (tmp_path / "p").rglob("*") if f.is_file()} \
+        == {0o640}
+    assert [p.name for p in tmp_path.iterdir()] == ["p"]
 
 
 def test_predict_rejects_bad_texts(trained, tmp_path):
@@ -476,6 +529,21 @@ def test_predict_rejects_bad_texts(trained, tmp_path):
         pred.predict("one string")
     with pytest.raises(ValueError, match="index 1"):
         pred.predict(["fine", ""])
+    with pytest.raises(TypeError, match="list of texts, got NoneType"):
+        pred.predict(None)
+    ran = []
+    forward = pred.model.forward
+    pred.model.forward = lambda *a: ran.append(1) or forward(*a)
+    for bad in (0, -1, 2.5, True):  # every argument is checked before the encoder runs
+        with pytest.raises(ValueError, match="batch_size must be a whole number >= 1"):
+            pred.predict(["fine"], batch_size=bad)
+    with pytest.raises(ValueError, match="total_budget must be a whole number >= 0"):
+        pred.allocate(["fine", "also fine"], -5)
+    with pytest.raises(ValueError, match="max_tokens must be whole numbers"):
+        pred.allocate(["fine"], 100, max_tokens=-1)
+    with pytest.raises(TypeError, match="use_batch_context must be True or False"):
+        pred.predict(["fine"], use_batch_context="no")
+    assert ran == []
 
 
 def test_baselines_predict_curves(sim_file):
@@ -528,9 +596,10 @@ def test_main_job_evaluates_then_refits_on_every_query(sim_file, tmp_path, capsy
     assert "share of the uniform-to-oracle gap closed" in out and "refitting on every" in out
     assert (tmp_path / "eval" / "frontier.png").is_file()
     pred = ClearPredictor.from_pretrained(tmp_path / "pred")
-    training, metrics = pred.config["training"], pred.config["metrics"]
-    assert training["refit_all"] and training["split"] == "all"
-    assert training["n_train"] == len(read_rollouts(sim_file))
+    training, metrics = pred.config.training, pred.config.metrics
+    assert training.refit_all and training.split == "all"
+    assert training.n_train == len(read_rollouts(sim_file))
+    assert len(training.text_sha256) == len({r["text"] for r in read_rollouts(sim_file)})
     assert 1 <= metrics["best_epochs"] <= 2 and "gap_closed" in metrics
     card = (tmp_path / "pred" / "README.md").read_text()
     assert "refitted on every query for 1 epochs" in card and metrics["refit_epochs"] == 1
@@ -538,8 +607,8 @@ def test_main_job_evaluates_then_refits_on_every_query(sim_file, tmp_path, capsy
     assert "- batch context: a text d = log(len)" in card
     spread = _default_config()["calibration"]["tau_spread"]
     assert f"- threshold spread: curves widened by a threshold uncertainty of sd {spread:g}" in card
-    assert pred.config["tau_spread"] == spread
-    assert set(pred.config["batch_context"]) == {"tau_slope", "p_slope", "neighbours",
+    assert pred.tau_spread == spread
+    assert set(pred.batch_context.to_dict()) == {"tau_slope", "p_slope", "neighbours",
                                                  "min_similarity", "max_offset"}
     assert {"clear-learned-raw", "clear-learned-narrow"} <= set(metrics["gap_closed"])
     # the default takes tau and k from the length line, and reports the encoder's own too
@@ -547,9 +616,8 @@ def test_main_job_evaluates_then_refits_on_every_query(sim_file, tmp_path, capsy
 
 
 def test_regression_loss_trains_from_the_config(sim_file, tmp_path):
-    """model.loss=regression through train.build_modules: targets are attached, steps run."""
-    sys.path.insert(0, str(ROOT / "train"))
-    import train
+    """model.loss=regression through build_modules: targets are attached, steps run."""
+    from clear_learn.training import recipe as train
 
     cfg = train.load_config(ROOT / "configs" / "default.yaml", [
         f"data.data={sim_file}", "data.max_length=16", "threads=1", "model.lora_r=2",
@@ -613,7 +681,7 @@ def test_leave_one_family_out_resumes(sim_file, tmp_path, capsys):
     assert set(rep["meta"]["tau_spread"]["per_family"]["clear-learned"]) == {"sim-easy",
                                                                              "sim-hard"}
     assert "clear-encoder" in rep["policies"]  # the default takes tau and k from the length line
-    assert cross_family.main(args + ["--set", "calibration.tau_k_from=encoder"]) == 0
+    assert cross_family.main(args + ["--set", "calibration.tau_k_source=encoder"]) == 0
     assert capsys.readouterr().out.count("reusing") == 2  # acts after the folds too
     rep = json.loads((tmp_path / "cv" / "report.json").read_text())
     assert "clear-encoder" not in rep["policies"]
@@ -621,6 +689,44 @@ def test_leave_one_family_out_resumes(sim_file, tmp_path, capsys):
     fold.write_text("".join(x + "\n" for x in fold.read_text().splitlines()[1:]))
     assert cross_family.main(args) == 0  # a fold that no longer covers its family is redone
     assert capsys.readouterr().out.count("reusing") == 1
+
+
+def test_saved_fold_curves_are_the_networks_own(trained, tmp_path, monkeypatch):
+    """A fold's saved clear-learned curves are the network's own (tau, p and k from the
+    encoder, no batch context, no spread): cross_family.py's pooling applies the length line,
+    the batch context and the spread once, after the folds. (They were saved by predict()
+    with the fold predictor's defaults, which already include all three, and then got them
+    a second time.)"""
+    sys.path.insert(0, str(ROOT / "train"))
+    import cross_family
+
+    pred = _export(trained, tmp_path / "p")  # default recipe: length line, context, spread
+    assert pred.batch_context is not None and pred.tau_spread > 0
+    assert pred.tau_k_source == "length"
+    module, dm, _, _ = trained
+    from clear_learn.training import lofo
+
+    monkeypatch.setattr(lofo, "train_predictor", lambda cfg: (pred, dm, {"x": 1}))
+    cfg = cross_family.load_config(ROOT / "configs" / "default.yaml",
+                                   [f"run_dir={tmp_path / 'run'}"])
+    rows, _ = cross_family.fold_curves(cfg, "sim-hard", None)
+    test = dm.split_records("test")
+    texts = [r["text"] for r in test]
+    from clear_learn.curves import Curves
+
+    saved = Curves.from_records(rows["clear-learned"])
+    assert [r["id"] for r in rows["clear-learned"]] == [r["id"] for r in test]
+    own = pred.predict_raw(texts)
+    assert np.allclose(saved.tau, own.tau) and np.allclose(saved.p, own.p)
+    assert np.allclose(saved.k, own.k)
+    shipped = pred.predict(texts)
+    assert not np.allclose(saved.p, shipped.p) and not np.allclose(saved.tau, shipped.tau)
+    # an --out of folds written before the fix is refused, not pooled
+    old = tmp_path / "cv"
+    old.mkdir()
+    (old / "config.json").write_text(json.dumps({"config": {}, "random_val": False}))
+    with pytest.raises(SystemExit, match="written before the fix"):
+        cross_family.check_same_config(old, cfg, False)
 
 
 def test_bad_evaluate_splits_is_refused_before_training(tmp_path):

@@ -112,3 +112,34 @@ def test_to_dataset():
     pytest.importorskip("datasets")
     ds = to_dataset([rec(0), rec(1)])
     assert ds.num_rows == 2 and ds[0]["tokens"] == [40, 100]
+
+
+def test_no_line_is_dropped_silently(tmp_path):
+    """Issue 18 item 1: read_rollouts(validate=False), which regrade used, dropped a line
+    that was not JSON."""
+    from clear_learn.errors import DataError
+    from clear_learn.rollouts import read_objects
+
+    path = tmp_path / "r.jsonl"
+    path.write_text(json.dumps(rec(1)) + "\n" + json.dumps(rec(2)) + ",\n" + json.dumps(rec(3))
+                    + "\n")
+    with pytest.raises(DataError, match="line 2: not JSON") as err:
+        read_rollouts(path, validate=False)
+    assert err.value.path == str(path) and err.value.line == 2
+    with pytest.raises(DataError, match=r"r.jsonl, line 2: not JSON"):
+        read_objects(path)
+    path.write_text(json.dumps(rec(1)) + "\n7\n")
+    with pytest.raises(DataError, match="line 2: expected a JSON object, got int"):
+        read_rollouts(path, validate=False)
+
+
+def test_huge_numbers_and_empty_records_are_problems(tmp_path):
+    big = rec(1, max_new_tokens=2**80, rollouts=[{"tokens": 2**70, "correct": True}])
+    msgs = [str(p) for p in validate_rollouts([big, rec(2, id=2**90)])]
+    assert any("field 'max_new_tokens': must be an integer > 0" in m for m in msgs)
+    assert any("field 'rollouts[0].tokens': is too large" in m for m in msgs)
+    assert any("line 2: field 'id'" in m for m in msgs)
+    assert [str(p) for p in validate_rollouts([])] == ["file: holds no records"]
+    with pytest.raises(RolloutValidationError):  # nothing written that no reader accepts
+        write_rollouts([], tmp_path / "empty.jsonl")
+    assert not (tmp_path / "empty.jsonl").exists()

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from clear_learn.atomic import write_text
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "clear_learn" / "data"
 
@@ -162,7 +164,7 @@ def main() -> None:
                     f"{np.mean([not x['finished'] for x in rolls]):.3f}", ""]
         out += stats_table(rs, planned) + [""]
     out += rate_section(load(DATA / "generation-log.jsonl")) + audit_section()
-    (DATA / "DATACARD.md").write_text("\n".join(out))
+    write_text(DATA / "DATACARD.md", "\n".join(out))
     print(f"wrote {DATA / 'DATACARD.md'}")
 
 

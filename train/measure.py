@@ -32,9 +32,9 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cross_family import median_epochs  # noqa: E402
-from train import ROOT, parse_value, resolve  # noqa: E402
+from clear_learn.atomic import write_text
+from clear_learn.training.lofo import median_epochs
+from clear_learn.training.recipe import ROOT, parse_value, resolve
 
 TITLES = {"queries": "Held-out queries (random query split)",
           "unseen": "Held-out families, trained without them",
@@ -148,7 +148,7 @@ def check_state(out: Path, want: dict) -> None:
                              f"{changed}; {path}): pass another --out, or delete it")
         return
     out.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(want, indent=1) + "\n")
+    write_text(path, json.dumps(want, indent=1) + "\n")
 
 
 def main(argv=None) -> int:
@@ -195,7 +195,7 @@ def main(argv=None) -> int:
     reports = {s: r for s, (_, r) in steps.items()}
     reports["family-batches"] = out / "families" / "report-family-batches.json"
     text = summarize({s: r for s, r in reports.items() if r.is_file()}, header)
-    (out / "SUMMARY.md").write_text(text)
+    write_text(out / "SUMMARY.md", text)
     print("\n" + text + f"\nwrote {out / 'SUMMARY.md'}")
     return 0
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from clear_learn.generation.problems import read_problems
 from clear_learn.generation.texts import pack_texts
-from clear_learn.rollouts import iter_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -24,7 +24,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--problems", default=str(ROOT / "clear_learn/data/problems-default.jsonl"))
     ap.add_argument("--out", default=str(ROOT / "clear_learn/data/texts"))
     args = ap.parse_args(argv)
-    ids = [str(obj["id"]) for _, obj, err in iter_jsonl(args.problems) if err is None]
+    # checked: a bad line skipped would shift every later problem's position, and chunk
+    ids = [str(p["id"]) for p in read_problems(args.problems)]
     written = pack_texts([args.side], ids, args.out, stem="default")
     for name, n in written.items():
         size = (Path(args.out) / name).stat().st_size

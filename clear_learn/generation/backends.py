@@ -6,8 +6,9 @@
 - :class:`~clear_learn.generation.llamacpp.LlamaCppBackend` (its own module): fast CPU sampling
   of GGUF models with continuous batching.
 
-Every backend counts a response's generated tokens without its stop token, and marks a response
-that reached ``max_new_tokens`` without stopping as not finished.
+Every backend draws sample ``j`` of problem ``i`` with its own seed ``seeds[i][j]`` (so a sample
+depends only on its seed), counts a response's generated tokens without its stop token, and
+marks a response that reached ``max_new_tokens`` without stopping as not finished.
 """
 
 from __future__ import annotations
@@ -21,7 +22,13 @@ __all__ = ["TransformersBackend", "VLLMBackend", "make_backend"]
 
 
 class TransformersBackend:
-    """Hugging Face ``transformers`` sampling, one problem (its ``n`` samples) at a time."""
+    """Hugging Face ``transformers`` sampling, one problem (its ``n`` samples) at a time.
+
+    Sample ``j`` of a problem is drawn with its own seed ``seeds[i][j]`` (as the llama.cpp
+    backend does): the ``n`` samples run as one batch, and :class:`_SeededSampler` draws each
+    row's next token from that row's own generator, so that a sample depends only on its seed,
+    not on ``n`` or on the other samples.
+    """
 
     name = "transformers"
 
@@ -53,19 +60,23 @@ class TransformersBackend:
     def generate(self, prompts: list[list[dict]], settings: SamplingSettings,
                  seeds: list[list[int]]) -> Iterator[list[Completion]]:
         import torch
+        from transformers import LogitsProcessorList
 
         for i, msgs in enumerate(prompts):
             text = self.tokenizer.apply_chat_template(msgs, tokenize=False,
                                                       add_generation_prompt=True)
             enc = self.tokenizer(text, return_tensors="pt", add_special_tokens=False)
-            enc = {k: v.to(self.device) for k, v in enc.items()}
-            torch.manual_seed(seeds[i][0])
+            n = len(seeds[i])
+            enc = {k: v.to(self.device).repeat(n, 1) for k, v in enc.items()}
+            sampler = _SeededSampler(seeds[i], settings.temperature, settings.top_p,
+                                     self.device)
             with torch.no_grad():
+                # greedy over the sampler's one-hot scores: the draw is the sampler's
                 out = self.model.generate(
-                    **enc, do_sample=True, temperature=settings.temperature,
-                    top_p=settings.top_p, top_k=0, max_new_tokens=settings.max_new_tokens,
-                    num_return_sequences=settings.n, pad_token_id=self.pad_id,
-                    eos_token_id=self.stop_ids)
+                    **enc, do_sample=False, num_beams=1, temperature=None, top_p=None,
+                    top_k=None, max_new_tokens=settings.max_new_tokens,
+                    pad_token_id=self.pad_id, eos_token_id=self.stop_ids,
+                    logits_processor=LogitsProcessorList([sampler]))
             gen = out[:, enc["input_ids"].shape[1]:].tolist()
             comps = []
             for j, ids in enumerate(gen):
@@ -78,8 +89,61 @@ class TransformersBackend:
             yield comps
 
 
+class _SeededSampler:
+    """A ``transformers`` logits processor that samples row ``j``'s next token with its own
+    ``torch.Generator`` (seeded ``seeds[j]``), after temperature and nucleus (top-p)
+    filtering as ``generate(do_sample=True)`` applies them, and returns scores that are 0 at
+    the drawn token and ``-inf`` elsewhere, so that greedy decoding emits it."""
+
+    def __init__(self, seeds: list[int], temperature: float, top_p: float, device="cpu"):
+        import torch
+
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0 for sampling, got {temperature!r}")
+        if not 0 < top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
+        self.temperature, self.top_p = float(temperature), float(top_p)
+        self.generators = [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        probs = torch.softmax(scores.float() / self.temperature, dim=-1)
+        if self.top_p < 1.0:
+            sp, order = probs.sort(dim=-1, descending=True)
+            # drop a token when the more likely ones already hold top_p (the first never is)
+            sp = sp.masked_fill(sp.cumsum(dim=-1) - sp >= self.top_p, 0.0)
+            probs = torch.zeros_like(probs).scatter_(-1, order, sp)
+        picked = torch.cat([torch.multinomial(probs[r], 1, generator=g)
+                            for r, g in enumerate(self.generators)])
+        out = torch.full_like(scores, float("-inf"))
+        out[torch.arange(scores.shape[0]), picked] = 0.0
+        return out
+
+
+def _vllm_completion(problem: int, sample: int, output, stop_ids) -> Completion:
+    """A :class:`Completion` from a vLLM ``CompletionOutput``.
+
+    vLLM keeps the stop token in ``token_ids``: the tokenizer's EOS (``stop_reason`` None)
+    or any other stop token, such as a generation config's further EOS ids, which vLLM adds
+    to the stop tokens and reports as ``stop_reason``. Either is not counted.
+    """
+    ids = list(output.token_ids)
+    finished = output.finish_reason == "stop"
+    reason = output.stop_reason
+    stopped_on_token = finished and bool(ids) and (
+        ids[-1] in stop_ids
+        or (isinstance(reason, int) and not isinstance(reason, bool) and ids[-1] == reason))
+    n_tok = len(ids) - 1 if stopped_on_token else len(ids)
+    return Completion(problem, sample, output.text, n_tok, finished)
+
+
 class VLLMBackend:
-    """vLLM sampling for GPUs (``pip install 'clear-learn[vllm]'``); all problems at once."""
+    """vLLM sampling for GPUs (``pip install 'clear-learn[vllm]'``); all problems at once.
+
+    Every sample is its own request with its own seed ``seeds[i][j]`` (as the llama.cpp
+    backend does), so a sample depends only on its seed.
+    """
 
     name = "vllm"
 
@@ -92,24 +156,24 @@ class VLLMBackend:
         self.llm = LLM(model=str(model), **llm_kwargs)  # pragma: no cover
         self.model_id = model_id or Path(model).name  # pragma: no cover
 
-    def generate(self, prompts, settings, seeds):  # pragma: no cover - GPU machines only
+    def generate(self, prompts, settings, seeds):
         from vllm import SamplingParams
 
         tok = self.llm.get_tokenizer()
         texts = [tok.apply_chat_template(m, tokenize=False, add_generation_prompt=True)
                  for m in prompts]
-        params = [SamplingParams(n=settings.n, temperature=settings.temperature,
-                                 top_p=settings.top_p, max_tokens=settings.max_new_tokens,
-                                 seed=s[0]) for s in seeds]
-        for i, out in enumerate(self.llm.generate(texts, params)):
-            comps = []
-            for j, o in enumerate(out.outputs):
-                finished = o.finish_reason == "stop"
-                ids = list(o.token_ids)
-                n_tok = len(ids) - 1 if finished and ids and ids[-1] in (
-                    tok.eos_token_id,) else len(ids)
-                comps.append(Completion(i, j, o.text, n_tok, finished))
-            yield comps
+        requests, params = [], []
+        for text, row in zip(texts, seeds):
+            for s in row:
+                requests.append(text)
+                params.append(SamplingParams(n=1, temperature=settings.temperature,
+                                             top_p=settings.top_p,
+                                             max_tokens=settings.max_new_tokens, seed=s))
+        stop_ids = {tok.eos_token_id} - {None}
+        outs = iter(self.llm.generate(requests, params))
+        for i, row in enumerate(seeds):
+            yield [_vllm_completion(i, j, next(outs).outputs[0], stop_ids)
+                   for j in range(len(row))]
 
 
 def make_backend(name: str, model: str | Path, **kwargs):

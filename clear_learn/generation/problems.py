@@ -23,7 +23,7 @@ import numpy as np
 
 __all__ = ["Setting", "DEFAULT_SETTINGS", "BROAD_SETTINGS", "reasoning_gym_problems",
            "default_problems", "benchmark_problems", "setting_seed", "shared_problems",
-           "join_shared_texts", "strip_shared_texts", "shared_root"]
+           "join_shared_texts", "strip_shared_texts", "shared_root", "read_problems"]
 
 
 @dataclass(frozen=True)
@@ -297,6 +297,72 @@ def shared_problems(name: str, *, levels: Iterable[int] | None = None,
 
 
 _SHARED_FIELDS = ("text", "answer")
+_GRADERS = ("numeric", "math", "reasoning_gym")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _check_problem(row: dict) -> tuple[str, str] | None:
+    """``(field, what is wrong)`` for the first problem with a problem-file row, or None."""
+    rid = row.get("id")
+    if "id" not in row:
+        return "id", "missing"
+    if not ((isinstance(rid, str) and rid) or (_is_int(rid) and rid.bit_length() < 64)):
+        return "id", f"must be a non-empty string or a 64-bit integer, got {str(rid)[:40]!r}"
+    if not isinstance(row.get("task"), str) or not row["task"]:
+        return "task", "must be a non-empty string"
+    grader = row.get("grader", "numeric")
+    if grader not in _GRADERS:
+        return "grader", f"must be one of {', '.join(_GRADERS)}, got {str(grader)[:40]!r}"
+    src = row.get("source")
+    if "source" in row and not isinstance(src, dict):
+        return "source", f"must be an object, got {type(src).__name__}"
+    if isinstance(src, dict) and "file" in src:  # a shared benchmark problem: text joined
+        if (not isinstance(src["file"], str)
+                or src["file"] not in {v[0] for v in _SHARED_SETS.values()}):
+            return "source.file", f"not a known shared problem file: {str(src['file'])[:60]!r}"
+        if not _is_int(src.get("line")) or not 1 <= src["line"] < 2**31:
+            return "source.line", "must be an integer >= 1"
+        return None
+    for name in ("text", "answer"):
+        if not isinstance(row.get(name), str) or not row[name].strip():
+            return name, "must be a non-empty string"
+    if grader == "reasoning_gym":
+        if not isinstance(src, dict):
+            return "source", "missing: the reasoning_gym grader regenerates the entry from it"
+        for name, typ in (("family", str), ("config", dict), ("seed", int), ("size", int),
+                          ("index", int)):
+            v = src.get(name)
+            if not isinstance(v, typ) or isinstance(v, bool):
+                return f"source.{name}", f"must be {'an' if typ is int else 'a'} {typ.__name__}"
+    return None
+
+
+def read_problems(path: str | os.PathLike) -> list[dict]:
+    """The problems of a problem file (as ``clear-learn problems`` writes it), checked.
+
+    Each line is an object with ``id`` (unique), ``task``, a known ``grader``, and either
+    ``text`` and ``answer`` or a shared ``source`` (file, line) that
+    :func:`join_shared_texts` fills them from. Raises
+    :class:`~clear_learn.errors.DataError` naming the file, line and field of the first
+    problem found.
+    """
+    from ..errors import DataError
+    from ..rollouts import read_objects
+
+    rows, lines = read_objects(path, "problems")
+    seen: dict[str, int] = {}
+    for row, n in zip(rows, lines):
+        bad = _check_problem(row)
+        if bad is not None:
+            raise DataError(path, n, bad[1], bad[0])
+        key = str(row["id"])
+        if key in seen:
+            raise DataError(path, n, f"duplicate of line {seen[key]}", "id")
+        seen[key] = n
+    return rows
 
 
 def join_shared_texts(records: list[dict], root: Path | None = None) -> list[dict]:
@@ -309,8 +375,10 @@ def join_shared_texts(records: list[dict], root: Path | None = None) -> list[dic
     cache: dict[str, list[str]] = {}
     out = []
     for rec in records:
-        src = rec.get("source") or {}
-        if rec.get("text") or src.get("file") not in by_file:
+        src = rec.get("source")
+        if not isinstance(src, dict):
+            src = {}
+        if rec.get("text") or not isinstance(src.get("file"), str) or src["file"] not in by_file:
             out.append(rec)
             continue
         fname = src["file"]
@@ -321,6 +389,9 @@ def join_shared_texts(records: list[dict], root: Path | None = None) -> list[dic
                                         "which is not there (set CLEAR_LEARN_SHARED)")
             cache[fname] = path.read_text(encoding="utf-8").splitlines()
         line = int(src["line"])
+        if not 1 <= line <= len(cache[fname]):
+            raise ValueError(f"record {rec.get('id')!r}: source line {line} is not in "
+                             f"{fname} ({len(cache[fname])} lines)")
         full = _shared_record(by_file[fname], line, json.loads(cache[fname][line - 1]))
         out.append({**rec, **{k: full[k] for k in _SHARED_FIELDS}})
     return out

@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 from typing import Iterable
 
+from ..errors import DataError
 from ..rollouts import iter_jsonl, write_jsonl
 
 __all__ = ["CHUNK", "chunk_name", "load_texts", "pack_texts"]
@@ -42,8 +43,10 @@ def _text_files(paths: Iterable[str | os.PathLike]) -> list[Path]:
 def load_texts(paths: Iterable[str | os.PathLike]) -> dict[str, list[str]]:
     """Map each problem id to its response texts; a later copy of an id wins.
 
-    Raises ``ValueError`` naming the file and line of a line that is not a ``{"id", "texts"}``
-    object (a torn last line of a side file is skipped, as the generator would cut it)."""
+    Raises :class:`~clear_learn.errors.DataError` naming the file, line and field of a line
+    that is not a ``{"id", "texts": [str]}`` object, and for unreadable files (gzip data
+    truncated or corrupt, a folder given as a file). A torn last line of a plain side file is
+    skipped, as the generator would cut it."""
     texts: dict[str, list[str]] = {}
     for path in _text_files(paths):
         rows = list(iter_jsonl(path))
@@ -51,11 +54,20 @@ def load_texts(paths: Iterable[str | os.PathLike]) -> dict[str, list[str]]:
             if err is not None:
                 if i == len(rows) - 1 and not path.name.endswith(".gz"):
                     continue  # a torn last line: the generator cuts it on its next start
-                raise ValueError(f"{path}, line {lineno}: {err}")
-            if (not isinstance(obj, dict) or not isinstance(obj.get("texts"), list)
-                    or not all(isinstance(t, str) for t in obj["texts"]) or "id" not in obj):
-                raise ValueError(f"{path}, line {lineno}: expected {{'id', 'texts': [str]}}")
-            texts[str(obj["id"])] = obj["texts"]
+                raise DataError(path, lineno, err)
+            if not isinstance(obj, dict):
+                raise DataError(path, lineno, "expected an object {'id', 'texts': [str]}, "
+                                f"got {type(obj).__name__}")
+            rid = obj.get("id")
+            if not ((isinstance(rid, str) and rid)
+                    or (isinstance(rid, int) and not isinstance(rid, bool)
+                        and rid.bit_length() < 64)):
+                raise DataError(path, lineno, "must be a non-empty string or a 64-bit integer",
+                                "id")
+            if (not isinstance(obj.get("texts"), list)
+                    or not all(isinstance(t, str) for t in obj["texts"])):
+                raise DataError(path, lineno, "must be a list of strings", "texts")
+            texts[str(rid)] = obj["texts"]
     return texts
 
 

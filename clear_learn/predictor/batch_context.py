@@ -37,7 +37,7 @@ import numpy as np
 from ..curves import Curves
 
 __all__ = ["BatchContext", "within_task_slopes", "neighbour_log_length", "relative_log_length",
-           "clip_offsets", "shift_by_length", "apply_batch_context", "batch_context_policy"]
+           "clip_offsets", "shift_by_length", "apply_batch_context"]
 
 
 @dataclass(frozen=True)
@@ -206,24 +206,3 @@ def apply_batch_context(curves: Curves, texts: Sequence[str], ctx: BatchContext)
     if len(texts) != len(curves):
         raise ValueError(f"apply_batch_context: {len(texts)} texts for {len(curves)} curves")
     return shift_by_length(curves, ctx.offsets(texts), ctx.tau_slope, ctx.p_slope)
-
-
-def batch_context_policy(raw: Curves, texts: Sequence[str], ctx: BatchContext,
-                         caps: np.ndarray, tau_spread: float = 0.0):
-    """An allocation policy ``f(indices, total_budget) -> budgets`` for
-    :func:`clear_learn.evaluation.evaluate_policies` on traffic streams: each batch's curves
-    get the batch context of that batch alone (as in deployment), are widened by
-    ``tau_spread`` (as :meth:`ClearPredictor.predict` does), then CLEAR under ``caps``."""
-    from ..allocation import allocate
-
-    texts = list(texts)
-    caps = np.asarray(caps)
-
-    def policy(idx: np.ndarray, total_budget: int) -> np.ndarray:
-        idx = np.asarray(idx)
-        curves = apply_batch_context(raw[idx], [texts[i] for i in idx], ctx)
-        if tau_spread > 0:
-            curves = curves.widened(tau_spread)
-        return allocate(curves, int(total_budget), max_tokens=caps[idx]).budgets
-
-    return policy

@@ -1,4 +1,5 @@
-"""The rollouts' negative log-likelihood under predicted curves, in torch (DESIGN.md §4).
+"""The rollouts' negative log-likelihood under predicted curves, in torch (docs/METHOD.md,
+"Rollouts and the likelihood").
 
 Per rollout, with ``M`` the generation cap and ``f`` the Gamma(2, k) density of ``L - tau``:
 

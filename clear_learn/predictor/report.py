@@ -1,7 +1,7 @@
 """Held-out evaluation of predictors: likelihood of the test rollouts and allocation frontiers.
 
 Every predictor is fed to the same allocator and scored on the same held-out rollouts
-(DESIGN.md section 5), beside uniform, the oracle and the exact optimum.
+(docs/METHOD.md, "Evaluation"), beside uniform, the oracle and the exact optimum.
 """
 
 from __future__ import annotations

@@ -1,0 +1,91 @@
+"""argparse types shared by the command modules: numbers in range and writable outputs.
+
+Each refuses a bad value at parse time, before any work, with a message naming the value.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+__all__ = ["budgets_list", "positive_int", "nonnegative_int", "nonnegative_number",
+           "fraction", "output_file", "output_dir"]
+
+
+def budgets_list(text: str) -> list[float]:
+    """An argparse type: comma-separated finite numbers >= 0."""
+    try:
+        vals = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"budgets must be comma-separated numbers: {text!r}")
+    if not vals or any(not (v >= 0 and math.isfinite(v)) for v in vals):
+        raise argparse.ArgumentTypeError(f"budgets must be finite numbers >= 0: {text!r}")
+    return vals
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer: {text!r}")
+    return n
+
+
+def nonnegative_int(text: str) -> int:
+    """An argparse type: an integer >= 0."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0: {text!r}")
+    return n
+
+
+def nonnegative_number(text: str) -> float:
+    """An argparse type: a finite number >= 0 (``inf``, ``nan`` and negatives refused)."""
+    try:
+        x = float(text)
+    except ValueError:
+        x = float("nan")
+    if not (math.isfinite(x) and x >= 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0: {text!r}")
+    return x
+
+
+def fraction(text: str) -> float:
+    """An argparse type: a number strictly between 0 and 1."""
+    try:
+        x = float(text)
+    except ValueError:
+        x = float("nan")
+    if not 0 < x < 1:
+        raise argparse.ArgumentTypeError(f"must be a number strictly between 0 and 1: {text!r}")
+    return x
+
+
+def output_file(text: str) -> str:
+    """An argparse type: a file path that can be written (checked before any work)."""
+    from .atomic import check_target
+
+    try:
+        check_target(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return text
+
+
+def output_dir(text: str) -> str:
+    """An argparse type: a folder to write into (it, or its nearest existing parent, is a
+    folder)."""
+    path = Path(text)
+    for p in (path, *path.parents):
+        if p.exists():
+            if not p.is_dir():
+                raise argparse.ArgumentTypeError(f"{text}: {p} is a file, not a folder")
+            break
+    return text

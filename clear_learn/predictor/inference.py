@@ -1,0 +1,286 @@
+"""``ClearPredictor``: texts -> curves -> budgets, with a trained curve model.
+
+The network gives each text's curve (:meth:`ClearPredictor.predict_raw`); the post-network
+stages of its config turn them into the shipped curves (:func:`.pipeline.postprocess`);
+:meth:`ClearPredictor.allocate` feeds those to the CLEAR allocator. Saving and loading live in
+:mod:`.storage`, the model card in :mod:`.card`, the config's schema in :mod:`.config`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..allocation import AllocationResult, allocate, as_caps
+from ..allocation import _as_whole as _whole
+from ..curves import Curves
+from .batch_context import BatchContext
+from .calibration import check_tau_spread
+from .config import (TAU_K_LENGTH, TAU_K_SOURCES, EncoderConfig, GeneratorConfig, HeadConfig,
+                     LengthLine, LoraSettings, PredictorConfig, Stages, TrainingRecord,
+                     text_sha256)
+from .features import surface_features
+from .pipeline import postprocess
+
+__all__ = ["ClearPredictor"]
+
+
+class ClearPredictor:
+    """Predict each query's curve from its text, then allocate a token budget with CLEAR.
+
+    Build one with :meth:`from_pretrained` (an exported directory) or, after training, with
+    :meth:`from_trained`. ``config`` is a :class:`~.config.PredictorConfig`.
+    """
+
+    def __init__(self, model, tokenizer, config: PredictorConfig, device: str = "cpu"):
+        if not isinstance(config, PredictorConfig):
+            raise TypeError(f"config must be a PredictorConfig, got {type(config).__name__}")
+        self.model = model.to(device).eval()
+        self.tokenizer = tokenizer
+        self.config = config
+        self.device = device
+
+    # ---- what it is ------------------------------------------------------------------
+    @property
+    def max_new_tokens(self) -> int:
+        """The generation cap of the rollouts it learned from: nothing is known beyond it."""
+        return self.config.generator.max_new_tokens
+
+    @property
+    def stages(self) -> Stages:
+        """Its post-network stages (:mod:`.pipeline`)."""
+        return self.config.stages
+
+    @property
+    def batch_context(self) -> BatchContext | None:
+        """The batch-context stage it was exported with (None: predictions per text)."""
+        return self.config.stages.batch_context
+
+    @property
+    def tau_k_source(self) -> str:
+        """Where each curve's tau and k come from: ``encoder`` (the network's own) or
+        ``length`` (the line in the text's length of ``config.stages.length_line``); p
+        always comes from the encoder."""
+        return self.config.stages.tau_k_source
+
+    @property
+    def n_tokens_range(self) -> tuple[float, float] | None:
+        """The range of text lengths in tokens it was trained on: the head's length feature
+        is clipped to it (None: no clipping, for exports made before it was recorded)."""
+        return self.config.head.n_tokens_range
+
+    @property
+    def tau_spread(self) -> float:
+        """The threshold uncertainty it was exported with (sd ``tau_spread * tau``; 0: none)."""
+        return self.config.stages.tau_spread
+
+    def stages_for(self, *, use_batch_context: bool = True, tau_spread: float | None = None,
+                   tau_k_source: str | None = None) -> Stages:
+        """Its stages with a call's overrides (``None`` keeps its own value), checked."""
+        if not isinstance(use_batch_context, bool):
+            raise TypeError(f"use_batch_context must be True or False, got "
+                            f"{use_batch_context!r}")
+        st = self.config.stages
+        source = st.tau_k_source if tau_k_source is None else tau_k_source
+        if source not in TAU_K_SOURCES:
+            raise ValueError(f"tau_k_source must be one of {TAU_K_SOURCES}, got {source!r}")
+        if source == TAU_K_LENGTH and st.length_line is None:
+            raise ValueError("tau_k_source='length' needs a predictor exported with a "
+                             "length line (calibration.tau_k_source: length)")
+        return replace(st, tau_k_source=source,
+                       batch_context=st.batch_context if use_batch_context else None,
+                       tau_spread=st.tau_spread if tau_spread is None
+                       else check_tau_spread(tau_spread))
+
+    # ---- prediction --------------------------------------------------------------------
+    def predict(self, texts: Sequence[str], *, batch_size: int = 64,
+                use_batch_context: bool = True, tau_spread: float | None = None,
+                tau_k_source: str | None = None) -> Curves:
+        """One curve per text: :meth:`predict_raw`, then the post-network stages.
+
+        ``tau_k_source``: where tau and k come from (``None``: the predictor's own
+        :attr:`tau_k_source`; ``"encoder"`` or ``"length"``). ``use_batch_context`` (with a
+        predictor exported with one, see :mod:`.batch_context`): shift each curve by its
+        text's length relative to the similar texts of the same call (a text longer than its
+        look-alikes gets a later, lower curve; a call of one text is unaffected).
+        ``tau_spread``: widen each curve by a threshold uncertainty of sd ``tau_spread * tau``
+        (:mod:`.calibration`); ``None`` takes the predictor's own :attr:`tau_spread`, 0 turns
+        it off. Every argument is checked before the network runs.
+        """
+        stages = self.stages_for(use_batch_context=use_batch_context, tau_spread=tau_spread,
+                                 tau_k_source=tau_k_source)
+        texts = _checked_texts(texts)
+        return postprocess(self.predict_raw(texts, batch_size=batch_size), texts, stages)
+
+    def predict_raw(self, texts: Sequence[str], *, batch_size: int = 64) -> Curves:
+        """The network's own curves, one per text: tau, p and k all from the encoder, before
+        any post-network stage (no length line, batch context or threshold spread)."""
+        import torch
+
+        from .model import raw_to_curve
+
+        texts = _checked_texts(texts)
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
+                or batch_size < 1:
+            raise ValueError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
+        parts = []
+        cap = float(self.max_new_tokens)
+        n_range = self.n_tokens_range
+        max_length = self.config.encoder.max_length
+        with torch.inference_mode():
+            order = np.argsort([len(t) for t in texts])  # similar lengths pad less
+            for a in range(0, len(texts), int(batch_size)):
+                idx = order[a:a + int(batch_size)]
+                batch = [texts[i] for i in idx]
+                enc = self.tokenizer(batch, padding=True, truncation=True,
+                                     max_length=max_length, return_tensors="pt"
+                                     ).to(self.device)
+                n_tok = torch.tensor([len(x) for x in self.tokenizer(
+                    batch, truncation=False, verbose=False)["input_ids"]],
+                    dtype=torch.float32, device=self.device)
+                if n_range is not None:  # no extrapolation beyond the trained lengths
+                    n_tok = n_tok.clamp(*n_range)
+                surface = None
+                if getattr(self.model, "surface_features", False):
+                    surface = torch.from_numpy(surface_features(batch)).to(self.device)
+                raw = self.model(enc["input_ids"], enc["attention_mask"], n_tok, surface)
+                tau, p_logit, k = raw_to_curve(raw, torch.full((len(idx),), cap,
+                                                               device=self.device))
+                parts.append((idx, tau.double().cpu().numpy(),
+                             torch.sigmoid(p_logit).double().cpu().numpy(),
+                             k.double().cpu().numpy()))
+        out = np.zeros((3, len(texts)))
+        for idx, t, p, k in parts:
+            out[0, idx], out[1, idx], out[2, idx] = t, p, k
+        return Curves(out[0], out[1], out[2])
+
+    def allocate(self, texts: Sequence[str], total_budget: int, *, max_tokens=None,
+                 fallback_tokens: int = 0, batch_size: int = 64,
+                 use_batch_context: bool = True, tau_spread: float | None = None,
+                 tau_k_source: str | None = None, **kwargs) -> AllocationResult:
+        """Predict curves for ``texts`` and allocate ``total_budget`` tokens among them
+        (:func:`clear_learn.allocate`; its arguments are checked before the network runs).
+
+        ``max_tokens`` defaults to the generation cap the predictor learned from; the other
+        arguments as in :meth:`predict`.
+        """
+        texts = _checked_texts(texts)
+        _whole("total_budget", total_budget)
+        _whole("fallback_tokens", fallback_tokens)
+        cap = self.max_new_tokens if max_tokens is None else max_tokens
+        as_caps(cap, len(texts))
+        curves = self.predict(texts, batch_size=batch_size,
+                              use_batch_context=use_batch_context, tau_spread=tau_spread,
+                              tau_k_source=tau_k_source)
+        return allocate(curves, total_budget, max_tokens=cap, fallback_tokens=fallback_tokens,
+                        **kwargs)
+
+    def trained_on(self, texts: Sequence[str]) -> list[bool] | None:
+        """For each text, whether this predictor was trained on it (None: not recorded)."""
+        return self.config.trained_on(texts)
+
+    # ---- construction, save / load -----------------------------------------------------
+    @classmethod
+    def from_trained(cls, model, tokenizer, records: list[dict], *, base_model: str,
+                     max_length: int, lora: dict | None = None,
+                     batch_context: dict | None = None, tau_spread: float = 0.0,
+                     tau_k_source: str = "encoder", training: dict | None = None,
+                     metrics: dict | None = None, all_records: list[dict] | None = None
+                     ) -> "ClearPredictor":
+        """A predictor from a freshly trained :class:`~.model.CurveModel` and the records it
+        was trained on: every post-network stage is fitted here, on ``records``.
+
+        ``batch_context``: the batch-context settings (``neighbours``, ``min_similarity``;
+        None: no batch context); ``tau_spread``, ``tau_k_source``: those stages;
+        ``training``: what the card records of the run (data, split, seed, loss, init_from,
+        ...); ``all_records``: every record of the run (default ``records``), which must
+        share one generating model and one cap. The training texts are recorded by hash.
+        """
+        from .baselines import LengthCurvePredictor
+        from .batch_context import within_task_slopes
+
+        every = records if all_records is None else all_records
+        caps = {int(r["max_new_tokens"]) for r in every}
+        models = {r.get("generator", {}).get("model", "unknown") for r in every}
+        if len(models) != 1:
+            raise ValueError(f"training data mixes generating models {sorted(models)}: a "
+                             "predictor's curves belong to one model")
+        if len(caps) != 1:
+            raise ValueError(f"training data mixes generation caps {sorted(caps)}: a "
+                             "predictor's curves belong to one cap")
+        gen = records[0].get("generator", {}) if records else {}
+        name = gen.get("model", "unknown")
+        n_tok = [len(x) for x in tokenizer([r["text"] for r in records], truncation=False,
+                                           verbose=False)["input_ids"]] if records else []
+        lora = {k.removeprefix("lora_"): v for k, v in (lora or {}).items()}
+        length_line = None
+        if tau_k_source == TAU_K_LENGTH:
+            length_line = LengthLine(**LengthCurvePredictor().fit(records).to_dict())
+        ctx = (within_task_slopes(records, **batch_context)
+               if batch_context is not None and records else None)
+        enc = model.encoder
+        weights = "adapter" if hasattr(enc, "peft_config") else "base"
+        config = PredictorConfig(
+            encoder=EncoderConfig(base_model=base_model, max_length=int(max_length),
+                                  weights=weights, lora=LoraSettings(**lora) if lora else None),
+            head=HeadConfig(hidden=int(model.head[0].out_features),
+                            length_feature=bool(model.length_feature),
+                            surface_features=bool(model.surface_features),
+                            n_tokens_range=(min(n_tok), max(n_tok)) if n_tok else None),
+            generator=GeneratorConfig(model=name, tokenizer=f"{name} (its own tokenizer)",
+                                      backend=gen.get("backend"),
+                                      temperature=gen.get("temperature"),
+                                      top_p=gen.get("top_p"), n=gen.get("n"),
+                                      max_new_tokens=caps.pop()),
+            stages=Stages(tau_k_source=tau_k_source, length_line=length_line,
+                          batch_context=ctx, tau_spread=check_tau_spread(tau_spread)),
+            training=TrainingRecord(**{
+                "split": "?", "data": "?", **(training or {}), "n_train": len(records),
+                "tasks": sorted({r["task"] for r in records}),
+                "text_sha256": sorted({text_sha256(r["text"]) for r in records})}),
+            metrics=dict(metrics or {}))
+        model.train(False)
+        return cls(model, tokenizer, config)
+
+    def save_pretrained(self, path: str | os.PathLike, *, merged: bool = False,
+                        card: str | None = None) -> Path:
+        """Write the predictor to ``path`` atomically (:func:`.storage.save`)."""
+        from .storage import save
+
+        return save(self, path, merged=merged, card=card)
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, *, device: str = "cpu"
+                        ) -> "ClearPredictor":
+        """Load an exported predictor (:func:`.storage.load`); raises
+        :class:`~.storage.PredictorLoadError` naming what is missing or wrong. Works with
+        the network off (everything is read locally)."""
+        from .storage import load
+
+        model, tokenizer, config = load(path, device=device)
+        return cls(model, tokenizer, config, device=device)
+
+    def __repr__(self) -> str:
+        st = self.stages
+        return (f"ClearPredictor({self.config.encoder.base_model}, generator "
+                f"{self.config.generator.model} cap {self.max_new_tokens}, tau/k "
+                f"{st.tau_k_source}, batch context {'on' if st.batch_context else 'off'}, "
+                f"tau_spread {st.tau_spread:g})")
+
+
+def _checked_texts(texts: Any) -> list[str]:
+    """``texts`` as a list of non-empty strings, or an error naming the first bad one."""
+    if isinstance(texts, str):
+        raise TypeError("predict takes a list of texts, not one string")
+    if texts is None or not hasattr(texts, "__iter__"):
+        raise TypeError(f"predict takes a list of texts, got {type(texts).__name__}")
+    texts = list(texts)
+    bad = [i for i, t in enumerate(texts) if not isinstance(t, str) or not t.strip()]
+    if bad:
+        raise ValueError(f"texts must be non-empty strings; index {bad[0]} is "
+                         f"{texts[bad[0]]!r}")
+    return texts

@@ -1,0 +1,197 @@
+"""Leave-one-family-out folds: every query's curve from a model that never saw its family.
+
+A fold trains the recipe without one family and saves that family's curves: the network's own
+(:meth:`ClearPredictor.predict_raw`) and the TF-IDF and length baselines fitted on the same
+training queries (:data:`POLICIES`). Every post-network stage acts afterwards, once, on the
+pooled curves (:func:`pooled_curves`, which calls :func:`~clear_learn.predictor.pipeline.
+policy_curves`): so changing the batch context or the spread re-pools without training.
+``train/cross_family.py`` is the command line.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ..atomic import write_text
+from ..predictor.pipeline import ENCODER, LEARNED, LEARNED_RAW, LENGTH, TFIDF
+from .recipe import train_predictor
+
+__all__ = ["POLICIES", "FOLD_CONTENTS", "POOLING_ONLY", "val_family", "fold_contexts",
+           "fold_curves", "median_epochs", "check_same_config", "load_fold", "pool_stages",
+           "pooled_curves", "fit_spreads", "family_batches_report"]
+
+POLICIES = (LEARNED, TFIDF, LENGTH)  # saved per fold, before every post-network stage
+# what the saved folds hold; folds written before it (clear-learned saved by predict() with the
+# fold predictor's length line, batch context and spread, then pooled with them again) are
+# refused by check_same_config
+FOLD_CONTENTS = "network curves: clear-learned = ClearPredictor.predict_raw"
+POOLING_ONLY = ("batch_context", "calibration", "evaluate")  # sections the folds do not use
+
+
+def val_family(tasks: list[str], family: str, random_val: bool) -> str | None:
+    """The fold's early-stopping family: the next one in sorted order (None: random queries)."""
+    return None if random_val else tasks[(tasks.index(family) + 1) % len(tasks)]
+
+
+def fold_contexts(cfg: dict, records: list[dict], test: list[dict], random_val: bool
+                  ) -> dict | None:
+    """``{family: BatchContext}``: each family's batch context with the slopes of its own
+    fold's training families; None when the config has no batch context."""
+    from ..predictor.batch_context import within_task_slopes
+    from .recipe import context_settings
+
+    settings = context_settings(cfg)
+    if settings is None:
+        return None
+    tasks = sorted({r["task"] for r in records})
+    ctxs = {}
+    for fam in sorted({r["task"] for r in test}):
+        held = {fam, val_family(tasks, fam, random_val)}
+        train = [r for r in records if r["task"] not in held]
+        if not train:
+            return None
+        ctxs[fam] = within_task_slopes(train, **settings)
+    return ctxs
+
+
+def fold_curves(cfg: dict, family: str, val_family: str | None
+                ) -> tuple[dict[str, list[dict]], dict]:
+    """Out-of-family curves of one fold, ``{policy: [{id, tau, p, k}, ...]}``, and the fold's
+    training metrics (``best_epochs``: chosen by validation on an unseen family)."""
+    from ..predictor.baselines import LengthCurvePredictor, TfidfCurvePredictor
+
+    cfg = json.loads(json.dumps(cfg))  # a private copy
+    cfg["data"].update(split="task", test_tasks=[family],
+                       val_tasks=[val_family] if val_family else [])
+    cfg["run_dir"] = str(Path(cfg["run_dir"]) / "folds" / family)
+    pred, dm, metrics = train_predictor(cfg)
+    train, test = dm.split_records("train"), dm.split_records("test")
+    texts = [r["text"] for r in test]
+    curves = {LEARNED: pred.predict_raw(texts),  # the pooling adds every stage once
+              TFIDF: TfidfCurvePredictor().fit(train).predict(texts),
+              LENGTH: LengthCurvePredictor().fit(train).predict(texts)}
+    print(f"fold {family}: {len(train)} train, {len(test)} test, {metrics}")
+    return {name: [{"id": r["id"], "tau": float(t), "p": float(q), "k": float(k)}
+                   for r, t, q, k in zip(test, c.tau, c.p, c.k)]
+            for name, c in curves.items()}, metrics
+
+
+def median_epochs(fold_epochs: dict[str, int]) -> int:
+    """The folds' median best epoch count, rounded up: the epochs to ship for unseen traffic."""
+    return int(np.ceil(np.median(list(fold_epochs.values()))))
+
+
+def check_same_config(out: Path, cfg: dict, random_val: bool) -> None:
+    """Record the run's config in ``OUT/config.json``; refuse to mix folds of another one
+    (the sections in ``POOLING_ONLY`` act after the folds, so they may differ)."""
+    want = {"config": {k: v for k, v in cfg.items() if k not in POOLING_ONLY},
+            "random_val": bool(random_val), "folds": FOLD_CONTENTS}
+    path = out / "config.json"
+    if path.is_file():
+        have = json.loads(path.read_text())
+        if have.get("folds") != FOLD_CONTENTS:
+            raise SystemExit(f"{out} holds folds written before the fix of their contents "
+                             "(their clear-learned curves already had the batch context and "
+                             "spread that pooling adds again): pass another --out, or delete "
+                             "it to start over")
+        if have != json.loads(json.dumps(want)):
+            raise SystemExit(f"{out} holds folds of another config ({path}): pass another "
+                             "--out, or delete it to start over")
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    write_text(path, json.dumps(want, indent=1))
+
+
+def load_fold(path: Path, ids: set[str]) -> dict[str, list[dict]] | None:
+    """A saved fold's curves if it covers exactly the family's queries ``ids`` (else the data
+    has changed since it was written, and it is trained again)."""
+    if not path.is_file():
+        return None
+    rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+    got = {name: [r for r in rows if r["policy"] == name] for name in POLICIES}
+    if any({str(r["id"]) for r in got[name]} != ids for name in POLICIES):
+        print(f"{path}: written for other queries of this family; training it again")
+        return None
+    return got
+
+
+def pool_stages(cfg: dict, records: list[dict], contexts: dict | None):
+    """The :class:`~clear_learn.predictor.config.Stages` the pooled folds go through: the
+    config's tau/k source and spread, and (for its neighbourhood) a fold's batch context; the
+    length line is each fold's own (the saved ``clear-length`` curves)."""
+    from ..predictor.baselines import LengthCurvePredictor
+    from ..predictor.config import LengthLine, Stages
+    from .recipe import spread_from_config, tau_k_source_from_config
+
+    source = tau_k_source_from_config(cfg)
+    line = None
+    if source == "length":  # a placeholder: the folds' own lines are passed as `length`
+        line = LengthLine(**LengthCurvePredictor().fit(records).to_dict())
+    return Stages(tau_k_source=source, length_line=line,
+                  batch_context=next(iter(contexts.values())) if contexts else None,
+                  tau_spread=spread_from_config(cfg))
+
+
+def pooled_curves(curves: dict, test: list[dict], idx: np.ndarray, stages,
+                  contexts: dict | None, spreads: dict | None = None) -> dict:
+    """The policies' curves of the queries ``test[idx]`` as a router would see them with
+    ``idx`` as one batch: :func:`~clear_learn.predictor.pipeline.policy_curves` with each
+    query's own fold's batch context and (``spreads``: ``{policy: {family: spread}}``) its
+    family's spread; without ``spreads``, none (the curves the spreads are fitted on)."""
+    from ..predictor.pipeline import policy_curves
+
+    sub = [test[i] for i in idx]
+    texts = [r["text"] for r in sub]
+    per_query = [contexts[r["task"]] for r in sub] if contexts else None
+    if spreads is None:
+        spread = {name: 0.0 for name in (*POLICIES, ENCODER)}
+    else:
+        spread = {name: np.array([per[r["task"]] for r in sub]) for name, per in
+                  spreads.items()}
+    return policy_curves(curves[LEARNED][idx], {TFIDF: curves[TFIDF][idx],
+                                                LENGTH: curves[LENGTH][idx]},
+                         texts, stages, contexts=per_query, spreads=spread)
+
+
+def fit_spreads(test: list[dict], curves: dict) -> dict:
+    """``{"per_family": {policy: {family: spread}}, "ship": spread}``: for every policy but
+    ``clear-learned-raw``, each family's threshold spread fitted on the likelihood of the
+    *other* families' ``curves``; ``ship`` is the learned curves' spread fitted on every
+    family (the value to export, whatever the config's ``calibration.tau_spread``)."""
+    from ..predictor.calibration import fit_tau_spread, tau_spread_by_group
+
+    fam = [r["task"] for r in test]
+    per_family = {name: tau_spread_by_group(c, test, fam) for name, c in curves.items()
+                  if name != LEARNED_RAW}
+    return {"per_family": per_family, "ship": fit_tau_spread(curves[LEARNED], test)}
+
+
+def family_batches_report(curves: dict, test: list[dict], stages, contexts: dict | None,
+                          spreads: dict, budgets, seed: int, splits: int = 1):
+    """Every family allocated as its own batch (batch context within it), accuracies pooled
+    over the families: what a router sees when unseen traffic arrives one kind at a time."""
+    from ..allocation import allocate
+    from ..evaluation import evaluate_policies
+
+    fam = np.array([r["task"] for r in test])
+    batches = [np.where(fam == f)[0] for f in sorted(set(fam))]
+    caps = np.array([int(r["max_new_tokens"]) for r in test])
+    cache: dict[int, dict] = {}
+
+    def batch(idx: np.ndarray) -> dict:
+        key = int(idx[0])  # batches are disjoint: the first index names one
+        if key not in cache:
+            cache[key] = pooled_curves(curves, test, idx, stages, contexts, spreads)
+        return cache[key]
+
+    def policy(name: str):
+        def f(idx: np.ndarray, total: int) -> np.ndarray:
+            return allocate(batch(idx)[name], int(total), max_tokens=caps[idx]).budgets
+        return f
+
+    names = list(batch(batches[0]))
+    return evaluate_policies(test, {n: policy(n) for n in names}, budgets, seed=seed,
+                             batches=batches, splits=splits)
