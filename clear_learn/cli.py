@@ -392,6 +392,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .generation.commands import add_generation_commands
 
     add_generation_commands(sub)
+
+    from .serve.config import register as register_serve  # the proxy (clear_learn.serve)
+
+    register_serve(sub)
     return ap
 
 

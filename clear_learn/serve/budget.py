@@ -1,0 +1,285 @@
+"""Per-request budgets: the predictor, micro-batched off the event loop, and the live price.
+
+:class:`MicroBatcher` turns concurrent ``predict`` calls into batches for the encoder, which
+runs in one worker thread (the event loop never waits on torch). :class:`BudgetService`
+composes it with a :class:`~clear_learn.controller.StreamController` and the abandoned-query
+policy: one call, :meth:`BudgetService.decide`, per request. The controller is only touched
+from the event loop's thread, one grant at a time, so it needs no lock.
+
+One controller per process. Several replicas behind a load balancer each run their own, on
+their share of the target (a per-query target is the same on each replica; a per-second one
+is divided by the number of replicas); there is no coordination between replicas.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import math
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Protocol, Sequence
+
+import numpy as np
+
+from ..controller import StreamController
+from ..curves import Curves
+from .config import ConfigError, ServeConfig
+
+__all__ = ["Predictor", "MicroBatcher", "BudgetService", "Decision", "load_predictor"]
+
+log = logging.getLogger("clear_learn.serve")
+
+
+class Predictor(Protocol):
+    """What the proxy needs of a predictor: ``predict(texts) -> Curves``."""
+
+    def predict(self, texts: Sequence[str]) -> Curves: ...
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What the proxy does with one request.
+
+    budget : tokens to write into the budget field; ``None``: forward the request unchanged.
+    refused : answer with the refuse status instead of forwarding.
+    abandoned : the controller abandoned the query at this price.
+    price : the price it was granted at.
+    curve : its predicted ``(tau, p, k)``.
+    predict_seconds : time from arrival to its curve (queueing and the encoder).
+    """
+
+    budget: int | None
+    refused: bool
+    abandoned: bool
+    price: float
+    curve: tuple[float, float, float]
+    predict_seconds: float
+
+
+def load_predictor(path: str | Path) -> Predictor:
+    """``ClearPredictor.from_pretrained(path)`` (imports torch; call it off the event loop)."""
+    from ..predictor import ClearPredictor
+
+    return ClearPredictor.from_pretrained(path)
+
+
+def _predict_fn(predictor: Predictor) -> Callable[[list[str]], Curves]:
+    """``predictor.predict`` without the batch context (a micro-batch is an accident of
+    timing, so each text's curve must not depend on who arrived with it)."""
+    try:
+        params = inspect.signature(predictor.predict).parameters
+    except (TypeError, ValueError):
+        params = {}
+    for name in ("use_batch_context", "batch_context"):  # its name before and after 0.1
+        if name in params:
+            return lambda texts: predictor.predict(texts, **{name: False})
+    return predictor.predict
+
+
+class MicroBatcher:
+    """Batches concurrent :meth:`predict` calls for a predictor running in one thread.
+
+    A batch starts when the worker is free and a text is waiting; it takes what has arrived
+    within ``max_wait`` seconds, at most ``max_batch`` texts. Under load the queue fills
+    while the encoder runs, so batches grow by themselves; alone, a text waits ``max_wait``.
+    ``on_batch(size, seconds)`` is called after each batch.
+    """
+
+    def __init__(self, predict: Callable[[list[str]], Curves], *, max_batch: int = 64,
+                 max_wait: float = 0.002,
+                 on_batch: Callable[[int, float], None] | None = None) -> None:
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch!r}")
+        self._predict = predict
+        self.max_batch = int(max_batch)
+        self.max_wait = float(max_wait)
+        self._on_batch = on_batch
+        self._queue: asyncio.Queue[tuple[str, asyncio.Future]] | None = None
+        self._worker: asyncio.Task | None = None
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clear-predict")
+        self._closed = False
+
+    async def predict(self, text: str) -> tuple[float, float, float]:
+        """The curve ``(tau, p, k)`` of one text, predicted in some batch."""
+        if self._closed:
+            raise RuntimeError("the micro-batcher is closed")
+        if self._queue is None:
+            self._queue = asyncio.Queue()
+            self._worker = asyncio.create_task(self._run(), name="clear-micro-batcher")
+        fut: asyncio.Future = asyncio.get_running_loop().create_future()
+        await self._queue.put((text, fut))
+        return await fut
+
+    async def _run(self) -> None:
+        assert self._queue is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [await self._queue.get()]
+            deadline = loop.time() + self.max_wait
+            while len(batch) < self.max_batch:
+                try:
+                    batch.append(self._queue.get_nowait())
+                    continue
+                except asyncio.QueueEmpty:
+                    pass
+                left = deadline - loop.time()
+                if left <= 0:
+                    break
+                try:
+                    batch.append(await asyncio.wait_for(self._queue.get(), left))
+                except asyncio.TimeoutError:
+                    break
+            batch = [(t, f) for t, f in batch if not f.done()]  # callers that gave up
+            if not batch:
+                continue
+            texts = [t for t, _ in batch]
+            t0 = time.perf_counter()
+            try:
+                curves = await loop.run_in_executor(self._pool, self._predict, texts)
+                rows = np.column_stack([curves.tau, curves.p, curves.k]).astype(float)
+                if rows.shape != (len(texts), 3):
+                    raise RuntimeError(f"the predictor returned {rows.shape[0]} curves for "
+                                       f"{len(texts)} texts")
+            except Exception as err:  # every waiting request gets the error
+                log.exception("prediction failed for a batch of %d", len(texts))
+                for _, f in batch:
+                    if not f.done():
+                        f.set_exception(err)
+                continue
+            if self._on_batch is not None:
+                self._on_batch(len(texts), time.perf_counter() - t0)
+            for (_, f), row in zip(batch, rows):
+                if not f.done():
+                    f.set_result((float(row[0]), float(row[1]), float(row[2])))
+
+    async def aclose(self) -> None:
+        """Stop the worker; requests still waiting get an error. Idempotent."""
+        self._closed = True
+        if self._worker is not None:
+            self._worker.cancel()
+            try:
+                await self._worker
+            except (asyncio.CancelledError, Exception):
+                pass
+            self._worker = None
+        if self._queue is not None:
+            while not self._queue.empty():
+                _, f = self._queue.get_nowait()
+                if not f.done():
+                    f.set_exception(RuntimeError("the proxy is shutting down"))
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+class BudgetService:
+    """Predictor + micro-batcher + controller + abandoned-query policy: one budget per request.
+
+    ``max_tokens`` is the per-query cap (a request's own limit lowers it);
+    ``abandon_policy`` one of ``fallback`` (forward with the controller's
+    ``fallback_tokens``, or the request's own limit if smaller; refused when even that would
+    break the hard cap), ``refuse`` or ``passthrough`` (forward unchanged; the controller
+    counts 0 tokens for it).
+    ``clock`` gives the seconds passed to the controller (monotonic).
+    """
+
+    def __init__(self, predictor: Predictor, controller: StreamController, *,
+                 max_tokens: int | None = None, abandon_policy: str = "fallback",
+                 batch_size: int = 64, batch_wait: float = 0.002,
+                 clock: Callable[[], float] = time.monotonic,
+                 on_batch: Callable[[int, float], None] | None = None) -> None:
+        if abandon_policy not in ("fallback", "refuse", "passthrough"):
+            raise ValueError(f"abandon_policy must be fallback, refuse or passthrough, got "
+                             f"{abandon_policy!r}")
+        self.predictor = predictor
+        self.controller = controller
+        self.max_tokens = max_tokens
+        self.abandon_policy = abandon_policy
+        self.clock = clock
+        self._t0 = clock()
+        self.batcher = MicroBatcher(_predict_fn(predictor), max_batch=batch_size,
+                                    max_wait=batch_wait, on_batch=on_batch)
+
+    @classmethod
+    def from_config(cls, cfg: ServeConfig, predictor: Predictor | None = None,
+                    **kwargs: Any) -> "BudgetService":
+        """Build from a validated config; loads ``cfg.predictor`` unless ``predictor`` is
+        given. Blocking (loads torch, predicts the reference texts): run it off the loop."""
+        if predictor is None:
+            if not cfg.predictor:
+                raise ConfigError("predictor: required (an exported predictor directory)")
+            predictor = load_predictor(cfg.predictor)
+        cap = cfg.max_tokens
+        if cap is None:
+            cap = getattr(predictor, "max_new_tokens", None)
+        ctl_kwargs: dict[str, Any] = dict(
+            horizon=cfg.horizon, target=cfg.target, cap_tokens=cfg.cap_tokens,
+            cap_window=cfg.cap_window,
+            fallback_tokens=cfg.fallback_tokens if cfg.abandon_policy == "fallback" else 0)
+        try:
+            if cfg.reference is not None:
+                texts = [t.strip() for t in Path(cfg.reference).read_text().splitlines()]
+                texts = [t for t in texts if t]
+                if not texts:
+                    raise ConfigError(f"reference: {cfg.reference} holds no texts")
+                curves = _predict_fn(predictor)(texts)
+                if cfg.price is not None:
+                    ctl_kwargs["price"] = cfg.price
+                controller = StreamController.from_reference(
+                    curves, tokens_per_query=cfg.tokens_per_query,
+                    tokens_per_second=cfg.tokens_per_second,
+                    queries_per_second=cfg.queries_per_second, max_tokens=cap, **ctl_kwargs)
+            else:
+                controller = StreamController(
+                    tokens_per_query=cfg.tokens_per_query,
+                    tokens_per_second=cfg.tokens_per_second, price=cfg.price,
+                    max_tokens=cap, **ctl_kwargs)
+        except (TypeError, ValueError) as err:
+            if isinstance(err, ConfigError):
+                raise
+            raise ConfigError(f"controller settings: {err}") from None
+        return cls(predictor, controller, max_tokens=cap, abandon_policy=cfg.abandon_policy,
+                   batch_size=cfg.batch_size, batch_wait=cfg.batch_wait_ms / 1000.0, **kwargs)
+
+    async def decide(self, text: str, client_cap: int | None = None) -> Decision:
+        """Predict ``text``'s curve, grant it a budget at the live price, apply the policy.
+
+        ``client_cap`` is the request's own limit; the budget never exceeds it (nor
+        ``max_tokens``).
+        """
+        t0 = time.perf_counter()
+        tau, p, k = await self.batcher.predict(text)
+        waited = time.perf_counter() - t0
+        caps = [c for c in (client_cap, self.max_tokens) if c is not None]
+        cap = min(caps) if caps else None
+        # a limit below the fallback still gets the fallback, trimmed to the limit (the
+        # controller counts the whole fallback: conservative for the hard cap)
+        ctl_cap = cap if cap is None else max(cap, self.controller.fallback_tokens)
+        g = self.controller.grant(tau, p, k, max_tokens=ctl_cap, now=self.clock() - self._t0)
+        budget: int | None = g.budget if cap is None else min(g.budget, cap)
+        refused = False
+        if g.abandoned:
+            if self.abandon_policy == "refuse" or (self.abandon_policy == "fallback"
+                                                   and g.budget == 0):
+                budget, refused = None, True
+            elif self.abandon_policy == "passthrough":
+                budget = None
+        return Decision(budget=budget, refused=refused, abandoned=g.abandoned, price=g.price,
+                        curve=(tau, p, k), predict_seconds=waited)
+
+    def report_consumed(self, tokens: int) -> None:
+        """Feed back the completion tokens a response used (moves the price only with
+        ``target: consumed``)."""
+        if tokens >= 0:
+            self.controller.report_consumed(int(tokens), now=self.clock() - self._t0)
+
+    @property
+    def price(self) -> float:
+        p = self.controller.price_
+        return p if math.isfinite(p) else float("nan")
+
+    async def aclose(self) -> None:
+        """Stop the micro-batcher."""
+        await self.batcher.aclose()

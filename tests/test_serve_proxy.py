@@ -1,0 +1,338 @@
+"""The proxy on real loopback sockets in front of a stub upstream, with the official openai
+client: budgets, headers, policies, errors and faults, the key, metrics.
+
+The stub (clear_learn.serve.testing) echoes the body it received in ``x-stub-request``, so
+each test sees exactly what the proxy forwarded. The predictor is a fake here (the encoder is
+not the point; tests/test_serve_real.py uses checkpoints/default)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+
+import httpx
+import openai
+import pytest
+
+from clear_learn.controller import StreamController
+from clear_learn.serve.app import create_app
+from clear_learn.serve.budget import BudgetService, MicroBatcher
+from clear_learn.serve.config import ServeConfig
+from clear_learn.serve.testing import free_port, serve_in_thread, stub_upstream_app
+from serve_support import FakePredictor, stub_process
+
+KEY = "sk-upstream-secret-0123456789"
+EASY = [{"role": "user", "content": "What is 2 + 2?"}]
+HARD = [{"role": "user", "content": "a hard olympiad problem"}]
+PRICE = 1e-3  # fixed (horizon 1e9): the easy curve's budget is 150 tokens there
+
+
+@pytest.fixture(scope="module")
+def stub():
+    app = stub_upstream_app(delay=5.0)
+    with serve_in_thread(app) as s:
+        s.app = app
+        yield s
+
+
+@contextlib.contextmanager
+def proxy(upstream: str, predictor=None, **settings):
+    cfg = ServeConfig(upstream=upstream, **{"tokens_per_query": 100, "price": PRICE,
+                                            "horizon": 1e9, **settings}).validate()
+    app = create_app(cfg, predictor=predictor or FakePredictor())
+    with serve_in_thread(app) as s:
+        s.proxy = app.state.proxy
+        yield s
+
+
+def client(px, **kw) -> openai.OpenAI:
+    return openai.OpenAI(base_url=px.url + "/v1", api_key=KEY, max_retries=0,
+                         timeout=kw.pop("timeout", 20), **kw)
+
+
+def forwarded(raw) -> dict:
+    return json.loads(raw.headers["x-stub-request"])
+
+
+def test_budget_headers_and_the_smaller_of_the_clients_limit(stub):
+    with proxy(stub.url + "/v1") as px:
+        c = client(px)
+        raw = c.chat.completions.with_raw_response.create(model="stub", messages=EASY)
+        assert raw.headers["x-clear-max-tokens"] == "150"
+        assert forwarded(raw)["max_tokens"] == 150
+        assert float(raw.headers["x-clear-price"]) == pytest.approx(PRICE)
+        assert raw.headers["x-clear-abandoned"] == "false"
+        answer = raw.parse()
+        assert answer.choices[0].message.content == " ".join(f"w{i}" for i in range(8))
+        # the client's own limit is smaller: it wins, in both of its spellings
+        raw = c.chat.completions.with_raw_response.create(model="stub", messages=EASY,
+                                                          max_tokens=100)
+        assert raw.headers["x-clear-max-tokens"] == "100"
+        assert forwarded(raw)["max_tokens"] == 100
+        raw = c.chat.completions.with_raw_response.create(model="stub", messages=EASY,
+                                                          max_completion_tokens=90)
+        fw = forwarded(raw)
+        assert fw["max_tokens"] == 90 and fw["max_completion_tokens"] == 90
+        # a larger client limit is lowered to the budget
+        raw = c.chat.completions.with_raw_response.create(model="stub", messages=EASY,
+                                                          max_tokens=4000)
+        assert forwarded(raw)["max_tokens"] == 150
+        # legacy completions
+        raw = c.completions.with_raw_response.create(model="stub", prompt="2 + 2 =")
+        assert forwarded(raw)["max_tokens"] == 150 and raw.parse().choices[0].text
+
+
+def test_streaming_passes_the_stream_through_with_headers(stub):
+    with proxy(stub.url + "/v1") as px:
+        c = client(px)
+        with c.chat.completions.with_streaming_response.create(
+                model="stub", messages=EASY, stream=True, max_tokens=105) as resp:
+            assert resp.headers["x-clear-max-tokens"] == "105"
+            assert resp.headers["content-type"].startswith("text/event-stream")
+            chunks = list(resp.parse())
+        text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
+        assert text.split() == [f"w{i}" for i in range(8)]
+        time.sleep(0.2)
+        metrics = httpx.get(px.url + "/metrics").text
+        assert "clear_tokens_consumed_total 8.0" in metrics  # usage read from the stream
+
+
+def test_budget_field_for_a_thinking_budget(stub):
+    with proxy(stub.url + "/v1", budget_field="thinking_token_budget") as px:
+        raw = client(px).chat.completions.with_raw_response.create(
+            model="stub", messages=EASY, max_tokens=100)
+        fw = forwarded(raw)
+        assert fw["thinking_token_budget"] == 100 and fw["max_tokens"] == 100
+        # a client's own thinking budget is a limit too
+        raw = client(px).chat.completions.with_raw_response.create(
+            model="stub", messages=EASY, extra_body={"thinking_token_budget": 70})
+        assert forwarded(raw)["thinking_token_budget"] == 70
+
+
+@pytest.mark.parametrize("policy", ["fallback", "refuse", "passthrough"])
+def test_abandoned_query_policies(stub, policy):
+    with proxy(stub.url + "/v1", abandon_policy=policy, fallback_tokens=16) as px:
+        c = client(px)
+        if policy == "refuse":
+            with pytest.raises(openai.RateLimitError) as err:
+                c.chat.completions.create(model="stub", messages=HARD)
+            r = err.value.response
+            assert r.headers["x-clear-abandoned"] == "true"
+            assert r.headers["x-should-retry"] == "false"
+            assert "abandoned" in r.json()["error"]["message"]
+            assert r.json()["error"]["type"] == "budget_refused"
+            return
+        raw = c.chat.completions.with_raw_response.create(model="stub", messages=HARD,
+                                                          max_tokens=300)
+        assert raw.headers["x-clear-abandoned"] == "true"
+        if policy == "fallback":
+            assert raw.headers["x-clear-max-tokens"] == "16"
+            assert forwarded(raw)["max_tokens"] == 16
+        else:
+            assert raw.headers["x-clear-max-tokens"] == ""
+            assert forwarded(raw)["max_tokens"] == 300  # unchanged
+
+
+@pytest.mark.parametrize("body, param", [
+    ({"model": "stub"}, "messages"),
+    ({"model": "stub", "messages": "hi"}, "messages"),
+    ({"model": "stub", "messages": [{"content": "hi"}]}, "messages[0].role"),
+    ({"model": "stub", "messages": EASY, "max_tokens": 0}, "max_tokens"),
+    ({"model": "stub", "messages": EASY, "max_completion_tokens": "9"},
+     "max_completion_tokens"),
+    ({"model": "stub", "messages": EASY, "stream": "yes"}, "stream"),
+    ({"model": 3, "messages": EASY}, "model"),
+    ({"model": "stub", "messages": [{"role": "system", "content": "be brief"}]}, "messages"),
+])
+def test_malformed_requests_get_a_400_naming_the_field(stub, body, param):
+    with proxy(stub.url + "/v1") as px:
+        r = httpx.post(px.url + "/v1/chat/completions", json=body, timeout=10)
+        assert r.status_code == 400
+        assert r.json()["error"]["param"] == param
+        assert r.json()["error"]["message"].startswith(param)
+
+
+def test_invalid_json_from_the_client_and_from_the_upstream(stub):
+    with proxy(stub.url + "/v1") as px:
+        r = httpx.post(px.url + "/v1/chat/completions", content=b"{not json",
+                       headers={"content-type": "application/json"}, timeout=10)
+        assert r.status_code == 400 and "not valid JSON" in r.json()["error"]["message"]
+        r = httpx.post(px.url + "/v1/completions", json={"model": "stub", "prompt": [1, 2]})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "prompt"
+        with pytest.raises(openai.APIStatusError) as err:  # the upstream answers garbage
+            client(px).chat.completions.create(model="garbage", messages=EASY)
+        assert err.value.status_code == 502
+        assert err.value.body["type"] == "upstream_invalid_response"
+        with pytest.raises(openai.InternalServerError) as err:  # its own error, unchanged
+            client(px).chat.completions.create(model="error", messages=EASY)
+        assert err.value.status_code == 503
+        assert err.value.body["message"] == "overloaded"
+
+
+def test_a_slow_upstream_gets_a_504_within_the_timeout(stub):
+    with proxy(stub.url + "/v1", timeout=1.0) as px:
+        t0 = time.monotonic()
+        with pytest.raises(openai.APIStatusError) as err:
+            client(px).chat.completions.create(model="slow", messages=EASY)
+        assert err.value.status_code == 504
+        assert time.monotonic() - t0 < 3.0
+        t0 = time.monotonic()
+        r = httpx.post(px.url + "/v1/chat/completions", timeout=10,
+                       json={"model": "slow", "messages": EASY, "stream": True})
+        assert r.status_code == 504 and time.monotonic() - t0 < 3.0
+        # a stream that stalls after its first chunk is ended with an SSE error event
+        t0 = time.monotonic()
+        with httpx.stream("POST", px.url + "/v1/chat/completions", timeout=10,
+                          json={"model": "stall", "messages": EASY, "stream": True}) as r:
+            body = r.read().decode()
+        assert r.status_code == 200 and time.monotonic() - t0 < 3.0
+        assert body.count("data: ") == 2 and '"error"' in body.split("data: ")[-1]
+
+
+def test_upstream_killed_mid_test(tmp_path):
+    port = free_port()
+    with stub_process(port, tmp_path) as up, proxy(f"http://127.0.0.1:{port}/v1",
+                                                  timeout=5.0) as px:
+        c = client(px)
+        assert c.chat.completions.create(model="stub", messages=EASY).choices
+        # killed in the middle of a stream: the stream ends with an error event, promptly
+        with httpx.stream("POST", px.url + "/v1/chat/completions", timeout=10,
+                          json={"model": "stall", "messages": EASY, "stream": True}) as r:
+            it = r.iter_raw()
+            first = next(it)
+            assert b"w0" in first
+            t0 = time.monotonic()
+            up.kill()
+            rest = b"".join(it).decode()
+        assert time.monotonic() - t0 < 3.0 and "broke off" in rest
+        # and then down: a 502 at once
+        t0 = time.monotonic()
+        with pytest.raises(openai.APIStatusError) as err:
+            c.chat.completions.create(model="stub", messages=EASY)
+        assert err.value.status_code == 502 and time.monotonic() - t0 < 3.0
+        assert err.value.body["type"] == "upstream_unreachable"
+        assert httpx.get(px.url + "/health").json()["status"] == "ok"
+
+
+def test_client_disconnecting_mid_stream_closes_the_upstream_stream(stub):
+    opened = len(stub.app.state.requests)
+    with proxy(stub.url + "/v1", timeout=30.0) as px:
+        with httpx.stream("POST", px.url + "/v1/chat/completions", timeout=10,
+                          json={"model": "stall", "messages": EASY, "stream": True}) as r:
+            assert b"w0" in next(r.iter_raw())
+        # the client has hung up on a stream the upstream would never end
+        t_end = time.monotonic() + 5
+        while time.monotonic() < t_end:
+            m = httpx.get(px.url + "/metrics").text
+            if 'clear_stream_aborts_total{reason="client_disconnected"} 1.0' in m:
+                break
+            time.sleep(0.05)
+        else:
+            pytest.fail("the proxy did not notice the client hanging up")
+        # the proxy still serves
+        assert client(px).chat.completions.create(model="stub", messages=EASY).choices
+    assert len(stub.app.state.requests) == opened + 2
+
+
+def test_api_key_passed_through_and_never_logged(stub, caplog, capfd, monkeypatch):
+    caplog.set_level(logging.DEBUG)
+    monkeypatch.setenv("UPSTREAM_KEY", "sk-from-env-987654")
+    with proxy(stub.url + "/v1", upstream_api_key_env="UPSTREAM_KEY", log_level="debug") as px:
+        n = len(stub.app.state.auth)
+        client(px).chat.completions.create(model="stub", messages=EASY)
+        client(px).models.list()  # a passed-through route
+        httpx.post(px.url + "/v1/chat/completions", json={"model": "stub", "messages": EASY})
+        assert stub.app.state.auth[n:] == [f"Bearer {KEY}"] * 2 + ["Bearer sk-from-env-987654"]
+        text = httpx.get(px.url + "/metrics").text + httpx.get(px.url + "/health").text
+    out, err = capfd.readouterr()
+    logged = caplog.text + out + err
+    assert "clear_learn.serve" in caplog.text  # something was logged
+    for secret in (KEY, "sk-from-env-987654"):
+        assert secret not in logged and secret not in text
+        assert secret not in repr(px.proxy.config)
+
+
+def test_metrics_and_health(stub):
+    with proxy(stub.url + "/v1", abandon_policy="fallback", fallback_tokens=16) as px:
+        c = client(px)
+        for m in (EASY, EASY, HARD):
+            c.chat.completions.create(model="stub", messages=m)
+        m = httpx.get(px.url + "/metrics")
+        assert m.headers["content-type"].startswith("text/plain")
+        for line in ('clear_requests_total{route="/v1/chat/completions",status="200"} 3.0',
+                     "clear_tokens_granted_total 316.0", "clear_abandoned_total 1.0",
+                     "clear_tokens_consumed_total 24.0", "clear_prediction_seconds_count 3.0",
+                     'clear_upstream_seconds_count{route="/v1/chat/completions"} 3.0'):
+            assert line in m.text, line
+        share = [ln for ln in m.text.splitlines() if ln.startswith("clear_abandoned_share ")]
+        assert float(share[0].split()[1]) == pytest.approx(1 / 3)
+        assert [ln for ln in m.text.splitlines() if ln.startswith("clear_price ")]
+        h = httpx.get(px.url + "/health").json()
+        assert h["status"] == "ok" and h["queries"] == 3 and h["abandoned"] == 1
+
+
+def test_concurrent_requests_are_micro_batched(stub):
+    pred = FakePredictor()
+    with proxy(stub.url + "/v1", predictor=pred, batch_wait_ms=50) as px:
+        async def burst():
+            c = openai.AsyncOpenAI(base_url=px.url + "/v1", api_key=KEY, max_retries=0)
+            rs = await asyncio.gather(*[c.chat.completions.create(
+                model="stub", messages=[{"role": "user", "content": f"question {i}"}])
+                for i in range(12)])
+            await c.close()
+            return rs
+        assert len(asyncio.run(burst())) == 12
+    assert sum(map(len, pred.batches)) == 12
+    assert max(map(len, pred.batches)) > 1
+
+
+def test_micro_batcher_keeps_order_and_propagates_errors():
+    calls = []
+
+    def predict(texts):
+        calls.append(list(texts))
+        if "boom" in texts:
+            raise RuntimeError("encoder failed")
+        return FakePredictor().predict(texts)
+
+    async def main():
+        mb = MicroBatcher(predict, max_batch=4, max_wait=0.05)
+        out = await asyncio.gather(*[mb.predict(t) for t in
+                                     ["a", "hard b", "c", "d", "hard e", "f"]])
+        with pytest.raises(RuntimeError, match="encoder failed"):
+            await mb.predict("boom")
+        await mb.aclose()
+        with pytest.raises(RuntimeError, match="closed"):
+            await mb.predict("x")
+        return out
+
+    out = asyncio.run(main())
+    assert [o[0] for o in out] == [40.0, 400.0, 40.0, 40.0, 400.0, 40.0]
+    assert [len(c) for c in calls[:2]] == [4, 2]
+
+
+def test_passthrough_of_other_routes(stub):
+    with proxy(stub.url + "/v1") as px:
+        models = client(px).models.list()
+        assert [m.id for m in models.data] == ["stub"]
+        r = httpx.get(px.url + "/v1/nothing-here")
+        assert r.status_code == 404  # the upstream's own answer
+
+
+def test_budget_service_uses_the_controller_and_caps():
+    svc = BudgetService(FakePredictor(), StreamController(
+        tokens_per_query=100, price=PRICE, horizon=1e9, fallback_tokens=16), max_tokens=120)
+
+    async def main():
+        d = await svc.decide("easy", None)
+        e = await svc.decide("easy", 7)  # below the threshold tau = 40
+        await svc.aclose()
+        return d, e
+
+    d, e = asyncio.run(main())
+    assert d.budget == 120 and not d.abandoned  # the service's cap
+    assert e.budget == 7 and e.abandoned  # within 7 tokens it cannot pay: the fallback, cut
+    assert svc.controller.n_queries_ == 2 and svc.controller.granted_ == 136  # the fallback counted whole
