@@ -207,6 +207,33 @@ def test_scientific_to_e():
     assert scientific_to_e("Tuesday") == "Tuesday"
 
 
+def test_unwrap_font_wrappers_and_balanced_braces():
+    """Grader audit (issue 16 step 5): font and emphasis wrappers are unwrapped like \\text;
+    a wrapper must enclose the whole answer."""
+    from clear_learn.generation.graders import unwrap
+
+    for cmd in ("texttt", "mathtt", "textit", "mathit", "emph", "textsf", "mathsf",
+                "textnormal"):
+        assert unwrap(f"\\{cmd}{{0x8ea7}}") == "0x8ea7"
+    assert unwrap(r"$\emph{\text{SMITH TO DR}}$") == "SMITH TO DR"
+    # two wrapped pieces are not one wrapper: "a} + \text{b" would be nonsense
+    assert unwrap(r"\text{a} + \text{b}") == r"\text{a} + \text{b}"
+    assert unwrap(r"\text{a{b}c}") == "a{b}c"
+
+
+def test_reasoning_gym_grading_unwraps_font_wrappers():
+    pytest.importorskip("reasoning_gym")
+    path = ROOT / "clear_learn" / "data" / "problems-default.jsonl"
+    rows = {r["id"]: r for r in map(json.loads, path.read_text().splitlines())}
+    bitwise, caesar = rows["rg-bitwise_arithmetic-d1-0"], rows["rg-caesar_cipher-short-0"]
+    assert grade(r"so \boxed{\texttt{0x8ea7}}", bitwise)
+    assert grade(r"\boxed{\mathtt{0x8EA7}}", bitwise)
+    assert not grade(r"\boxed{\texttt{0x8ea8}}", bitwise)
+    assert grade(r"\boxed{\emph{SMITH TO DR}}", caesar)
+    assert grade(r"\boxed{\textit{SMITH TO DR}}", caesar)
+    assert not grade(r"\boxed{\texttt{SMITH TO DO}}", caesar)
+
+
 def test_embedded_problem_files_match_their_generator():
     pytest.importorskip("reasoning_gym")
     from clear_learn.generation.problems import (BROAD_SETTINGS, DEFAULT_SETTINGS,

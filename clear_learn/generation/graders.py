@@ -35,7 +35,10 @@ def last_boxed(text: str) -> str | None:
     return None
 
 
-_WRAPPER = re.compile(r"^\\(?:text|textbf|textrm|mathrm|mathbf|boldsymbol|operatorname|mbox)"
+# font and emphasis commands only: they change how an answer looks, never what it says
+# (``\texttt{0x8ea7}``, ``\emph{SMITH TO DR}`` are the plain answers to reasoning-gym)
+_WRAPPER = re.compile(r"^\\(?:text|textbf|textrm|textit|textsf|texttt|textnormal|emph|mathrm|"
+                      r"mathbf|mathit|mathsf|mathtt|boldsymbol|operatorname|mbox)"
                       r"\s*\{(.*)\}$", re.S)
 
 
@@ -45,9 +48,18 @@ def unwrap(answer: str) -> str:
     while True:
         s = s.strip().strip("$").strip()
         m = _WRAPPER.match(s)
-        if not m:
+        if not m or not _balanced(m.group(1)):  # "\\text{a} + \\text{b}" is no one wrapper
             return s
         s = m.group(1)
+
+
+def _balanced(s: str) -> bool:
+    depth = 0
+    for c in s:
+        depth += (c == "{") - (c == "}")
+        if depth < 0:
+            return False
+    return depth == 0
 
 
 _SCI = re.compile(r"^\s*([-+]?\d+(?:\.\d+)?)\s*(?:\\times|\\cdot|×|x|\*)\s*10\s*\^\s*"
