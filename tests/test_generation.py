@@ -158,9 +158,18 @@ def test_seeds_are_stable_and_distinct():
     (r"\boxed{3,5}", "35", False), (r"\boxed{1,2,3}", "123", False),
     (r"\boxed{18 \text{ and } 20}", "18", False), (r"\boxed{-18}", "18", False),
     (r"\boxed{\text{x}}", "18", False),
+    (r"\boxed{\text{18} \text{ dollars}}", "18", True),  # one unit stripped at a time
+    (r"\boxed{18 \text{ square } \text{cm}}", "18", True),
 ])
 def test_numeric_grader_spellings(response, reference, right):
     assert grade_numeric(response, reference) is right
+
+
+def test_unwrap_reads_latex_explicit_spaces():
+    from clear_learn.generation.graders import unwrap
+
+    assert unwrap(r"\text{SMITH\ TO\ DR}") == "SMITH TO DR"
+    assert unwrap(r"SMITH\ TO\ DR") == "SMITH TO DR"
 
 
 def test_graders():

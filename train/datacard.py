@@ -80,8 +80,8 @@ def audit_section() -> list[str]:
     rows = json.loads(path.read_text())
     out = ["## Grader audit", "",
            "Graded responses of the broad families read by hand against the grader's verdict "
-           "(right and wrong verdicts both sampled); a disagreement is a verdict the reader "
-           "judged wrong.", "",
+           "(right and wrong verdicts both, where both exist); a disagreement is a verdict the "
+           "reader judged wrong.", "",
            "| family | responses read | disagreements | fix |", "|---|---:|---:|---|"]
     for r in rows:
         out.append(f"| {r['family']} | {r['read']} | {r['disagreements']} | {r['fix']} |")

@@ -44,7 +44,7 @@ _WRAPPER = re.compile(r"^\\(?:text|textbf|textrm|textit|textsf|texttt|textnormal
 
 def unwrap(answer: str) -> str:
     """A boxed answer without surrounding ``$`` and ``\\text{...}``-style wrappers."""
-    s = answer.strip()
+    s = answer.replace("\\ ", " ").strip()  # LaTeX's explicit space: "SMITH\\ TO\\ DR"
     while True:
         s = s.strip().strip("$").strip()
         m = _WRAPPER.match(s)
@@ -79,7 +79,7 @@ def scientific_to_e(answer: str) -> str:
 
 _SPACES = re.compile(r"\\[,;:!> ]|~|\\quad|\\qquad|\s")
 _UNIT_TAIL = re.compile(r"(?:\\(?:text|mathrm|textrm|mbox)\{[^{}]*\}|\^\{?\\circ\}?|\\circ|"
-                        r"\\%|%|[A-Za-z]+\.?)+$")
+                        r"\\%|%|[A-Za-z]+\.?)$")
 _DECIMAL = re.compile(r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)")
 _THOUSANDS = re.compile(r"([-+]?)(\d{1,3}(?:,\d{3})+)(\.\d+)?")
 _FRACTION = re.compile(r"([-+]?)\\[dt]?frac\{([-+]?\d+)\}\{(\d+)\}|([-+]?)(\d+)/(\d+)")
@@ -99,10 +99,12 @@ def _to_number(s: str) -> float | None:
         s = s.rsplit("=", 1)[1]
     s = unwrap(s)
     s = s.rstrip(".")
-    for _ in range(2):  # "18\\text{dollars}", "90^\\circ", "12cm", "50\\%"
-        t = _UNIT_TAIL.sub("", s)
-        if t and t != s and re.search(r"\d\}?$", t):
+    t = s
+    for _ in range(3):  # units, one at a time: "18\\text{dollars}", "90^\\circ", "12cm", "50\\%"
+        t = _UNIT_TAIL.sub("", t)
+        if t and re.search(r"\d\}?$", t):  # what is left ends in a number: those were units
             s = t
+            break
     s = unwrap(s)
     if _DECIMAL.fullmatch(s):
         return float(s)
