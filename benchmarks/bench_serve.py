@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from clear_learn.serve.testing import wait_http
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -73,20 +75,6 @@ def stop(p: subprocess.Popen) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(p.pid, signal.SIGKILL)
             p.wait(10)
-
-
-def wait_up(url: str, timeout: float) -> None:
-    import httpx
-
-    t_end = time.monotonic() + timeout
-    while time.monotonic() < t_end:
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"{url} did not come up within {timeout:g} s")
 
 
 async def load(url: str, n: int, seconds: float, concurrency: int) -> tuple[np.ndarray, float]:
@@ -153,7 +141,7 @@ def main() -> int:
     up = start(["-m", "clear_learn.serve.testing", "--port", str(up_port)])
     procs = [up]
     try:
-        wait_up(f"http://127.0.0.1:{up_port}/v1/models", 60)
+        wait_http(f"http://127.0.0.1:{up_port}/v1/models", 60)
         direct = phase("direct to the stub", f"http://127.0.0.1:{up_port}/v1/chat/completions",
                        args)
         for pred in predictors:
@@ -163,7 +151,7 @@ def main() -> int:
                         "--predictor", pred])
             procs.append(px)
             try:
-                wait_up(f"http://127.0.0.1:{port}/health", 180)
+                wait_http(f"http://127.0.0.1:{port}/health", 180)
                 label = "proxy, fake predictor" if pred == "fake" else "proxy, " + Path(pred).name
                 via = phase(label, f"http://127.0.0.1:{port}/v1/chat/completions", args)
                 print(f"    added by the proxy: p50 {via['p50'] - direct['p50']:+.2f} ms, "

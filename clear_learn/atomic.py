@@ -34,7 +34,8 @@ try:  # POSIX only; elsewhere a temp file counts as stale by its age alone
 except ImportError:  # pragma: no cover - Windows
     fcntl = None
 
-__all__ = ["atomic_write", "write_bytes", "write_text", "check_target", "clean_stale_temps"]
+__all__ = ["atomic_write", "write_bytes", "write_text", "check_target", "clean_stale_temps",
+           "pid_alive"]
 
 #: Temp files whose process id cannot be read (older versions) are stale after this long.
 STALE_AFTER_S = 3600.0
@@ -60,7 +61,8 @@ def check_target(path: str | os.PathLike) -> Path:
     return path
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (True when it cannot be told)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -120,7 +122,7 @@ def clean_stale_temps(path: str | os.PathLike) -> list[Path]:
             continue
         pid = int(m.group(1)) if m.group(1) else None
         if pid is not None:
-            stale = pid != os.getpid() and (not _pid_alive(pid) or age > 24 * STALE_AFTER_S)
+            stale = pid != os.getpid() and (not pid_alive(pid) or age > 24 * STALE_AFTER_S)
         else:
             stale = age > STALE_AFTER_S
         if stale and _unlocked(tmp):

@@ -24,48 +24,35 @@ def budgets_list(text: str) -> list[float]:
     return vals
 
 
+def _checked(text: str, parse, ok, what: str):
+    """``parse(text)`` if it parses and passes ``ok``, else an argparse error saying ``what``."""
+    try:
+        x = parse(text)
+    except ValueError:
+        x = None
+    if x is None or not ok(x):
+        raise argparse.ArgumentTypeError(f"must be {what}: {text!r}")
+    return x
+
+
 def positive_int(text: str) -> int:
     """An argparse type: an integer >= 1."""
-    try:
-        n = int(text)
-    except ValueError:
-        n = 0
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer: {text!r}")
-    return n
+    return _checked(text, int, lambda n: n >= 1, "a positive integer")
 
 
 def nonnegative_int(text: str) -> int:
     """An argparse type: an integer >= 0."""
-    try:
-        n = int(text)
-    except ValueError:
-        n = -1
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0: {text!r}")
-    return n
+    return _checked(text, int, lambda n: n >= 0, "an integer >= 0")
 
 
 def nonnegative_number(text: str) -> float:
     """An argparse type: a finite number >= 0 (``inf``, ``nan`` and negatives refused)."""
-    try:
-        x = float(text)
-    except ValueError:
-        x = float("nan")
-    if not (math.isfinite(x) and x >= 0):
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0: {text!r}")
-    return x
+    return _checked(text, float, lambda x: math.isfinite(x) and x >= 0, "a finite number >= 0")
 
 
 def fraction(text: str) -> float:
     """An argparse type: a number strictly between 0 and 1."""
-    try:
-        x = float(text)
-    except ValueError:
-        x = float("nan")
-    if not 0 < x < 1:
-        raise argparse.ArgumentTypeError(f"must be a number strictly between 0 and 1: {text!r}")
-    return x
+    return _checked(text, float, lambda x: 0 < x < 1, "a number strictly between 0 and 1")
 
 
 def output_file(text: str) -> str:

@@ -8,14 +8,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Iterator
 
-import httpx
 import numpy as np
 
 from clear_learn.curves import Curves
+from clear_learn.serve.testing import wait_http
 
 ROOT = Path(__file__).resolve().parents[1]
 # a master key LiteLLM accepts as strong; used only on loopback in the tests
@@ -64,18 +63,7 @@ class Process:
 
     def wait_http(self, url: str, timeout: float) -> None:
         """Wait until ``url`` answers 200 (or the process dies, or ``timeout``)."""
-        t_end = time.monotonic() + timeout
-        while time.monotonic() < t_end:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.proc.args[:3]} exited with {self.proc.returncode}:\n"
-                                   f"{self.log()[-3000:]}")
-            try:
-                if httpx.get(url, timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.25)
-        raise RuntimeError(f"{url} not up after {timeout:g} s:\n{self.log()[-3000:]}")
+        wait_http(url, timeout, self.proc, self.log)
 
     def terminate(self, timeout: float = 15.0) -> int:
         """SIGTERM, wait up to ``timeout``; the exit code."""

@@ -14,7 +14,6 @@ file yet (the side file runs ahead of it) counts as finished when it has a boxed
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import sys
 from collections import defaultdict

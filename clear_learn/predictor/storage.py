@@ -23,6 +23,7 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
+from ..atomic import pid_alive
 from .config import ConfigError, PredictorConfig
 
 __all__ = ["PredictorLoadError", "save", "load", "load_into"]
@@ -100,20 +101,10 @@ def clean_stale(path: Path) -> list[Path]:
             pid = int(parts[0])
         except (ValueError, IndexError):
             continue
-        if pid != os.getpid() and not _alive(pid):
+        if pid != os.getpid() and not pid_alive(pid):
             shutil.rmtree(d, ignore_errors=True)
             gone.append(d)
     return gone
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _relocatable_adapter(adapter: Path, base_spec: str) -> None:

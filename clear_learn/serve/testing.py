@@ -18,7 +18,7 @@ import threading
 import time
 from typing import Any, Iterator
 
-__all__ = ["stub_upstream_app", "free_port", "ServerThread", "serve_in_thread"]
+__all__ = ["stub_upstream_app", "free_port", "wait_http", "ServerThread", "serve_in_thread"]
 
 
 def free_port() -> int:
@@ -96,6 +96,25 @@ def stub_upstream_app(delay: float = 5.0, words: int = 8):
         return {"object": "list", "data": [{"id": "stub", "object": "model"}]}
 
     return app
+
+
+def wait_http(url: str, timeout: float, proc: Any = None, log=lambda: "") -> None:
+    """Return once ``url`` answers 200; raise ``RuntimeError`` after ``timeout`` seconds, or at
+    once when the ``subprocess.Popen`` ``proc`` (if given) has exited (``log()`` is shown)."""
+    import httpx
+
+    t_end = time.monotonic() + timeout
+    while time.monotonic() < t_end:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{proc.args[:3]} exited with {proc.returncode}:\n"
+                               f"{log()[-3000:]}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} not up after {timeout:g} s:\n{log()[-3000:]}")
 
 
 class ServerThread:
