@@ -4,7 +4,8 @@
 
 On the embedded rollout files (``default`` and ``benchmark``), each query's rollouts are split
 in halves: curves are fitted on one (the oracle curves, :func:`clear_learn.fitting.fit_curves`)
-and every policy is scored on the other (DESIGN.md section 5). With ``--predictor`` (default
+and every policy is scored on the other (docs/METHOD.md, *Evaluation*). With ``--predictor``
+(default
 ``checkpoints/default``; ``--predictor none`` skips it), the shipped predictor's curves too,
 each text predicted on its own as a router would (so no batch context); note that predictor
 was trained on most of these queries, so its rows say how the controller copes with

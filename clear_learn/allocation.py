@@ -1,7 +1,8 @@
 """The shadow-price allocator (CLEAR): per-query budgets under a total, in closed form.
 
 Maximise ``sum_i U_i(b_i)`` subject to ``sum_i b_i <= B`` and integer ``0 <= b_i <= max_tokens_i``
-(DESIGN.md section 3). For a price ``lambda`` each query takes its stationary budget
+(docs/METHOD.md, *Allocating with a shadow price*). For a price ``lambda`` each query takes its
+stationary budget
 ``b_i(lambda) = tau_i - W_{-1}(-lambda / (p_i k_i)) / k_i`` (clipped to its cap) when that pays
 for its entry cost and 0 otherwise; the price is the smallest one whose integer demand fits in
 ``B``. The leftover is then spent greedily by gain per token of a jump, which can revive an

@@ -1,6 +1,6 @@
 """A live shadow price for streams: each arriving query gets ``b(lambda)`` at once.
 
-For a stream there is no batch to split (DESIGN.md section 7). :class:`StreamController`
+For a stream there is no batch to split (docs/METHOD.md, *Streams*). :class:`StreamController`
 holds one price ``lambda`` and gives every arriving query the budget the batch allocator
 would give it at that price (section 3: ``b(lambda) = tau - W_{-1}(-lambda / (p k)) / k``,
 clipped to its cap, and 0 when ``U(b) - lambda b <= 0``), with no look-ahead. The price is then
@@ -99,7 +99,8 @@ def budgets_at_price(curves: Curves, price: float, max_tokens=None) -> np.ndarra
     """The integer budget each query takes on its own at ``price`` (the Lagrangian step).
 
     ``c_i = floor(min(b_i(lambda), cap_i))`` when ``U_i(c_i) - lambda c_i > 0``, else 0
-    (DESIGN.md section 3, without the batch's greedy fill). ``price`` must be > 0.
+    (docs/METHOD.md, *Allocating with a shadow price*, without the batch's greedy fill).
+    ``price`` must be > 0.
     """
     price = _positive("price", price)
     caps = as_caps(max_tokens, len(curves))

@@ -1,4 +1,4 @@
-"""Evaluation on held-out queries (DESIGN.md section 5): Pareto frontiers of policies.
+"""Evaluation on held-out queries (docs/METHOD.md, *Evaluation*): Pareto frontiers of policies.
 
 Every allocation is scored with the queries' empirical accuracy curves, never with the
 curves that made it. When oracle curves are fitted on one half of each query's rollouts, every

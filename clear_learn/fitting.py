@@ -1,7 +1,7 @@
 """Per-query curves from rollouts: penalised maximum likelihood, vectorised over queries.
 
-Under the shifted-surge model (DESIGN.md section 4) a rollout is solvable with probability
-``p``; a solvable one has length ``tau + X``, ``X ~ Gamma(2, k)``. The log-likelihood of a
+Under the shifted-surge model (docs/METHOD.md, *Rollouts and the likelihood*) a rollout is
+solvable with probability ``p``; a solvable one has length ``tau + X``, ``X ~ Gamma(2, k)``. The log-likelihood of a
 query's rollouts, with the density floored by a broad uniform component of weight ``eps``
 (so that a correct rollout shorter than ``tau`` costs a finite amount)::
 
@@ -155,7 +155,7 @@ def fit_curves(rollouts: list[dict] | RolloutArrays, *, prior: FitPrior | None =
 
     Parameters
     ----------
-    rollouts : records (DESIGN.md section 6) or :class:`RolloutArrays`.
+    rollouts : records (docs/METHOD.md, *File format*) or :class:`RolloutArrays`.
     prior : FitPrior, optional
         Weak priors and the likelihood floor (defaults are documented on the class).
     max_iter : int

@@ -1,4 +1,4 @@
-"""Rollout files (DESIGN.md section 6): read, validate, write, and turn into arrays.
+"""Rollout files (docs/METHOD.md, *File format*): read, validate, write, and turn into arrays.
 
 One JSON object per line, one line per query::
 

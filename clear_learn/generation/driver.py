@@ -1,6 +1,6 @@
 """The resumable rollout writer: problems in, one rollout record per problem out.
 
-Output is the rollout JSONL of DESIGN.md section 6, appended one complete line per problem
+Output is the rollout JSONL of docs/METHOD.md, *File format*, appended one complete line per problem
 (written with a single ``write`` and flushed to disk). Killed at any point and rerun with the
 same arguments, it drops a torn last line, skips the problems already written, and continues:
 nothing finished is lost or duplicated. Records written under different settings (model,
