@@ -174,21 +174,20 @@ def test_invalid_json_from_the_client_and_from_the_upstream(stub):
 
 def test_a_slow_upstream_gets_a_504_within_the_timeout(stub):
     with proxy(stub.url + "/v1", timeout=1.0) as px:
-        t0 = time.monotonic()
+        # the stub answers "slow" after 5 s: a 504 (not the answer, not a client timeout,
+        # which would raise another error) shows the proxy gave up at its own 1 s
         with pytest.raises(openai.APIStatusError) as err:
             client(px).chat.completions.create(model="slow", messages=EASY)
         assert err.value.status_code == 504
-        assert time.monotonic() - t0 < 3.0
-        t0 = time.monotonic()
-        r = httpx.post(px.url + "/v1/chat/completions", timeout=10,
+        r = httpx.post(px.url + "/v1/chat/completions", timeout=4,
                        json={"model": "slow", "messages": EASY, "stream": True})
-        assert r.status_code == 504 and time.monotonic() - t0 < 3.0
-        # a stream that stalls after its first chunk is ended with an SSE error event
-        t0 = time.monotonic()
+        assert r.status_code == 504
+        # a stream that stalls after its first chunk is ended with an SSE error event (a hang
+        # would end in the client's ReadTimeout instead)
         with httpx.stream("POST", px.url + "/v1/chat/completions", timeout=10,
                           json={"model": "stall", "messages": EASY, "stream": True}) as r:
             body = r.read().decode()
-        assert r.status_code == 200 and time.monotonic() - t0 < 3.0
+        assert r.status_code == 200
         assert body.count("data: ") == 2 and '"error"' in body.split("data: ")[-1]
 
 
@@ -204,15 +203,13 @@ def test_upstream_killed_mid_test(tmp_path):
             it = r.iter_raw()
             first = next(it)
             assert b"w0" in first
-            t0 = time.monotonic()
             up.kill()
             rest = b"".join(it).decode()
-        assert time.monotonic() - t0 < 3.0 and "broke off" in rest
-        # and then down: a 502 at once
-        t0 = time.monotonic()
+        assert "broke off" in rest  # ended by the proxy, not by the client's timeout
+        # and then down: a 502
         with pytest.raises(openai.APIStatusError) as err:
             c.chat.completions.create(model="stub", messages=EASY)
-        assert err.value.status_code == 502 and time.monotonic() - t0 < 3.0
+        assert err.value.status_code == 502
         assert err.value.body["type"] == "upstream_unreachable"
         assert httpx.get(px.url + "/health").json()["status"] == "ok"
 
