@@ -7,9 +7,7 @@ predictor (and torch) only when it is asked for.
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import Any
-
+from ._lazy import lazy_getattr
 from .allocation import AllocationResult, allocate, uniform_budgets
 from .curves import Curves
 
@@ -32,7 +30,4 @@ _LAZY = {
 __all__ = ["Curves", "allocate", "AllocationResult", "uniform_budgets", *_LAZY]
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'clear_learn' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)

@@ -9,8 +9,8 @@ only here, never by the core, and only when a name that needs them is first used
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import Any
+from .._lazy import lazy_getattr
+
 
 _LAZY = {
     "ClearPredictor": "clear_learn.predictor.inference",
@@ -27,7 +27,4 @@ _LAZY = {
 __all__ = list(_LAZY)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'clear_learn.predictor' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)

@@ -17,8 +17,8 @@ only in the modules that need them.
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import Any
+from .._lazy import lazy_getattr
+
 
 _LAZY = {
     "ServeConfig": "clear_learn.serve.config",
@@ -31,7 +31,4 @@ _LAZY = {
 __all__ = list(_LAZY)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'clear_learn.serve' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)
