@@ -21,7 +21,7 @@ from .demand import Demand, search_price
 from .large_batch import search_subsampled, trim
 from .lambertw import solve_y_minus_log_y
 
-__all__ = ["AllocationResult", "allocate", "uniform_budgets", "as_caps"]
+__all__ = ["AllocationResult", "allocate", "uniform_budgets", "as_caps", "as_whole"]
 
 #: Above this many queries the price is first located on a random subsample.
 SUBSAMPLE_ABOVE = 65_536
@@ -164,8 +164,8 @@ def allocate(curves: Curves, total_budget: int, *, max_tokens=None, fallback_tok
     if not isinstance(curves, Curves):
         raise TypeError(f"curves must be a clear_learn.Curves, got {type(curves).__name__}")
     n = len(curves)
-    total_budget = _as_whole("total_budget", total_budget)
-    fallback = _as_whole("fallback_tokens", fallback_tokens)
+    total_budget = as_whole("total_budget", total_budget)
+    fallback = as_whole("fallback_tokens", fallback_tokens)
     caps = as_caps(max_tokens, n)
     if fallback and n * fallback > total_budget:
         raise ValueError(f"fallback_tokens={fallback} for {n} queries needs {n * fallback} "
@@ -202,7 +202,8 @@ def allocate(curves: Curves, total_budget: int, *, max_tokens=None, fallback_tok
                             info=info)
 
 
-def _as_whole(name: str, value) -> int:
+def as_whole(name: str, value) -> int:
+    """``value`` as an int >= 0; TypeError or ValueError naming ``name`` otherwise."""
     try:
         v = float(value)
     except (TypeError, ValueError):

@@ -88,6 +88,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .allocation import allocate, as_caps
+from .allocation import as_whole as _whole
 from .curves import Curves, stationary_budget, utility
 from .lambertw import solve_y_minus_log_y
 
@@ -640,16 +641,6 @@ def _positive(name: str, value) -> float:
     if not (math.isfinite(v) and v > 0):
         raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
     return v
-
-
-def _whole(name: str, value) -> int:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise TypeError(f"{name} must be a whole number, got {value!r}") from None
-    if not math.isfinite(v) or v < 0 or v != int(v):
-        raise ValueError(f"{name} must be a whole number >= 0, got {value!r}")
-    return int(v)
 
 
 def _bounds(bounds) -> tuple[float, float]:

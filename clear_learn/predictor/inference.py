@@ -16,7 +16,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..allocation import AllocationResult, allocate, as_caps
-from ..allocation import _as_whole as _whole
+from ..allocation import as_whole as _whole
 from ..curves import Curves
 from .batch_context import BatchContext
 from .calibration import check_tau_spread
