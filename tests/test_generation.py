@@ -232,7 +232,8 @@ def test_unwrap_font_wrappers_and_balanced_braces():
 
 def test_reasoning_gym_grading_unwraps_font_wrappers():
     pytest.importorskip("reasoning_gym")
-    path = ROOT / "clear_learn" / "data" / "problems-default.jsonl"
+    # their families were dropped after the pilot; their pilot rows are kept apart
+    path = ROOT / "clear_learn" / "data" / "rollouts-pilot-dropped.jsonl"
     rows = {r["id"]: r for r in map(json.loads, path.read_text().splitlines())}
     bitwise, caesar = rows["rg-bitwise_arithmetic-d1-0"], rows["rg-caesar_cipher-short-0"]
     assert grade(r"so \boxed{\texttt{0x8ea7}}", bitwise)
@@ -241,6 +242,31 @@ def test_reasoning_gym_grading_unwraps_font_wrappers():
     assert grade(r"\boxed{\emph{SMITH TO DR}}", caesar)
     assert grade(r"\boxed{\textit{SMITH TO DR}}", caesar)
     assert not grade(r"\boxed{\texttt{SMITH TO DO}}", caesar)
+
+
+def test_reasoning_gym_grading_reads_latex_fractions():
+    """Grader audit: probability tasks score ``7/12``; ``\\frac{7}{12}`` is the same answer,
+    and a task that wants LaTeX fractions keeps getting them."""
+    pytest.importorskip("reasoning_gym")
+    from clear_learn.generation.graders import fractions_to_slash
+    from clear_learn.generation.problems import Setting, reasoning_gym_problems
+
+    assert fractions_to_slash(r"-\dfrac{ 7 }{12} or \tfrac{1}{2}, \frac{x}{2}") == (
+        r"-7/12 or 1/2, \frac{x}{2}")
+    path = ROOT / "clear_learn" / "data" / "problems-default.jsonl"
+    rows = {r["id"]: r for r in map(json.loads, path.read_text().splitlines())}
+    coin, dice = rows["rg-coin_flip-few-0"], rows["rg-dice-2d6-0"]
+    assert coin["answer"] == "0.6875"  # at least 2 heads in 4 flips: 11/16
+    assert grade(r"\boxed{\frac{7}{12}}", dice) and not grade(r"\boxed{\frac{14}{24}}", dice)
+    for right in (r"\boxed{\frac{11}{16}}", r"\boxed{\dfrac{11}{16}}", r"\boxed{11/16}",
+                  r"\boxed{0.6875}"):
+        assert grade(right, coin), right
+    for wrong in (r"\boxed{\frac{7}{8}}", r"\boxed{\frac{11}{17}}", r"\boxed{\frac{x}{16}}"):
+        assert not grade(wrong, coin), wrong
+    frac, = reasoning_gym_problems([Setting("fraction_simplification", "t",
+                                            dict(styles=("latex_frac",)))], 1,
+                                   positional_seeds=False)
+    assert grade(r"\boxed{%s}" % frac["answer"], frac)
 
 
 def test_embedded_problem_files_match_their_generator():

@@ -11,7 +11,8 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 
-__all__ = ["last_boxed", "grade", "grade_numeric", "grade_math", "grade_reasoning_gym"]
+__all__ = ["last_boxed", "grade", "grade_numeric", "grade_math", "grade_reasoning_gym",
+           "fractions_to_slash"]
 
 _BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
 
@@ -154,8 +155,20 @@ def _rg_dataset(family: str, config_json: str, seed: int, size: int):
     return reasoning_gym.create_dataset(family, seed=seed, size=size, **json.loads(config_json))
 
 
+_LATEX_FRACTION = re.compile(r"\\[dt]?frac\s*\{\s*([-+]?\d+)\s*\}\s*\{\s*(\d+)\s*\}")
+
+
+def fractions_to_slash(answer: str) -> str:
+    """Every ``\\frac{a}{b}`` (or ``\\dfrac``, ``\\tfrac``) of whole numbers as ``a/b``; other
+    text as it is. reasoning-gym's probability tasks score ``7/12``, not its LaTeX spelling."""
+    return _LATEX_FRACTION.sub(r"\1/\2", answer)
+
+
 def grade_reasoning_gym(response: str, problem: dict) -> bool:
-    """reasoning-gym's ``score_answer`` on the last boxed answer; correct at full score."""
+    """reasoning-gym's ``score_answer`` on the last boxed answer; correct at full score.
+
+    The answer is scored as written and, when that misses, with its LaTeX fractions spelled
+    ``a/b`` (a task that wants LaTeX, such as ``fraction_simplification``'s, still gets it)."""
     import json
 
     got = last_boxed(response)
@@ -169,9 +182,14 @@ def grade_reasoning_gym(response: str, problem: dict) -> bool:
     if entry["question"] != problem["text"]:
         raise ValueError(f"problem {problem['id']}: regenerated reasoning-gym entry differs "
                          "from the stored text (package version?)")
+    candidates = dict.fromkeys([got, fractions_to_slash(got)])  # distinct, in order
+    return any(_full_score(ds, candidate, entry) for candidate in candidates)
+
+
+def _full_score(ds, answer: str, entry: dict) -> bool:
     try:
-        score = ds.score_answer(answer=got, entry=entry)
-    except Exception:
+        score = ds.score_answer(answer=answer, entry=entry)
+    except Exception:  # a task's scorer raising on odd input: not correct
         return False
     return score is not None and float(score) >= 1.0 - 1e-6
 

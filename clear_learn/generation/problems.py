@@ -80,27 +80,22 @@ DEFAULT_SETTINGS: tuple[Setting, ...] = (
 #: The broadened default's families (issue 16), two settings each (easy, hard), appended after
 #: :data:`DEFAULT_SETTINGS`' problems. Each setting's seed depends only on its own name (see
 #: :func:`setting_seed`), so a setting can be dropped or added without changing the others.
+#: Dropped after the pilot (the first problem of each setting, 8 samples; those rows stay in
+#: the rollouts): bitwise_arithmetic (difficulty 1 and 2), caesar_cipher (2-3 words, shift
+#: 1-3; 5-8 words), letter_jumble (light and heavy: the model copies the scrambled words) and
+#: palindrome_generation (3-5 and 8-12 letters): 0 of 8 right at their easiest setting, with no
+#: easier one. isomorphic_strings, ransom_note and polynomial_multiplication: their texts
+#: depend on PYTHONHASHSEED, so they cannot be regenerated exactly.
 BROAD_SETTINGS: tuple[Setting, ...] = (
-    Setting("bitwise_arithmetic", "d1", dict(difficulty=1)),
-    Setting("bitwise_arithmetic", "d2", dict(difficulty=2)),
-    Setting("caesar_cipher", "short", dict(min_words=2, max_words=3, min_rotation=1,
-                                           max_rotation=3)),
-    Setting("caesar_cipher", "long", dict(min_words=5, max_words=8)),
     Setting("coin_flip", "few", dict(min_trials=3, max_trials=5)),
     Setting("coin_flip", "many", dict(min_trials=10, max_trials=15)),
     Setting("dice", "2d6", dict(num_dice=2, max_dice_size=6)),
     Setting("dice", "4d20", dict(num_dice=4, max_dice_size=20)),
-    Setting("letter_jumble", "light", dict(min_words=3, max_words=4, max_word_len=6,
-                                           min_corruption_level=0.1, max_corruption_level=0.3)),
-    Setting("letter_jumble", "heavy", dict(min_words=8, max_words=12, min_corruption_level=0.5,
-                                           max_corruption_level=0.9)),
     Setting("number_format", "few", dict(min_num_candidates=2, max_num_candidates=3,
                                          max_n=100000)),
     Setting("number_format", "many", dict(min_num_candidates=4, max_num_candidates=5)),
     Setting("number_sequence", "simple", dict(min_terms=4, max_terms=6, max_complexity=1)),
     Setting("number_sequence", "complex", dict(min_terms=6, max_terms=8, max_complexity=3)),
-    Setting("palindrome_generation", "short", dict(min_length=3, max_length=5)),
-    Setting("palindrome_generation", "long", dict(min_length=8, max_length=12)),
     Setting("polynomial_equations", "linear", dict(min_terms=2, max_terms=2, min_degree=1,
                                                    max_degree=1, max_value=20)),
     Setting("polynomial_equations", "cubic", dict(min_terms=3, max_terms=4, min_degree=2,
