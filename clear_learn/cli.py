@@ -80,7 +80,7 @@ def cmd_allocate(args) -> int:
     max_tokens = args.max_tokens
     if args.predictor:
         texts = _texts(rows, lines, args.curves)
-        pred = _load_predictor(args.predictor)
+        pred = _load_predictor(args.predictor, args.runtime)
         curves = pred.predict(texts,
                               use_batch_context=not args.no_batch_context,
                               tau_spread=args.tau_spread, tau_k_source=args.tau_k_source)
@@ -117,7 +117,7 @@ def cmd_predict(args) -> int:
 
     rows, lines = _rows(args.input)
     texts = _texts(rows, lines, args.input)
-    curves = _load_predictor(args.predictor).predict(
+    curves = _load_predictor(args.predictor, args.runtime).predict(
         texts, batch_size=args.batch_size, use_batch_context=not args.no_batch_context,
         tau_spread=args.tau_spread, tau_k_source=args.tau_k_source)
     out = [{"id": r.get("id", i), "tau": float(t), "p": float(q), "k": float(k)}
@@ -140,10 +140,15 @@ def _load_or_simulate(path: str | None):
     return read_rollouts(path), False
 
 
-def _load_predictor(path: str):
+def _load_predictor(path: str, runtime: str = "torch"):
     from .predictor.export import ClearPredictor
 
-    return ClearPredictor.from_pretrained(path)
+    return ClearPredictor.from_pretrained(path, runtime=runtime)
+
+
+_RUNTIME_HELP = ("how the predictor's encoder runs: torch (default) or onnx (ONNX Runtime: "
+                 "the same curves, faster; pip install 'clear-learn[fast]')")
+RUNTIMES = ("torch", "onnx")  # clear_learn.predictor.runtime.RUNTIMES (no import of torch)
 
 
 def cmd_evaluate(args) -> int:
@@ -182,7 +187,7 @@ def cmd_evaluate(args) -> int:
         policies["clear-given"] = Curves.from_records([o for o, _ in given], source=args.curves,
                                                       lines=[n for _, n in given])
     if args.predictor:
-        pred = _load_predictor(args.predictor)
+        pred = _load_predictor(args.predictor, args.runtime)
         caps = {int(r["max_new_tokens"]) for r in test}
         if caps != {pred.max_new_tokens}:
             print(f"warning: the predictor learned curves under a cap of {pred.max_new_tokens} "
@@ -314,6 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("curves", help="curves JSONL, or with --predictor a JSONL of {id, text}")
     p.add_argument("--predictor", help="an exported predictor: predict the curves from each "
                                        "row's text (max tokens default to its cap)")
+    p.add_argument("--runtime", choices=RUNTIMES, default="torch", help=_RUNTIME_HELP)
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--total-budget", type=nonnegative_int)
     g.add_argument("--per-query", type=nonnegative_number, help="average budget per query")
@@ -333,7 +339,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("input", help="JSONL rows with 'text' (and optional 'id'); rollout files do")
     p.add_argument("-o", "--output", required=True, type=output_file,
                    help="write {id, tau, p, k} rows here")
-    p.add_argument("--batch-size", type=positive_int, default=64)
+    p.add_argument("--batch-size", type=positive_int, default=16,
+                   help="texts per forward pass of the encoder, sorted by length (default 16)")
+    p.add_argument("--runtime", choices=RUNTIMES, default="torch", help=_RUNTIME_HELP)
     p.add_argument("--no-batch-context", action="store_true", help=_NO_CONTEXT_HELP)
     p.add_argument("--tau-spread", type=_spread, default=None, help=_SPREAD_HELP)
     p.add_argument("--tau-k-source", choices=("encoder", "length"), default=None,
@@ -350,6 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--curves", help="curves JSONL (with ids) to evaluate as 'clear-given'")
     p.add_argument("--predictor", help="an exported predictor directory, evaluated as "
                                        "'clear-learned' (its curves from the texts alone)")
+    p.add_argument("--runtime", choices=RUNTIMES, default="torch", help=_RUNTIME_HELP)
     p.add_argument("--budgets", type=budgets_list, default=budgets_list(DEFAULT_BUDGETS),
                    help=f"average budgets per query (default {DEFAULT_BUDGETS})")
     p.add_argument("--test-tasks", help="comma-separated tasks held out (default: a random "

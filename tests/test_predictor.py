@@ -846,3 +846,53 @@ def test_measure_summarizes_and_refuses_another_state(sim_file, tmp_path, capsys
     assert "reusing" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="other data or options"):
         measure.main(args[:-1] + ["threads=2"])
+
+
+def test_onnx_runtime_gives_the_torch_curves_and_exports_once(trained, tmp_path, monkeypatch):
+    """runtime="onnx": the same raw curves as torch (tau, p and k from the encoder), the model
+    itself untouched, the graph exported once into the cache and reused."""
+    pytest.importorskip("onnxruntime")
+    from clear_learn.predictor.export import ClearPredictor
+    from clear_learn.predictor import runtime
+
+    monkeypatch.setenv("CLEAR_LEARN_CACHE", str(tmp_path / "cache"))
+    _export(trained, tmp_path / "p")
+    texts = [r["text"] for r in trained[1].split_records("test")][:24] + ["What is 2 + 2?"]
+    ref = ClearPredictor.from_pretrained(tmp_path / "p")
+    want = ref.predict_raw(texts)
+    fast = ClearPredictor.from_pretrained(tmp_path / "p", runtime="onnx")
+    got = fast.predict_raw(texts)
+    assert np.allclose(got.p, want.p, atol=1e-5)
+    assert np.allclose(got.tau, want.tau, rtol=1e-5) and np.allclose(got.k, want.k, rtol=1e-5)
+    # the exported copy merged the LoRA weights; the predictor's own model still has them
+    assert hasattr(fast.model.encoder, "peft_config")
+    assert np.allclose(fast.predict_raw(texts[:3]).p, got.p[:3], atol=1e-6)
+    exported = list((tmp_path / "cache" / "onnx").glob("encoder-*.onnx"))
+    assert len(exported) == 1 and "runtime onnx" in repr(fast)
+
+    def no_export(*a, **k):
+        raise AssertionError("exported again")
+
+    monkeypatch.setattr(runtime, "_export", no_export)
+    again = ClearPredictor.from_pretrained(tmp_path / "p", runtime="onnx")
+    assert np.allclose(again.predict(texts).p, fast.predict(texts).p, atol=1e-6)
+    assert not list((tmp_path / "cache" / "onnx").glob(".export-*"))
+
+
+def test_bad_runtime_is_refused(trained, tmp_path):
+    from clear_learn.predictor.export import ClearPredictor
+
+    _export(trained, tmp_path / "p")
+    with pytest.raises(ValueError, match="runtime must be one of torch, onnx"):
+        ClearPredictor.from_pretrained(tmp_path / "p", runtime="tensorrt")
+    with pytest.raises(ValueError, match="runs on the CPU"):
+        ClearPredictor.from_pretrained(tmp_path / "p", device="cuda", runtime="onnx")
+
+
+def test_pass_size_changes_no_curve(trained, tmp_path):
+    """Texts sorted by length and run in passes of any size give the same curves: padding is
+    masked out."""
+    pred = _export(trained, tmp_path / "p")
+    texts = [r["text"] for r in trained[1].split_records("test")][:40]
+    a, b = pred.predict_raw(texts, batch_size=64), pred.predict_raw(texts, batch_size=3)
+    assert np.allclose(a.p, b.p, atol=1e-5) and np.allclose(a.tau, b.tau, rtol=1e-5)

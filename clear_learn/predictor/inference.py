@@ -25,8 +25,15 @@ from .config import (TAU_K_LENGTH, TAU_K_SOURCES, EncoderConfig, GeneratorConfig
                      text_sha256)
 from .features import surface_features
 from .pipeline import postprocess
+from .runtime import OnnxEncoder, check_runtime
 
-__all__ = ["ClearPredictor"]
+__all__ = ["ClearPredictor", "PASS_SIZE"]
+
+#: Texts per forward pass of the encoder, by default. A call's texts are sorted by length and
+#: run in passes of this many, so each pass pads to a length close to its texts' own: on mixed
+#: lengths, passes of 16 predict about twice as many texts per second as one pass of 64
+#: (``benchmarks/bench_predict.py``).
+PASS_SIZE = 16
 
 
 class ClearPredictor:
@@ -36,13 +43,19 @@ class ClearPredictor:
     :meth:`from_trained`. ``config`` is a :class:`~.config.PredictorConfig`.
     """
 
-    def __init__(self, model, tokenizer, config: PredictorConfig, device: str = "cpu"):
+    def __init__(self, model, tokenizer, config: PredictorConfig, device: str = "cpu", *,
+                 runtime: str = "torch"):
         if not isinstance(config, PredictorConfig):
             raise TypeError(f"config must be a PredictorConfig, got {type(config).__name__}")
+        check_runtime(runtime)
+        if runtime != "torch" and device != "cpu":
+            raise ValueError(f"runtime {runtime!r} runs on the CPU; got device {device!r}")
         self.model = model.to(device).eval()
         self.tokenizer = tokenizer
         self.config = config
         self.device = device
+        self.runtime = runtime
+        self._onnx = OnnxEncoder(self.model) if runtime == "onnx" else None
 
     # ---- what it is ------------------------------------------------------------------
     @property
@@ -97,7 +110,7 @@ class ClearPredictor:
                        else check_tau_spread(tau_spread))
 
     # ---- prediction --------------------------------------------------------------------
-    def predict(self, texts: Sequence[str], *, batch_size: int = 64,
+    def predict(self, texts: Sequence[str], *, batch_size: int = PASS_SIZE,
                 use_batch_context: bool = True, tau_spread: float | None = None,
                 tau_k_source: str | None = None) -> Curves:
         """One curve per text: :meth:`predict_raw`, then the post-network stages.
@@ -116,9 +129,11 @@ class ClearPredictor:
         texts = _checked_texts(texts)
         return postprocess(self.predict_raw(texts, batch_size=batch_size), texts, stages)
 
-    def predict_raw(self, texts: Sequence[str], *, batch_size: int = 64) -> Curves:
+    def predict_raw(self, texts: Sequence[str], *, batch_size: int = PASS_SIZE) -> Curves:
         """The network's own curves, one per text: tau, p and k all from the encoder, before
-        any post-network stage (no length line, batch context or threshold spread)."""
+        any post-network stage (no length line, batch context or threshold spread).
+
+        ``batch_size``: texts per forward pass (the texts are sorted by length first)."""
         import torch
 
         from .model import raw_to_curve
@@ -137,8 +152,7 @@ class ClearPredictor:
                 idx = order[a:a + int(batch_size)]
                 batch = [texts[i] for i in idx]
                 enc = self.tokenizer(batch, padding=True, truncation=True,
-                                     max_length=max_length, return_tensors="pt"
-                                     ).to(self.device)
+                                     max_length=max_length, return_tensors="pt")
                 n_tok = torch.tensor([len(x) for x in self.tokenizer(
                     batch, truncation=False, verbose=False)["input_ids"]],
                     dtype=torch.float32, device=self.device)
@@ -147,7 +161,13 @@ class ClearPredictor:
                 surface = None
                 if getattr(self.model, "surface_features", False):
                     surface = torch.from_numpy(surface_features(batch)).to(self.device)
-                raw = self.model(enc["input_ids"], enc["attention_mask"], n_tok, surface)
+                if self._onnx is not None:
+                    pooled = torch.from_numpy(self._onnx(enc["input_ids"].numpy(),
+                                                         enc["attention_mask"].numpy()))
+                else:
+                    pooled = self.model.pooled(enc["input_ids"].to(self.device),
+                                               enc["attention_mask"].to(self.device))
+                raw = self.model.from_pooled(pooled, n_tok, surface)
                 tau, p_logit, k = raw_to_curve(raw, torch.full((len(idx),), cap,
                                                                device=self.device))
                 parts.append((idx, tau.double().cpu().numpy(),
@@ -159,7 +179,7 @@ class ClearPredictor:
         return Curves(out[0], out[1], out[2])
 
     def allocate(self, texts: Sequence[str], total_budget: int, *, max_tokens=None,
-                 fallback_tokens: int = 0, batch_size: int = 64,
+                 fallback_tokens: int = 0, batch_size: int = PASS_SIZE,
                  use_batch_context: bool = True, tau_spread: float | None = None,
                  tau_k_source: str | None = None, **kwargs) -> AllocationResult:
         """Predict curves for ``texts`` and allocate ``total_budget`` tokens among them
@@ -254,22 +274,27 @@ class ClearPredictor:
         return save(self, path, merged=merged, card=card)
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, *, device: str = "cpu"
-                        ) -> "ClearPredictor":
+    def from_pretrained(cls, path: str | os.PathLike, *, device: str = "cpu",
+                        runtime: str = "torch") -> "ClearPredictor":
         """Load an exported predictor (:func:`.storage.load`); raises
         :class:`~.storage.PredictorLoadError` naming what is missing or wrong. Works with
-        the network off (everything is read locally)."""
+        the network off (everything is read locally).
+
+        ``runtime``: how the encoder runs, ``torch`` or ``onnx`` (ONNX Runtime: the same
+        curves, faster; the graph is exported once per machine), see :mod:`.runtime`.
+        """
         from .storage import load
 
+        check_runtime(runtime)
         model, tokenizer, config = load(path, device=device)
-        return cls(model, tokenizer, config, device=device)
+        return cls(model, tokenizer, config, device=device, runtime=runtime)
 
     def __repr__(self) -> str:
         st = self.stages
         return (f"ClearPredictor({self.config.encoder.base_model}, generator "
                 f"{self.config.generator.model} cap {self.max_new_tokens}, tau/k "
                 f"{st.tau_k_source}, batch context {'on' if st.batch_context else 'off'}, "
-                f"tau_spread {st.tau_spread:g})")
+                f"tau_spread {st.tau_spread:g}, runtime {self.runtime})")
 
 
 def _checked_texts(texts: Any) -> list[str]:

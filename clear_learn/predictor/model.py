@@ -103,11 +103,16 @@ class CurveModel(nn.Module):
                 surface: torch.Tensor | None = None) -> torch.Tensor:
         """Raw outputs; ``n_tokens`` are the texts' untruncated lengths (default: the mask's),
         ``surface`` their :func:`~clear_learn.predictor.features.surface_features`."""
-        x = self.pooled(input_ids, attention_mask)
+        n = attention_mask.sum(1) if n_tokens is None else n_tokens
+        return self.from_pooled(self.pooled(input_ids, attention_mask), n, surface)
+
+    def from_pooled(self, x: torch.Tensor, n_tokens: torch.Tensor,
+                    surface: torch.Tensor | None = None) -> torch.Tensor:
+        """Raw outputs from the pooled encodings ``x`` (the head's part of :meth:`forward`,
+        also used with an encoder run elsewhere, see :mod:`.runtime`)."""
         parts = [x]
         if self.length_feature:  # log of the text's length in tokens, roughly unit scale
-            n = attention_mask.sum(1) if n_tokens is None else n_tokens
-            parts.append(torch.log1p(n.to(x.dtype)).unsqueeze(1) / 4.0)
+            parts.append(torch.log1p(n_tokens.to(x.dtype)).unsqueeze(1) / 4.0)
         if self.surface_features:
             if surface is None:
                 raise ValueError("this model uses surface features: pass surface=")

@@ -60,11 +60,12 @@ class Decision:
     predict_seconds: float
 
 
-def load_predictor(path: str | Path) -> Predictor:
-    """``ClearPredictor.from_pretrained(path)`` (imports torch; call it off the event loop)."""
+def load_predictor(path: str | Path, runtime: str = "onnx") -> Predictor:
+    """``ClearPredictor.from_pretrained(path, runtime=runtime)`` (imports torch; call it off
+    the event loop)."""
     from ..predictor import ClearPredictor
 
-    return ClearPredictor.from_pretrained(path)
+    return ClearPredictor.from_pretrained(path, runtime=runtime)
 
 
 def _predict_fn(predictor: Predictor) -> Callable[[list[str]], Curves]:
@@ -210,7 +211,7 @@ class BudgetService:
         if predictor is None:
             if not cfg.predictor:
                 raise ConfigError("predictor: required (an exported predictor directory)")
-            predictor = load_predictor(cfg.predictor)
+            predictor = load_predictor(cfg.predictor, cfg.runtime)
         cap = cfg.max_tokens
         if cap is None:
             cap = getattr(predictor, "max_new_tokens", None)

@@ -42,6 +42,9 @@ class ServeConfig:
                 "(e.g. http://127.0.0.1:8000/v1)"})
     predictor: str | None = field(default=None, metadata={
         "metavar": "DIR", "help": "an exported predictor directory (ClearPredictor.from_pretrained)"})
+    runtime: Literal["onnx", "torch"] = field(default="onnx", metadata={
+        "help": "how the predictor's encoder runs: onnx (ONNX Runtime, exported once per "
+                "machine; the same curves as torch, faster) or torch"})
     host: str = field(default="127.0.0.1", metadata={"help": "address to listen on"})
     port: int = field(default=8080, metadata={"help": "port to listen on"})
     tokens_per_query: float | None = field(default=None, metadata={
