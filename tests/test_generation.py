@@ -248,10 +248,10 @@ def test_reasoning_gym_grading_reads_latex_fractions():
     """Grader audit: probability tasks score ``7/12``; ``\\frac{7}{12}`` is the same answer,
     and a task that wants LaTeX fractions keeps getting them."""
     pytest.importorskip("reasoning_gym")
-    from clear_learn.generation.graders import fractions_to_slash
+    from clear_learn.generation.graders import latex_to_plain
     from clear_learn.generation.problems import Setting, reasoning_gym_problems
 
-    assert fractions_to_slash(r"-\dfrac{ 7 }{12} or \tfrac{1}{2}, \frac{x}{2}") == (
+    assert latex_to_plain(r"-\dfrac{ 7 }{12} or \tfrac{1}{2}, \frac{x}{2}") == (
         r"-7/12 or 1/2, \frac{x}{2}")
     path = ROOT / "clear_learn" / "data" / "problems-default.jsonl"
     rows = {r["id"]: r for r in map(json.loads, path.read_text().splitlines())}
@@ -267,6 +267,26 @@ def test_reasoning_gym_grading_reads_latex_fractions():
                                             dict(styles=("latex_frac",)))], 1,
                                    positional_seeds=False)
     assert grade(r"\boxed{%s}" % frac["answer"], frac)
+
+
+def test_reasoning_gym_grading_reads_latex_logic_operators():
+    """Grader audit: propositional_logic scores ``P ∧ R``; ``P \\land R`` is the same answer.
+    A trivial conclusion or a foreign variable stays wrong (these premises contradict each
+    other, so every non-trivial conclusion over their variables is valid)."""
+    pytest.importorskip("reasoning_gym")
+    from clear_learn.generation.graders import latex_to_plain
+
+    assert latex_to_plain(r"\neg(P \land Q) \rightarrow R \lor \lnot S") == "¬ (P ∧ Q) → R ∨ ¬ S"
+    assert latex_to_plain(r"P \leftrightarrow Q, \top") == r"P ↔ Q, \top"
+    path = ROOT / "clear_learn" / "data" / "problems-default.jsonl"
+    rows = {r["id"]: r for r in map(json.loads, path.read_text().splitlines())}
+    logic = rows["rg-propositional_logic-large-0"]  # premises: ..., (P ∧ R), ¬R, ¬¬P
+    for right in (r"\boxed{P ∧ R}", r"\boxed{P \land R}", r"\boxed{P \wedge R}",
+                  r"\boxed{\neg Q}", r"\boxed{$\lnot Q$}"):
+        assert grade(right, logic), right
+    # tautologies score 0.25; S is no variable of the problem
+    for wrong in (r"\boxed{P \lor \neg P}", r"\boxed{P \rightarrow P}", r"\boxed{\neg S}"):
+        assert not grade(wrong, logic), wrong
 
 
 def test_embedded_problem_files_match_their_generator():

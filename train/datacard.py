@@ -134,6 +134,11 @@ def main() -> None:
         "each block interleaved so that any prefix is balanced; texts included (generated "
         "offline by reasoning-gym, Apache-2.0)",
         "- `rollouts-default.jsonl`: their rollouts (no response texts)",
+        f"- `rollouts-pilot-dropped.jsonl`: the pilot rollouts of the "
+        f"{n_families(load(DATA / 'rollouts-pilot-dropped.jsonl'))} candidate families dropped "
+        "after it (the first problem of each setting, 0 of 8 right at the easiest one; "
+        "reasons beside `BROAD_SETTINGS` in `clear_learn/generation/problems.py`); their "
+        "texts are in `texts/`",
         f"- `texts/default-AAAA-BBBB.jsonl.gz`: the response texts of {n_texts} default "
         "problems (positions AAAA to BBBB-1 of the problem file), for `clear-learn regrade` "
         "and audits; rows generated before 2026-12-01 have none (their texts were lost "

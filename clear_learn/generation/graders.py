@@ -12,7 +12,7 @@ import re
 from functools import lru_cache
 
 __all__ = ["last_boxed", "grade", "grade_numeric", "grade_math", "grade_reasoning_gym",
-           "fractions_to_slash"]
+           "latex_to_plain"]
 
 _BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
 
@@ -156,19 +156,30 @@ def _rg_dataset(family: str, config_json: str, seed: int, size: int):
 
 
 _LATEX_FRACTION = re.compile(r"\\[dt]?frac\s*\{\s*([-+]?\d+)\s*\}\s*\{\s*(\d+)\s*\}")
+# LaTeX's logic operators as the Unicode symbols reasoning-gym's logic tasks ask for
+_LOGIC = {"land": "∧", "wedge": "∧", "lor": "∨", "vee": "∨", "neg": "¬", "lnot": "¬",
+          "rightarrow": "→", "to": "→", "implies": "→", "Rightarrow": "→",
+          "leftrightarrow": "↔", "iff": "↔", "Leftrightarrow": "↔"}
+_LOGIC_COMMAND = re.compile(r"\\(" + "|".join(sorted(_LOGIC, key=len, reverse=True))
+                            + r")(?![A-Za-z])\s*")
 
 
-def fractions_to_slash(answer: str) -> str:
-    """Every ``\\frac{a}{b}`` (or ``\\dfrac``, ``\\tfrac``) of whole numbers as ``a/b``; other
-    text as it is. reasoning-gym's probability tasks score ``7/12``, not its LaTeX spelling."""
-    return _LATEX_FRACTION.sub(r"\1/\2", answer)
+def latex_to_plain(answer: str) -> str:
+    """``answer`` with LaTeX spellings of plain symbols replaced: ``\\frac{a}{b}`` (or
+    ``\\dfrac``, ``\\tfrac``) of whole numbers as ``a/b``, and ``\\land``, ``\\lor``,
+    ``\\neg``, ``\\rightarrow``, ``\\leftrightarrow`` (and their synonyms) as ``∧ ∨ ¬ → ↔``.
+    reasoning-gym's probability tasks score ``7/12`` and its logic tasks ``P ∧ Q``, not their
+    LaTeX spellings; other text is left as it is."""
+    s = _LATEX_FRACTION.sub(r"\1/\2", answer)
+    return _LOGIC_COMMAND.sub(lambda m: _LOGIC[m.group(1)] + " ", s).strip()
 
 
 def grade_reasoning_gym(response: str, problem: dict) -> bool:
     """reasoning-gym's ``score_answer`` on the last boxed answer; correct at full score.
 
-    The answer is scored as written and, when that misses, with its LaTeX fractions spelled
-    ``a/b`` (a task that wants LaTeX, such as ``fraction_simplification``'s, still gets it)."""
+    The answer is scored as written and, when that misses, with LaTeX spellings of plain
+    symbols replaced (:func:`latex_to_plain`; a task that wants LaTeX, such as
+    ``fraction_simplification``'s, still gets it)."""
     import json
 
     got = last_boxed(response)
@@ -182,7 +193,7 @@ def grade_reasoning_gym(response: str, problem: dict) -> bool:
     if entry["question"] != problem["text"]:
         raise ValueError(f"problem {problem['id']}: regenerated reasoning-gym entry differs "
                          "from the stored text (package version?)")
-    candidates = dict.fromkeys([got, fractions_to_slash(got)])  # distinct, in order
+    candidates = dict.fromkeys([got, latex_to_plain(got)])  # distinct, in order
     return any(_full_score(ds, candidate, entry) for candidate in candidates)
 
 
