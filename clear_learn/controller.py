@@ -7,8 +7,8 @@ clipped to its cap, and 0 when ``U(b) - lambda b <= 0``), with no look-ahead. Th
 steered by what was granted (or, optionally, consumed) against a target rate ``r``: an average
 budget per query (the clock counts queries) or tokens per second (the clock counts seconds).
 
-The update rule: integral control in log-price
-----------------------------------------------
+The update rule: integral control in log-price (docs/METHOD.md, *Streams*, says why)
+-------------------------------------------------------------------------------------
 After each event, with ``x`` the tokens it granted (or reported consumed) and ``dc`` the clock
 it advanced (1 per query, or the seconds since the last event)::
 
@@ -16,34 +16,13 @@ it advanced (1 per query, or the seconds since the last event)::
 
 ``h`` (``horizon``, in clock units) is the loop's time constant and ``eps`` (``elasticity``)
 an estimate of ``-d log D / d log lambda``, the elasticity of the mean demand (from reference
-traffic, see :func:`demand_elasticity`). Summed over any stretch of the stream this is an
-identity, as long as the price stays inside its bounds::
+traffic, see :func:`~clear_learn.pricing.demand_elasticity`). Summed over any stretch of the
+stream this is an identity, as long as the price stays inside its bounds::
 
     granted - r * elapsed  =  r h eps (log lambda_end - log lambda_start)
 
 so **the rate error over any window is the price change across it**, times ``h eps`` over the
-window's length. Why this rule and not another:
-
-- *Dual ascent on the rate constraint.* ``lambda`` is the dual variable of ``E[b] <= r``; the
-  step is a stochastic dual (sub)gradient step, taken in log-price so that the price stays
-  positive and the step is scale-free (section 7's multiplicative step, normalised).
-- *No proportional term.* The plant is static: a price change moves the very next grant, with no
-  dynamics in between. Integral action alone then gives a first-order loop (the price error
-  decays like ``exp(-t eps / (h eps_hat))``, no overshoot while ``eps / eps_hat < 2h``); a
-  proportional term on the per-query error would only feed each query's noise (budgets of 0 or
-  several hundred tokens around a target of 100) straight into the price, and a P term on a
-  smoothed error adds a filter state for no gain. The integral form also survives delayed
-  feedback unchanged: consumed tokens, known only when a response ends, enter when reported.
-- *Dividing by ``eps``* makes ``h`` mean the same number of queries on easy and on hard traffic
-  (abandonments make demand steep near the scarce end, caps make it flat near the ample end).
-- *A long horizon* keeps the price, and so the marginal value of a token, nearly equal across
-  queries, which is what makes the batch allocation optimal; a short one meets the rate over
-  shorter windows. ``h`` sets that trade-off. With the default, 25 queries, on the real
-  rollouts and streams (``benchmarks/stream_controller.py``, targets 64-256 tokens/query,
-  cap 512) the rate error over windows of 200 queries had a median of 6% and a 90th
-  percentile of 15%, and the accuracy was on average 0.99 of batch CLEAR's with hindsight at
-  the same spend; bursts of one family (64 queries each, longer than ``h``) are the weak case
-  (0.89-0.97 at 64 tokens/query, 0.995 with ``h = 100`` at the cost of a wider rate error).
+window's length.
 
 Guarantees
 ----------
@@ -87,56 +66,14 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .allocation import allocate, as_caps
+from .allocation import as_caps
 from .allocation import as_whole as _whole
-from .curves import Curves, stationary_budget, utility
-from .lambertw import solve_y_minus_log_y
+from .curves import Curves
+from .pricing import (_best_budget, _best_budgets, _lagrangian_log_price, _positive,
+                      batch_price, budgets_at_price, demand_elasticity)
 
 __all__ = ["StreamController", "Grant", "GrantBatch", "budgets_at_price", "batch_price",
            "demand_elasticity"]
-
-
-def budgets_at_price(curves: Curves, price: float, max_tokens=None) -> np.ndarray:
-    """The integer budget each query takes on its own at ``price`` (the Lagrangian step).
-
-    ``c_i = floor(min(b_i(lambda), cap_i))`` when ``U_i(c_i) - lambda c_i > 0``, else 0
-    (docs/METHOD.md, *Allocating with a shadow price*, without the batch's greedy fill).
-    ``price`` must be > 0.
-    """
-    price = _positive("price", price)
-    caps = as_caps(max_tokens, len(curves))
-    b = stationary_budget(price, curves.tau, curves.p, curves.k)
-    c = np.floor(np.minimum(np.nan_to_num(b, nan=0.0), caps))
-    pays = utility(c, curves.tau, curves.p, curves.k) - price * c > 0
-    return np.where(pays, c, 0.0).astype(np.int64)
-
-
-def batch_price(curves: Curves, tokens_per_query: float, max_tokens=None) -> float:
-    """The batch-optimal price of ``curves`` at a mean budget of ``tokens_per_query``.
-
-    The price of :func:`clear_learn.allocate` with ``round(tokens_per_query * N)`` tokens: the
-    smallest price whose demand fits. 0 when every query can take its cap.
-    """
-    n = len(curves)
-    if n == 0:
-        raise ValueError("batch_price needs at least one reference curve")
-    tokens_per_query = _positive("tokens_per_query", tokens_per_query)
-    return float(allocate(curves, int(round(tokens_per_query * n)),
-                          max_tokens=max_tokens).price)
-
-
-def demand_elasticity(curves: Curves, price: float, max_tokens=None, *, step: float = 0.25,
-                      bounds: tuple[float, float] = (0.25, 4.0)) -> float:
-    """``-d log D / d log lambda`` of the mean demand of ``curves`` near ``price``.
-
-    A secant over ``price * exp(+-step)`` of :func:`budgets_at_price` (the demand jumps where
-    queries turn insolvent, so a derivative would miss them), clipped to ``bounds``.
-    """
-    price = _positive("price", price)
-    lo = budgets_at_price(curves, price * math.exp(-step), max_tokens).sum()
-    hi = budgets_at_price(curves, price * math.exp(step), max_tokens).sum()
-    eps = (math.log(max(lo, 1.0)) - math.log(max(hi, 1.0))) / (2.0 * step)
-    return float(min(max(eps, bounds[0]), bounds[1]))
 
 
 @dataclass(frozen=True)
@@ -576,49 +513,6 @@ class StreamController:
                 f"granted_={self.granted_}, n_abandoned_={self.n_abandoned_})")
 
 
-def _best_budgets(tau: float, p: float, k: float, log_prices: np.ndarray,
-                  cap: float) -> np.ndarray:
-    """``floor(min(b(lambda), cap))`` where it pays, else 0, at each of ``log_prices``
-    (one query)."""
-    out = np.zeros(log_prices.size)
-    if p <= 0.0 or cap < 1.0:
-        return out
-    L = math.log(p * k) - log_prices
-    on = L >= 1.0  # below the peak marginal utility p k / e
-    if not on.any():
-        return out
-    y = solve_y_minus_log_y(L[on])
-    c = np.floor(np.minimum(tau + y / k, cap))
-    u = utility(c, tau, p, k)
-    out[on] = np.where(u - np.exp(log_prices[on]) * c > 0.0, c, 0.0)
-    return out
-
-
-def _best_budget(tau: float, p: float, k: float, lam: float, cap: float) -> int:
-    """``floor(min(b(lambda), cap))`` when it pays at ``lam``, else 0 (one query)."""
-    return int(_best_budgets(tau, p, k, np.array([math.log(lam)]), cap)[0])
-
-
-def _lagrangian_log_price(curves: Curves, total: float, caps: np.ndarray, lo: float,
-                          hi: float, rounds: int = 4, points: int = 33) -> float:
-    """Smallest log-price in ``[lo, hi]`` whose :func:`budgets_at_price` demand fits
-    ``total``, to ``(hi - lo) / (points - 1)^rounds``, by rounds of a grid search (each one
-    broadcast call over grid x queries); ``lo`` when it fits there."""
-    tau, p, k = curves.tau, curves.p, curves.k
-    for _ in range(rounds):
-        grid = np.linspace(lo, hi, points)
-        lam = np.exp(grid)[:, None]
-        b = stationary_budget(lam, tau, p, k)
-        c = np.floor(np.minimum(np.nan_to_num(b, nan=0.0), caps))
-        pays = utility(c, tau, p, k) - lam * c > 0
-        fits = np.where(pays, c, 0.0).sum(axis=1) <= total
-        i = int(np.argmax(fits)) if fits.any() else points - 1
-        if i == 0:
-            return float(grid[0])
-        lo, hi = float(grid[i - 1]), float(grid[i])
-    return hi
-
-
 def _curve(tau, p, k) -> tuple[float, float, float]:
     try:
         tau, p, k = float(tau), float(p), float(k)
@@ -631,16 +525,6 @@ def _curve(tau, p, k) -> tuple[float, float, float]:
     if not (math.isfinite(k) and k > 0):
         raise ValueError(f"k must be finite and > 0, got {k!r}")
     return tau, p, k
-
-
-def _positive(name: str, value) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise TypeError(f"{name} must be a number, got {value!r}") from None
-    if not (math.isfinite(v) and v > 0):
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-    return v
 
 
 def _bounds(bounds) -> tuple[float, float]:
