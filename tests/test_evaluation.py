@@ -285,3 +285,55 @@ def test_frontier_gives_each_policy_its_own_style(tmp_path, monkeypatch):
     assert len(styles) == len(names)  # no two policies look alike
     assert all(c == "black" for n, _, c in seen if n in ("uniform", "oracle", "optimum"))
     assert all(c != "black" for n, _, c in seen if n.startswith("clear"))
+
+
+def _step_records(steps: dict[str, int], cap: int = 128, n: int = 8) -> list[dict]:
+    """One query per ``name: length``: every rollout right, and exactly ``length`` tokens long
+    (its empirical curve is a step from 0 to 1 at ``length``)."""
+    return [{"id": name, "task": "steps", "text": name, "max_new_tokens": cap,
+             "rollouts": [{"tokens": length, "correct": True, "finished": True}] * n}
+            for name, length in steps.items()]
+
+
+def test_two_step_queries_have_known_answers():
+    """Two queries whose answers appear at exactly 10 and 100 tokens: every figure of the
+    report is known by hand."""
+    recs = _step_records({"easy": 10, "hard": 100})
+    def knows(idx, total):  # the right split when it fits, else an even one
+        return np.array([10, 100])[idx] if total >= 110 else np.full(idx.size, total // 2)
+
+    rep = evaluate_policies(recs, {"both": knows}, [5, 20, 55], oracle=False)
+    uni, opt, pol = rep.rows["uniform"], rep.rows["optimum"], rep.rows["both"]
+    # 5 tokens each: nothing is reached; the optimum spends 10 on the easy one
+    assert uni[0]["mean_accuracy"] == 0.0 and opt[0]["mean_accuracy"] == 0.5
+    assert opt[0]["ratio_to_uniform"] == float("inf")
+    # 20 each: uniform reaches the easy one; 40 tokens cannot reach the hard one at all
+    assert uni[1]["mean_accuracy"] == 0.5 and opt[1]["mean_accuracy"] == 0.5
+    assert uni[1]["consumed_tokens"] == 10 + 20  # the easy one stops at 10, the hard is cut
+    # 55 each: uniform 0.5; the optimum (and the policy that knows) splits 10 / 100: both right
+    assert uni[2]["mean_accuracy"] == 0.5
+    assert opt[2]["mean_accuracy"] == 1.0 and pol[2]["mean_accuracy"] == 1.0
+    assert opt[2]["ratio_to_uniform"] == 2.0 and opt[2]["allocated_tokens"] == 110
+    assert uni[2]["consumed_tokens"] == 10 + 55 and opt[2]["consumed_tokens"] == 110
+    assert uni[2]["abandoned"] == 0
+
+
+def test_step_queries_with_an_oracle_and_clear():
+    """With an oracle fitted on half the rollouts (all alike here), CLEAR on the oracle's
+    curves funds the easy query before the hard one and never beats the exact optimum; the gap
+    closed is 0 for uniform and 1 for the oracle by definition."""
+    recs = _step_records({"easy": 10, "hard": 100, "never": 500}, cap=512)
+    recs[2]["rollouts"] = [{"tokens": 512, "correct": False, "finished": False}] * 8
+    rep = evaluate_policies(recs, {}, [20, 60, 200], splits=2)
+    for j in range(3):
+        uni, orc, opt = (rep.rows[n][j]["mean_accuracy"] for n in ("uniform", "oracle",
+                                                                    "optimum"))
+        assert orc <= opt + 1e-12 and uni <= opt + 1e-12
+        if orc > uni:
+            assert rep.rows["uniform"][j]["gap_closed"] == 0.0
+            assert rep.rows["oracle"][j]["gap_closed"] == 1.0
+    # 60 per query (180 in all): the optimum takes easy (10) and hard (100) and abandons never
+    assert rep.rows["optimum"][1]["mean_accuracy"] == pytest.approx(2 / 3)
+    assert rep.rows["uniform"][1]["mean_accuracy"] == pytest.approx(1 / 3)
+    # the oracle abandons the query that is never right
+    assert rep.rows["oracle"][1]["abandoned"] >= 1
