@@ -70,6 +70,21 @@ def test_neighbour_mean_averages_rows_over_look_alikes():
         neighbour_mean(texts, v[:3])
 
 
+def test_copies_of_a_text_count_as_one():
+    """A stream that resamples a small family repeats texts: the copies must not be each
+    other's neighbours at similarity 1 (they would pull the centre to the copied text)."""
+    texts = ["add the numbers 1 and 2", "add the numbers 10 and 20 and 30 and 40",
+             "add the numbers 3 and 4 and 5", "zebra crossing colour?"]
+    once = neighbour_log_length(texts, neighbours=5)
+    tripled = texts + [texts[0], texts[0], texts[3]]
+    again = neighbour_log_length(tripled, neighbours=5)
+    assert np.allclose(again[:4], once) and np.allclose(again[4:], once[[0, 0, 3]])
+    assert np.allclose(neighbour_log_length([texts[0]] * 3), np.log(len(texts[0])))
+    v = np.array([1.0, 2.0, 3.0, 4.0, 5.0, 9.0, 4.0])  # copies with unlike values: their mean
+    m = neighbour_mean(tripled, v)
+    assert m[0] == m[4] == m[5] and m[3] == m[6] == 4.0
+
+
 def test_longer_than_its_look_alikes_gets_a_later_lower_curve():
     texts = ["count the letters in apple", "count the letters in the word banana split please",
              "what is the capital of peru"]

@@ -134,8 +134,10 @@ def neighbour_mean(texts: Sequence[str], values: np.ndarray, neighbours: int = 1
     """Weighted mean of ``values`` (one row per text) over each text (weight 1) and its
     ``neighbours`` most similar other texts of the batch (each weighted by its cosine
     similarity; 0 below ``min_similarity``), on TF-IDF word 1-2 grams fitted on the batch. A
-    text unlike all others keeps about its own value. Memory grows with ``chunk *
-    len(texts)``, not ``len(texts) ** 2``."""
+    text unlike all others keeps about its own value. Copies of one text count as one text
+    (with the mean of their values): a batch that repeats a query does not make it its own
+    neighbour at similarity 1. Memory grows with ``chunk * len(texts)``, not
+    ``len(texts) ** 2``."""
     from sklearn.feature_extraction.text import TfidfVectorizer
 
     texts = list(texts)
@@ -145,6 +147,13 @@ def neighbour_mean(texts: Sequence[str], values: np.ndarray, neighbours: int = 1
         raise ValueError(f"neighbour_mean: {v.shape[0]} values for {n} texts")
     if n < 2:
         return v.copy()
+    unique, inverse = np.unique(np.array(texts, dtype=object), return_inverse=True)
+    if unique.size < n:
+        counts = np.bincount(inverse).reshape((-1,) + (1,) * (v.ndim - 1))
+        sums = np.zeros((unique.size,) + v.shape[1:])
+        np.add.at(sums, inverse, v)
+        return neighbour_mean(list(unique), sums / counts, neighbours, min_similarity,
+                              chunk=chunk)[inverse]
     try:
         X = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True).fit_transform(texts)
     except ValueError:  # no word at all in the batch (digits-free punctuation, say)
