@@ -105,8 +105,8 @@ def main() -> None:
         "`nice -n 19 bash train/generate_data.sh`, then `python train/pack_texts.py` and "
         "`python train/datacard.py`. The problem files themselves: `clear-learn problems "
         "default -o clear_learn/data/problems-default.jsonl` and `clear-learn problems benchmark "
-        "-o clear_learn/data/problems-benchmark.jsonl`. Generation alternates rounds of 25 "
-        "default and 8 benchmark problems, in file order.",
+        "-o clear_learn/data/problems-benchmark.jsonl`. Generation alternates rounds of 48 "
+        "default and 16 benchmark problems, in file order.",
         "",
         "## Model and settings",
         "",

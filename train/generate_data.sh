@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Generate (or resume) the project's real rollout data sets in the background-friendly way:
 #   nice -n 19 bash train/generate_data.sh
-# Order: rounds of 25 default problems (its original 440 first, then the broad families'
-# problems, interleaved) and 8 benchmark problems, until both files are done, so that both
+# Order: rounds of 48 default problems (its original 440 first, then the broad families'
+# problems, interleaved) and 16 benchmark problems, until both files are done, so that both
 # grow together.
 # Resumable: rerun after any interruption; finished problems are kept, none is duplicated.
 # Response texts go to a side file under runs/texts/ for `clear-learn regrade`; the default's
@@ -33,7 +33,7 @@ done_count() { echo $(( $(lines "$DATA/rollouts-default.jsonl") + $(lines "$DATA
 clear-learn model
 while :; do
     before=$(done_count)
-    run default --limit "${DEFAULT_ROUND:-25}"
-    run benchmark --limit "${BENCHMARK_ROUND:-8}"
+    run default --limit "${DEFAULT_ROUND:-48}"
+    run benchmark --limit "${BENCHMARK_ROUND:-16}"
     [ "$(done_count)" -gt "$before" ] || break
 done
