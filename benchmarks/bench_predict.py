@@ -13,7 +13,7 @@ sorted by length, :data:`clear_learn.predictor.inference.PASS_SIZE`), ``onnx`` w
 of 16 (ONNX Runtime, :mod:`clear_learn.predictor.runtime`).
 
 ``--scale N``: predict and allocate ``N`` queries in one call (texts drawn with replacement
-from the problem file) with the fastest runtime: seconds for the network, for the post-network
+from the problem file, each numbered so that all differ) with the ``onnx`` runtime: seconds for the network, for the post-network
 stages (batch context over all ``N``), for CLEAR's allocation, and the peak resident memory.
 """
 
@@ -61,7 +61,8 @@ def _scale(pred, texts: list[str], n: int) -> None:
     from clear_learn.predictor.pipeline import postprocess
 
     rng = np.random.default_rng(0)
-    batch = [texts[i] for i in rng.integers(0, len(texts), n)]
+    # numbered, so that all N texts differ (copies would count once in the batch context)
+    batch = [f"{texts[i]} (query {j})" for j, i in enumerate(rng.integers(0, len(texts), n))]
     t0 = time.perf_counter()
     raw = pred.predict_raw(batch)
     t1 = time.perf_counter()
