@@ -1,6 +1,6 @@
 """The ``clear-learn`` command line: validate, fit, allocate, predict, evaluate, simulate,
-import; the generation commands (model, problems, rollouts, regrade) are in
-:mod:`clear_learn.generation.commands`.
+import; ``recalibrate`` is in :mod:`clear_learn.training.recalibrate`, the generation commands
+(model, problems, rollouts, regrade) in :mod:`clear_learn.generation.commands`.
 
 Bad input is refused before any work, with a message naming the file, the line (from 1) and
 the field, and exit status 2 (``validate`` reports every problem of every file and exits 1).
@@ -397,6 +397,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the generation cap to assume; longer responses count as cut off")
     p.add_argument("-o", "--output", required=True, type=output_file)
     p.set_defaults(func=cmd_import)
+
+    from .training.recalibrate import register as register_recalibrate
+
+    register_recalibrate(sub)
 
     from .generation.commands import add_generation_commands
 

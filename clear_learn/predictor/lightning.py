@@ -4,6 +4,10 @@ Loss ``likelihood`` (default): the rollouts' negative log-likelihood under the p
 (:mod:`clear_learn.predictor.nll`), needing no per-query fit. Loss ``regression``: mean squared
 error onto per-query fitted ``(log tau/M, log kM, logit p)``. Both report the same validation
 metric, ``val_nll`` (the likelihood with the flat floor of :mod:`clear_learn.fitting`).
+
+``freeze_encoder=True`` trains the head alone: the encoder and its LoRA adapters keep the
+weights they start with (``init_from``'s, for ``clear-learn recalibrate --mode head``) and run
+in eval mode, so the head learns on the features it will see at inference.
 """
 
 from __future__ import annotations
@@ -26,7 +30,8 @@ class CurveLightningModule(L.LightningModule):
                  surface_features: bool = False, lr: float = 5e-4,
                  head_lr: float = 3e-3,
                  weight_decay: float = 0.01, loss: str = "likelihood", eps: float = 1e-3,
-                 max_length: int = 128, init_from: str | None = None):
+                 max_length: int = 128, init_from: str | None = None,
+                 freeze_encoder: bool = False):
         super().__init__()
         if loss not in ("likelihood", "regression"):
             raise ValueError(f"loss must be 'likelihood' or 'regression', got {loss!r}")
@@ -35,6 +40,9 @@ class CurveLightningModule(L.LightningModule):
                                 lora_dropout=lora_dropout, lora_targets=tuple(lora_targets),
                                 head_hidden=head_hidden, length_feature=length_feature,
                                 surface_features=surface_features)
+        if freeze_encoder:
+            for q in self.model.encoder.parameters():
+                q.requires_grad_(False)
 
     def on_fit_start(self) -> None:
         """Start from the exported predictor ``init_from`` (recalibration), else the head at
@@ -62,10 +70,16 @@ class CurveLightningModule(L.LightningModule):
                                           inv_softplus(kM / K_SCALE),
                                           float(np.log(p / (1 - p)))]))
 
+    def on_train_batch_start(self, batch, batch_idx) -> None:
+        if self.hparams.get("freeze_encoder"):  # no dropout in a frozen encoder
+            self.model.encoder.eval()
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        """Keep only what training changes (LoRA, head): the frozen base encoder is rebuilt
-        from ``base_model`` on load, so each checkpoint is ~1 MB instead of ~90 MB."""
-        frozen = {n for n, q in self.named_parameters() if not q.requires_grad}
+        """Keep only LoRA and the head: the frozen base encoder is rebuilt from
+        ``base_model`` on load, so each checkpoint is ~1 MB instead of ~90 MB (LoRA weights
+        are kept even when frozen: they came from ``init_from``, not from the base)."""
+        frozen = {n for n, q in self.named_parameters()
+                  if not q.requires_grad and "lora_" not in n}
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items()
                                     if k not in frozen}
         checkpoint["frozen_from_base"] = True

@@ -140,6 +140,8 @@ def predictor_from_run(module, dm, cfg: dict, metrics: dict | None = None):
 
     mcfg = cfg["model"]
     data = cfg["data"]["data"]
+    if isinstance(data, (list, tuple)) and data and all(isinstance(d, dict) for d in data):
+        data = f"{len(data)} records given in memory"  # not the records themselves
     training = {"data": [str(d) for d in data] if isinstance(data, (list, tuple)) else str(data),
                 "split": cfg["data"]["split"],
                 "test_tasks": list(cfg["data"].get("test_tasks") or []),

