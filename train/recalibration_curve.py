@@ -1,0 +1,158 @@
+"""Recalibration's learning curve on another model's rollouts (issue 20, item 2).
+
+    python train/recalibration_curve.py [--case qwen-math|gsm8k-openai] [--sizes 25,50,75]
+        [--draws 3] [--variants base,head,head+lora,scratch] [--out runs/recal-curve]
+        [--predictor checkpoints/default] [--threads 2]
+
+For each training size ``n`` and draw ``d`` (seeded), ``n`` queries of the case's rollouts
+recalibrate the predictor and the others are the test queries; every variant's curves on the
+test queries are scored against uniform, oracle curves and the exact optimum
+(:func:`clear_learn.evaluation.evaluate_policies`, oracle fitted on one half of each test
+query's rollouts, 3 halvings), and the mean gap closed over the budgets where the oracle beats
+uniform (:func:`clear_learn.evaluation.mean_gap_closed`) is recorded. Variants:
+
+- ``base``: the predictor as shipped (its curves, in tokens of the project's model);
+- ``head`` / ``head+lora``: ``clear-learn recalibrate`` with that mode;
+- ``scratch``: the same recipe trained from the base encoder without ``init_from`` (LoRA and
+  head, as many epochs as ``head``).
+
+Cases (files read from ``../shared``, never copied): ``qwen-math``, 100 MATH problems x 8
+Qwen2.5-Math-7B responses (tokens by the Qwen2.5 tokenizer of ``clear-learn model``, cap
+2048); ``gsm8k-openai``, 1319 GSM8K test problems x 4 GPT-3 solutions (one model each: a
+mixture; cap 512). Each run's result is written to ``OUT/CASE/n{n}-d{d}-{variant}.json`` as it
+finishes and reused on a rerun (the study resumes); ``OUT/CASE/summary.md`` has the table of
+mean and sd over draws.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from clear_learn.atomic import write_text
+from clear_learn.evaluation import evaluate_policies, mean_gap_closed
+
+ROOT = Path(__file__).resolve().parents[1]
+CASES = {
+    "qwen-math": ("qwen25-math-rm-maj-example/math_cot_100.jsonl", 2048,
+                  [128, 256, 384, 512, 768, 1024]),
+    "gsm8k-openai": ("gsm8k-openai-example-model-solutions/example_model_solutions.jsonl",
+                     512, [48, 64, 96, 128, 192, 256]),
+}
+VARIANTS = ("base", "head", "head+lora", "scratch")
+
+
+def load_case(case: str, shared: Path) -> tuple[list[dict], list[int]]:
+    """The case's records (tokens by the Qwen2.5 tokenizer) and its budgets per query."""
+    from clear_learn.importers import (import_gsm8k_example_solutions, import_qwen25_math_eval,
+                                       load_token_counter)
+
+    rel, cap, budgets = CASES[case]
+    counter = load_token_counter("default-model")
+    path = shared / "data" / "rollouts" / rel
+    read = import_qwen25_math_eval if case == "qwen-math" else import_gsm8k_example_solutions
+    records = read(path, counter=counter, max_new_tokens=cap)
+    model = "Qwen2.5-Math-7B-Instruct" if case == "qwen-math" else "gpt-3 mixture (openai)"
+    for r in records:
+        r["generator"] = {"model": model}
+    return records, budgets
+
+
+def curves_of(variant: str, train: list[dict], test: list[dict], args, work: Path):
+    """The variant's curves on the test queries."""
+    from clear_learn.predictor import ClearPredictor
+    from clear_learn.training.recalibrate import DEFAULT_EPOCHS, recalibrate, recalibration_config
+    from clear_learn.training.recipe import refit_on_all
+
+    texts = [r["text"] for r in test]
+    base = ClearPredictor.from_pretrained(args.predictor)
+    if variant == "base":
+        return base.predict(texts)
+    if variant == "scratch":  # the same recipe, from the base encoder, LoRA and head trained
+        cfg = recalibration_config(base, args.predictor, train, mode="head+lora",
+                                   seed=args.seed_base, threads=args.threads, run_dir=work)
+        cfg["model"].update(init_from=None, freeze_encoder=False)
+        pred, _, _ = refit_on_all(cfg, DEFAULT_EPOCHS["head"])
+    else:
+        pred = recalibrate(args.predictor, train, mode=variant, seed=args.seed_base,
+                           threads=args.threads)
+    return pred.predict(texts)
+
+
+def run_one(case: str, records: list[dict], budgets: list[int], n: int, draw: int,
+            variant: str, args, out: Path) -> dict:
+    path = out / case / f"n{n}-d{draw}-{variant}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    order = np.random.default_rng(1000 * draw + n).permutation(len(records))
+    train = [records[i] for i in order[:n]]
+    test = [records[i] for i in order[n:]][: args.max_test]
+    t0 = time.perf_counter()
+    curves = curves_of(variant, train, test, args, out / case / "runs" / path.stem)
+    rep = evaluate_policies(test, {variant: curves}, budgets, splits=3, seed=draw)
+    row = {"case": case, "n": n, "draw": draw, "variant": variant, "n_test": len(test),
+           "gap_closed": mean_gap_closed(rep)[variant], "seconds": round(time.perf_counter()
+                                                                         - t0, 1)}
+    write_text(path, json.dumps(row) + "\n")
+    return row
+
+
+def summary(rows: list[dict], case: str) -> str:
+    sizes = sorted({r["n"] for r in rows})
+    variants = [v for v in VARIANTS if any(r["variant"] == v for r in rows)]
+    out = [f"# Recalibration learning curve: {case}", "",
+           "Mean gap closed on the test queries (mean over budgets where the oracle beats "
+           "uniform), mean +- sd over draws (`python train/recalibration_curve.py --case "
+           f"{case}`).", "", "| queries | " + " | ".join(variants) + " |",
+           "|---:|" + "---:|" * len(variants)]
+    for n in sizes:
+        cells = []
+        for v in variants:
+            g = [r["gap_closed"] for r in rows if r["n"] == n and r["variant"] == v]
+            cells.append(f"{np.mean(g):.2f} +- {np.std(g, ddof=1):.2f} ({len(g)})"
+                         if len(g) > 1 else (f"{g[0]:.2f} (1)" if g else "-"))
+        out.append(f"| {n} | " + " | ".join(cells) + " |")
+    return "\n".join(out) + "\n"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--case", choices=sorted(CASES), default="qwen-math")
+    ap.add_argument("--sizes", default="25,50,75")
+    ap.add_argument("--draws", type=int, default=3)
+    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--predictor", default=str(ROOT / "checkpoints" / "default"))
+    ap.add_argument("--shared", default=str(ROOT.parent / "shared"))
+    ap.add_argument("--out", default=str(ROOT / "runs" / "recal-curve"))
+    ap.add_argument("--max-test", type=int, default=400, help="test queries at most")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seed-base", type=int, default=0, help="training seed of every run")
+    args = ap.parse_args(argv)
+    variants = args.variants.split(",")
+    bad = set(variants) - set(VARIANTS)
+    if bad:
+        raise SystemExit(f"unknown variants {sorted(bad)}; choose from {VARIANTS}")
+    records, budgets = load_case(args.case, Path(args.shared))
+    out = Path(args.out)
+    rows = []
+    for n in (int(x) for x in args.sizes.split(",")):
+        if n >= len(records):
+            raise SystemExit(f"--sizes: {n} leaves no test query of {len(records)}")
+        for d in range(args.draws):
+            for v in variants:
+                row = run_one(args.case, records, budgets, n, d, v, args, out)
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+    text = summary(rows, args.case)
+    write_text(out / args.case / "summary.md", text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
