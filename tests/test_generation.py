@@ -442,6 +442,11 @@ def test_texts_pack_into_chunks_and_load_back(tmp_path):
                      f"q{CHUNK + 1}": [f"a{CHUNK + 1}", f"b{CHUNK + 1}"]}
     with pytest.raises(ValueError, match="not in the problem file"):
         pack_texts([side], ids[:2], out, stem="default")
+    # problems dropped from the file after their texts were packed: skipped, kept as packed
+    dropped = [i for i in ids if i not in ("q3", f"q{CHUNK + 1}")]
+    assert pack_texts([side], dropped, out, stem="default",
+                      skip=["q3", f"q{CHUNK + 1}"]) == {}
+    assert load_texts([out])["q3"] == ["a3", "b3"]
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"id": "q1", "texts": "oops"}\n{"id": "q2", "texts": []}\n')
     with pytest.raises(ValueError, match=r"bad.jsonl, line 1"):

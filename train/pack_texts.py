@@ -14,6 +14,7 @@ from pathlib import Path
 
 from clear_learn.generation.problems import read_problems
 from clear_learn.generation.texts import pack_texts
+from clear_learn.rollouts import read_rollouts
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,7 +27,10 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     # checked: a bad line skipped would shift every later problem's position, and chunk
     ids = [str(p["id"]) for p in read_problems(args.problems)]
-    written = pack_texts([args.side], ids, args.out, stem="default")
+    # the pilot rows of dropped families: their texts were packed while they were in the file
+    pilot = [str(r["id"]) for r in read_rollouts(ROOT / "clear_learn/data/"
+                                                 "rollouts-pilot-dropped.jsonl")]
+    written = pack_texts([args.side], ids, args.out, stem="default", skip=pilot)
     for name, n in written.items():
         size = (Path(args.out) / name).stat().st_size
         print(f"{name}: {n} problems, {size / 1e6:.2f} MB")

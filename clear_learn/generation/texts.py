@@ -72,14 +72,18 @@ def load_texts(paths: Iterable[str | os.PathLike]) -> dict[str, list[str]]:
 
 
 def pack_texts(side_files: Iterable[str | os.PathLike], problem_ids: list[str],
-               out_dir: str | os.PathLike, stem: str) -> dict[str, int]:
+               out_dir: str | os.PathLike, stem: str, *, skip: Iterable[str] = ()
+               ) -> dict[str, int]:
     """Merge side files into the chunks under ``out_dir`` (texts already packed stay); write
-    only the chunks that change, atomically. Ids not in ``problem_ids`` are an error.
+    only the chunks that change, atomically. Ids not in ``problem_ids`` are an error, except
+    those in ``skip`` (problems dropped from the file whose texts were packed before), which
+    are left as they are.
 
     Returns ``{chunk file name: problems with texts}`` for the chunks written."""
     out_dir = Path(out_dir)
     position = {pid: i for i, pid in enumerate(problem_ids)}
-    new = load_texts(side_files)
+    skip = set(skip)
+    new = {pid: t for pid, t in load_texts(side_files).items() if pid not in skip}
     unknown = sorted(set(new) - set(position))
     if unknown:
         raise ValueError(f"texts of {len(unknown)} ids not in the problem file, e.g. "
