@@ -240,8 +240,8 @@ def test_no_extrapolation_beyond_the_trained_lengths(trained, tmp_path):
     longest = max(train, key=len)
     texts = [train[0], longest, longest + " and so on" * 400]
     seen = []
-    forward = pred.model.forward
-    pred.model.forward = lambda *a: seen.append(a[2].clone()) or forward(*a)
+    head = pred.model.from_pooled  # (pooled, n_tokens, surface): what the head is fed
+    pred.model.from_pooled = lambda *a: seen.append(a[1].clone()) or head(*a)
     bare = dict(use_batch_context=False, tau_spread=0)
     got = pred.predict(texts, **bare)
     fed = torch.cat(seen).tolist()
@@ -532,8 +532,8 @@ def test_predict_rejects_bad_texts(trained, tmp_path):
     with pytest.raises(TypeError, match="list of texts, got NoneType"):
         pred.predict(None)
     ran = []
-    forward = pred.model.forward
-    pred.model.forward = lambda *a: ran.append(1) or forward(*a)
+    encode = pred.model.pooled  # the encoder
+    pred.model.pooled = lambda *a: ran.append(1) or encode(*a)
     for bad in (0, -1, 2.5, True):  # every argument is checked before the encoder runs
         with pytest.raises(ValueError, match="batch_size must be a whole number >= 1"):
             pred.predict(["fine"], batch_size=bad)
@@ -544,6 +544,8 @@ def test_predict_rejects_bad_texts(trained, tmp_path):
     with pytest.raises(TypeError, match="use_batch_context must be True or False"):
         pred.predict(["fine"], use_batch_context="no")
     assert ran == []
+    pred.predict(["fine"])
+    assert ran == [1]  # the patch does see the encoder run
 
 
 def test_baselines_predict_curves(sim_file):
