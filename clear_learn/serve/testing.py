@@ -30,13 +30,15 @@ def free_port() -> int:
 
 def stub_upstream_app(delay: float = 5.0, words: int = 8):
     """The stub upstream (a FastAPI app); ``app.state.requests`` lists every JSON body and
-    ``app.state.auth`` every Authorization header it received."""
+    ``app.state.auth`` every Authorization header it received; ``app.state.stall_closed`` (a
+    ``threading.Event``) is set when a ``stall`` stream is closed from the other end."""
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse, Response, StreamingResponse
 
     app = FastAPI()
     app.state.requests = []
     app.state.auth = []
+    app.state.stall_closed = threading.Event()
 
     def budget_of(body: dict[str, Any]) -> int:
         caps = [body[f] for f in ("max_tokens", "max_completion_tokens")
@@ -67,7 +69,10 @@ def stub_upstream_app(delay: float = 5.0, words: int = 8):
                     yield ("data: " + json.dumps({"id": "s", "object": "chunk",
                                                   "choices": [delta]}) + "\n\n").encode()
                     if model == "stall":
-                        await asyncio.sleep(3600)
+                        try:
+                            await asyncio.sleep(3600)
+                        finally:  # cancelled: whoever read the stream closed it
+                            app.state.stall_closed.set()
                     await asyncio.sleep(0)
                 last = {"id": "s", "object": "chunk", "usage": usage,
                         "choices": [{"delta": {}, "index": 0, "finish_reason": "length"}]}
