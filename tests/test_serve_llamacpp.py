@@ -21,10 +21,8 @@ import openai
 import pytest
 
 from clear_learn.serve.testing import free_port
-from serve_support import ROOT, Process, env, smollm2_gguf
+from serve_support import Process, env, proxy_process, smollm2_gguf
 
-CHECKPOINT = ROOT / "checkpoints" / "default"
-TOKENS_PER_QUERY = 128
 BRIEF = {"role": "system", "content": "Answer with the number only."}
 
 
@@ -42,11 +40,7 @@ def stack(tmp_path_factory):
     upstream = f"http://127.0.0.1:{up_port}/v1"
     procs: dict[str, Process] = {}
     try:
-        procs["proxy"] = Process(
-            [sys.executable, "-m", "clear_learn.cli", "serve", "--upstream", upstream,
-             "--predictor", str(CHECKPOINT), "--tokens-per-query", str(TOKENS_PER_QUERY),
-             "--host", "127.0.0.1", "--port", str(px_port)],
-            tmp / "proxy.log", env=env(), cwd=ROOT)
+        procs["proxy"] = proxy_process(upstream, px_port, tmp / "proxy.log")
         procs["upstream"] = Process(
             [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf),
              "--host", "127.0.0.1", "--port", str(up_port), "--n_threads", "1",

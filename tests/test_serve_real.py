@@ -24,10 +24,9 @@ import openai
 import pytest
 
 from clear_learn.serve.testing import free_port
-from serve_support import LITELLM_KEY, ROOT, Process, env, plain_model_dir, smollm2_gguf
+from serve_support import (CHECKPOINT, LITELLM_KEY, TOKENS_PER_QUERY, Process, env,
+                           plain_model_dir, proxy_process, smollm2_gguf)
 
-CHECKPOINT = ROOT / "checkpoints" / "default"
-TOKENS_PER_QUERY = 128
 FALLBACK = 16  # the proxy's default fallback_tokens
 CACHE = Path(os.environ.get("CLEAR_LEARN_TEST_CACHE",
                             Path.home() / ".cache" / "clear-learn" / "tests"))
@@ -46,11 +45,7 @@ def stack(tmp_path_factory):
     procs: dict[str, Process] = {}
     try:
         # the two proxies load their predictors while the model is converted and served
-        procs["proxy"] = Process(
-            [sys.executable, "-m", "clear_learn.cli", "serve", "--upstream", upstream,
-             "--predictor", str(CHECKPOINT), "--tokens-per-query", str(TOKENS_PER_QUERY),
-             "--host", "127.0.0.1", "--port", str(px_port)],
-            tmp / "proxy.log", env=env(), cwd=ROOT)
+        procs["proxy"] = proxy_process(upstream, px_port, tmp / "proxy.log")
         hook_cfg = tmp / "clear.yaml"
         hook_cfg.write_text(f"predictor: {CHECKPOINT}\ntokens_per_query: {TOKENS_PER_QUERY}\n")
         model_dir = _start_litellm_then_convert(procs, gguf, tmp, hook_cfg, upstream, ll_port)
