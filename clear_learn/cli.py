@@ -18,6 +18,7 @@ import numpy as np
 
 from .cli_types import (budgets_list, fraction, nonnegative_int, nonnegative_number,
                         output_dir, output_file, positive_int)
+from .predictor.runtime import RUNTIMES  # numpy only: no torch at start-up
 
 DEFAULT_BUDGETS = "32,64,96,128,192,256,384,512"
 
@@ -148,7 +149,6 @@ def _load_predictor(path: str, runtime: str = "torch"):
 
 _RUNTIME_HELP = ("how the predictor's encoder runs: torch (default) or onnx (ONNX Runtime: "
                  "the same curves, faster; pip install 'clear-learn[fast]')")
-RUNTIMES = ("torch", "onnx")  # clear_learn.predictor.runtime.RUNTIMES (no import of torch)
 
 
 def cmd_evaluate(args) -> int:

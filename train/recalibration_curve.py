@@ -69,10 +69,10 @@ def curves_of(variant: str, train: list[dict], test: list[dict], args, work: Pat
     from clear_learn.training.recipe import refit_on_all
 
     texts = [r["text"] for r in test]
-    base = ClearPredictor.from_pretrained(args.predictor)
     if variant == "base":
-        return base.predict(texts)
+        return ClearPredictor.from_pretrained(args.predictor).predict(texts)
     if variant == "scratch":  # the same recipe, from the base encoder, LoRA and head trained
+        base = ClearPredictor.from_pretrained(args.predictor)
         cfg = recalibration_config(base, args.predictor, train, mode="head+lora",
                                    seed=args.seed_base, threads=args.threads, run_dir=work)
         cfg["model"].update(init_from=None, freeze_encoder=False)
