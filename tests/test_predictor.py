@@ -682,6 +682,18 @@ def test_leave_one_family_out_resumes(sim_file, tmp_path, capsys):
     fold.write_text("".join(x + "\n" for x in fold.read_text().splitlines()[1:]))
     assert cross_family.main(args) == 0  # a fold that no longer covers its family is redone
     assert capsys.readouterr().out.count("reusing") == 1
+    groups = [a for a in args if a not in ("--families", "sim-easy,sim-hard")]
+    groups[groups.index("--out") + 1] = str(tmp_path / "groups")
+    assert cross_family.main(groups + ["--groups", "3", "--group-seed", "1"]) == 0
+    rep = json.loads((tmp_path / "groups" / "report.json").read_text())
+    folds = rep["meta"]["folds"]
+    assert sorted(folds) == ["group-0", "group-1", "group-2"]
+    assert sorted(f for fold in folds.values() for f in fold["test"]) == sorted(
+        rep["meta"]["families"])
+    assert rep["meta"]["fold_design"] == {"groups": 3, "group_seed": 1, "train_families": None}
+    assert (tmp_path / "groups" / "folds" / "group-0.jsonl").is_file()
+    with pytest.raises(SystemExit, match="another config"):  # the fold design is recorded
+        cross_family.main(groups + ["--groups", "3", "--group-seed", "2"])
 
 
 def test_saved_fold_curves_are_the_networks_own(trained, tmp_path, monkeypatch):
@@ -702,7 +714,7 @@ def test_saved_fold_curves_are_the_networks_own(trained, tmp_path, monkeypatch):
     monkeypatch.setattr(lofo, "train_predictor", lambda cfg: (pred, dm, {"x": 1}))
     cfg = cross_family.load_config(ROOT / "configs" / "default.yaml",
                                    [f"run_dir={tmp_path / 'run'}"])
-    rows, _ = cross_family.fold_curves(cfg, "sim-hard", None)
+    rows, _ = lofo.fold_curves(cfg, lofo.Fold("sim-hard", ("sim-hard",), None))
     test = dm.split_records("test")
     texts = [r["text"] for r in test]
     from clear_learn.curves import Curves

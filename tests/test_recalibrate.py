@@ -239,3 +239,37 @@ def test_freeze_encoder_trains_the_head_and_checkpoints_keep_the_lora(tmp_path):
     saved = torch.load(tmp_path / "m.ckpt", weights_only=False)["state_dict"]
     assert any("lora_" in k for k in saved) and any(k.startswith("model.head") for k in saved)
     assert not any("lora_" not in k and "encoder" in k for k in saved)
+
+
+def test_frozen_encoder_encodes_each_text_once_per_fit(tmp_path):
+    """A frozen encoder (lora_r=0) runs once per distinct text: later epochs train the head on
+    cached encodings, the same the eval-mode encoder gives (the leave-one-family-out study's
+    speed rests on it)."""
+    import lightning as L
+
+    from clear_learn.predictor.data import RolloutDataModule
+    from clear_learn.predictor.lightning import CurveLightningModule
+
+    torch.set_num_threads(1)
+    recs = _shifted(6)
+    dm = RolloutDataModule(data=recs, max_length=32, batch_size=4, split="all")
+    module = CurveLightningModule(lora_r=0, head_hidden=16)
+    assert module.encoder_frozen
+    module.model.train()
+    seen = []
+    module.model.encoder.register_forward_hook(
+        lambda mod, args, kwargs, out: seen.append(kwargs["input_ids"].shape[0]),
+        with_kwargs=True)
+    trainer = L.Trainer(max_epochs=3, accelerator="cpu", devices=1, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, limit_val_batches=0,
+                        num_sanity_val_steps=0, default_root_dir=str(tmp_path))
+    trainer.fit(module, datamodule=dm)
+    distinct = {tuple(ids) for ids in dm.datasets["train"]["input_ids"]}  # truncated texts
+    assert len(distinct) > 1 and sum(seen) == len(distinct)  # the first epoch only
+    batch = next(iter(dm.train_dataloader()))
+    module.model.encoder.eval()
+    with torch.no_grad():
+        direct = module.model(batch["input_ids"], batch["attention_mask"], batch["n_tokens"])
+        assert torch.allclose(module._raw(batch), direct, atol=1e-5)
+    assert not CurveLightningModule(lora_r=2, head_hidden=8).encoder_frozen

@@ -50,6 +50,7 @@ def load_records(data: str | Path | Sequence) -> list[dict]:
 
 def split_records(records: list[dict], *, split: str = "query",
                   test_tasks: Sequence[str] = (), val_tasks: Sequence[str] = (),
+                  train_tasks: Sequence[str] = (),
                   val_fraction: float = 0.15, test_fraction: float = 0.15, seed: int = 0
                   ) -> tuple[list[int], list[int], list[int]]:
     """Indices of train, validation and test queries.
@@ -57,11 +58,29 @@ def split_records(records: list[dict], *, split: str = "query",
     ``split="query"``: random queries held out for validation and test. ``split="task"``: the
     queries of ``test_tasks`` are the test set (families never seen in training); validation
     is a random share of the rest, or, with ``val_tasks``, those families (so that early
-    stopping selects for families the model has not seen either). ``split="all"``: every
-    query trains (no validation, no test).
+    stopping selects for families the model has not seen either); ``train_tasks``, where
+    given, are the only families that train (a learning curve over the number of training
+    families). ``split="all"``: every query trains (no validation, no test).
     """
     rng = np.random.default_rng(seed)
     n = len(records)
+    if train_tasks:
+        if split != "task":
+            raise ValueError(f"train_tasks needs split='task', got split={split!r}")
+        known = {r["task"] for r in records}
+        bad = set(train_tasks) - known
+        if bad:
+            raise ValueError(f"train_tasks not in the data: {sorted(bad)}")
+        bad = set(train_tasks) & (set(test_tasks) | set(val_tasks))
+        if bad:
+            raise ValueError(f"train_tasks overlap test_tasks or val_tasks: {sorted(bad)}")
+        keep = set(train_tasks) | set(test_tasks) | set(val_tasks)
+        sub = [i for i, r in enumerate(records) if r["task"] in keep]
+        tr, va, te = split_records([records[i] for i in sub], split=split,
+                                   test_tasks=test_tasks, val_tasks=val_tasks,
+                                   val_fraction=val_fraction, test_fraction=test_fraction,
+                                   seed=seed)
+        return tuple([sub[i] for i in part] for part in (tr, va, te))
     if split == "task" and val_tasks:
         overlap = set(val_tasks) & set(test_tasks)
         if overlap:
@@ -148,7 +167,7 @@ class RolloutDataModule(L.LightningDataModule):
         of those (trained on together).
     base_model : encoder whose tokenizer is used (``pkg:NAME`` or a directory).
     max_length : tokens kept of each query text.
-    split, test_tasks, val_tasks, val_fraction, test_fraction, seed : see
+    split, test_tasks, val_tasks, train_tasks, val_fraction, test_fraction, seed : see
         :func:`split_records`.
     regression_targets : also attach per-query fitted ``(log tau/M, log kM, logit p)``
         (fitted on each query's own rollouts) for the regression loss.
@@ -157,7 +176,7 @@ class RolloutDataModule(L.LightningDataModule):
     def __init__(self, data: str | list = "default", base_model: str = DEFAULT_BASE,
                  max_length: int = 128, batch_size: int = 32, split: str = "query",
                  test_tasks: Sequence[str] = (), val_tasks: Sequence[str] = (),
-                 val_fraction: float = 0.15,
+                 train_tasks: Sequence[str] = (), val_fraction: float = 0.15,
                  test_fraction: float = 0.15, seed: int = 0,
                  regression_targets: bool = False, num_workers: int = 0):
         super().__init__()
@@ -177,7 +196,8 @@ class RolloutDataModule(L.LightningDataModule):
         hp = self.hparams
         self.records = load_records(self.data)
         tr, va, te = split_records(self.records, split=hp.split, test_tasks=hp.test_tasks,
-                                   val_tasks=hp.val_tasks, val_fraction=hp.val_fraction,
+                                   val_tasks=hp.val_tasks, train_tasks=hp.train_tasks,
+                                   val_fraction=hp.val_fraction,
                                    test_fraction=hp.test_fraction, seed=hp.seed)
         self.splits = {"train": tr, "val": va, "test": te}
         self.tokenizer = AutoTokenizer.from_pretrained(resolve_base_model(hp.base_model),

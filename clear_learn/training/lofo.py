@@ -1,6 +1,10 @@
 """Leave-one-family-out folds: every query's curve from a model that never saw its family.
 
-A fold trains the recipe without one family and saves that family's curves: the network's own
+A fold (:class:`Fold`, made by :func:`make_folds`) holds out one family, or one of a few fixed,
+seeded groups of families; it trains the recipe without them (and without its validation
+family, which early stopping watches: an unseen family too), optionally on a seeded subsample
+of the remaining families (a learning curve over the number of training families), and saves
+the held-out families' curves: the network's own
 (:meth:`ClearPredictor.predict_raw`) and the TF-IDF and length baselines fitted on the same
 training queries (:data:`POLICIES`). Every post-network stage acts afterwards, once, on the
 pooled curves (:func:`pooled_curves`, which calls :func:`~clear_learn.predictor.pipeline.
@@ -11,6 +15,7 @@ policy_curves`): so changing the batch context or the spread re-pools without tr
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,9 +24,11 @@ from ..atomic import write_text
 from ..predictor.pipeline import ENCODER, LEARNED, LEARNED_RAW, LENGTH, TFIDF
 from .recipe import train_predictor
 
-__all__ = ["POLICIES", "FOLD_CONTENTS", "POOLING_ONLY", "val_family", "fold_contexts",
+__all__ = ["POLICIES", "FOLD_CONTENTS", "POOLING_ONLY", "Fold", "make_folds", "val_family",
+           "fold_contexts",
            "fold_curves", "median_epochs", "check_same_config", "load_fold", "pool_stages",
-           "pooled_curves", "fit_spreads", "family_batches_report"]
+           "pooled_curves", "fit_spreads", "family_batches_report", "run_folds",
+           "evaluate_folds"]
 
 POLICIES = (LEARNED, TFIDF, LENGTH)  # saved per fold, before every post-network stage
 # what the saved folds hold; folds written before it (clear-learned saved by predict() with the
@@ -31,49 +38,101 @@ FOLD_CONTENTS = "network curves: clear-learned = ClearPredictor.predict_raw"
 POOLING_ONLY = ("batch_context", "calibration", "evaluate")  # sections the folds do not use
 
 
+@dataclass(frozen=True)
+class Fold:
+    """One fold: ``test`` families held out, ``val`` the early-stopping family (None: random
+    training queries), ``train`` the families that train (None: every other one)."""
+
+    name: str
+    test: tuple[str, ...]
+    val: str | None
+    train: tuple[str, ...] | None = None
+
+    def trains_on(self, task: str) -> bool:
+        """Whether queries of ``task`` train this fold's model."""
+        if self.train is not None:
+            return task in self.train
+        return task not in self.test and task != self.val
+
+
 def val_family(tasks: list[str], family: str, random_val: bool) -> str | None:
     """The fold's early-stopping family: the next one in sorted order (None: random queries)."""
     return None if random_val else tasks[(tasks.index(family) + 1) % len(tasks)]
 
 
-def fold_contexts(cfg: dict, records: list[dict], test: list[dict], random_val: bool
-                  ) -> dict | None:
-    """``{family: BatchContext}``: each family's batch context with the slopes of its own
-    fold's training families; None when the config has no batch context."""
+def make_folds(tasks: list[str], *, groups: int | None = None, group_seed: int = 0,
+               random_val: bool = False, train_families: int | None = None) -> list[Fold]:
+    """The study's folds over ``tasks``: one per family (``groups`` None), else ``groups``
+    groups of near-equal size drawn by a permutation seeded by ``group_seed``, each held out
+    once and validated on the first family (sorted) of the next group. ``train_families``:
+    each fold trains on that many of its other families, drawn with seed ``(group_seed,
+    fold index)`` (the same draw for every training seed)."""
+    tasks = sorted(tasks)
+    if groups is None:
+        folds = [Fold(t, (t,), val_family(tasks, t, random_val)) for t in tasks]
+    else:
+        if not 2 <= groups <= len(tasks):
+            raise ValueError(f"groups must be between 2 and the {len(tasks)} families, got "
+                             f"{groups}")
+        order = np.random.default_rng(group_seed).permutation(len(tasks))
+        parts = [sorted(tasks[i] for i in part) for part in np.array_split(order, groups)]
+        folds = [Fold(f"group-{g}", tuple(part),
+                      None if random_val else parts[(g + 1) % groups][0])
+                 for g, part in enumerate(parts)]
+    for fold in folds:
+        if not any(fold.trains_on(t) for t in tasks):
+            raise ValueError(f"fold {fold.name} holds out {list(fold.test)} and validates on "
+                             f"{fold.val}: no family is left to train on")
+    if train_families is None:
+        return folds
+    out = []
+    for i, fold in enumerate(folds):
+        rest = [t for t in tasks if fold.trains_on(t)]
+        if not 1 <= train_families <= len(rest):
+            raise ValueError(f"train_families must be between 1 and {len(rest)} (fold "
+                             f"{fold.name}), got {train_families}")
+        pick = np.random.default_rng([group_seed, i]).choice(len(rest), train_families,
+                                                             replace=False)
+        out.append(Fold(fold.name, fold.test, fold.val, tuple(sorted(rest[j] for j in pick))))
+    return out
+
+
+def fold_contexts(cfg: dict, records: list[dict], folds: list[Fold]) -> dict | None:
+    """``{family: BatchContext}``: each held-out family's batch context with the slopes of
+    its own fold's training families; None when the config has no batch context."""
     from ..predictor.batch_context import within_task_slopes
     from .recipe import context_settings
 
     settings = context_settings(cfg)
     if settings is None:
         return None
-    tasks = sorted({r["task"] for r in records})
     ctxs = {}
-    for fam in sorted({r["task"] for r in test}):
-        held = {fam, val_family(tasks, fam, random_val)}
-        train = [r for r in records if r["task"] not in held]
+    for fold in folds:
+        train = [r for r in records if fold.trains_on(r["task"])]
         if not train:
             return None
-        ctxs[fam] = within_task_slopes(train, **settings)
+        ctx = within_task_slopes(train, **settings)
+        ctxs.update({fam: ctx for fam in fold.test})
     return ctxs
 
 
-def fold_curves(cfg: dict, family: str, val_family: str | None
-                ) -> tuple[dict[str, list[dict]], dict]:
+def fold_curves(cfg: dict, fold: Fold) -> tuple[dict[str, list[dict]], dict]:
     """Out-of-family curves of one fold, ``{policy: [{id, tau, p, k}, ...]}``, and the fold's
     training metrics (``best_epochs``: chosen by validation on an unseen family)."""
     from ..predictor.baselines import LengthCurvePredictor, TfidfCurvePredictor
 
     cfg = json.loads(json.dumps(cfg))  # a private copy
-    cfg["data"].update(split="task", test_tasks=[family],
-                       val_tasks=[val_family] if val_family else [])
-    cfg["run_dir"] = str(Path(cfg["run_dir"]) / "folds" / family)
+    cfg["data"].update(split="task", test_tasks=list(fold.test),
+                       val_tasks=[fold.val] if fold.val else [],
+                       train_tasks=list(fold.train or []))
+    cfg["run_dir"] = str(Path(cfg["run_dir"]) / "folds" / fold.name)
     pred, dm, metrics = train_predictor(cfg)
     train, test = dm.split_records("train"), dm.split_records("test")
     texts = [r["text"] for r in test]
     curves = {LEARNED: pred.predict_raw(texts),  # the pooling adds every stage once
               TFIDF: TfidfCurvePredictor().fit(train).predict(texts),
               LENGTH: LengthCurvePredictor().fit(train).predict(texts)}
-    print(f"fold {family}: {len(train)} train, {len(test)} test, {metrics}")
+    print(f"fold {fold.name}: {len(train)} train, {len(test)} test, {metrics}")
     return {name: [{"id": r["id"], "tau": float(t), "p": float(q), "k": float(k)}
                    for r, t, q, k in zip(test, c.tau, c.p, c.k)]
             for name, c in curves.items()}, metrics
@@ -84,11 +143,15 @@ def median_epochs(fold_epochs: dict[str, int]) -> int:
     return int(np.ceil(np.median(list(fold_epochs.values()))))
 
 
-def check_same_config(out: Path, cfg: dict, random_val: bool) -> None:
+def check_same_config(out: Path, cfg: dict, random_val: bool, folds: dict | None = None
+                      ) -> None:
     """Record the run's config in ``OUT/config.json``; refuse to mix folds of another one
-    (the sections in ``POOLING_ONLY`` act after the folds, so they may differ)."""
+    (the sections in ``POOLING_ONLY`` act after the folds, so they may differ). ``folds``:
+    how the folds were drawn (groups, seeds, training families), recorded with it."""
     want = {"config": {k: v for k, v in cfg.items() if k not in POOLING_ONLY},
             "random_val": bool(random_val), "folds": FOLD_CONTENTS}
+    if folds:
+        want["fold_design"] = folds
     path = out / "config.json"
     if path.is_file():
         have = json.loads(path.read_text())
@@ -106,14 +169,14 @@ def check_same_config(out: Path, cfg: dict, random_val: bool) -> None:
 
 
 def load_fold(path: Path, ids: set[str]) -> dict[str, list[dict]] | None:
-    """A saved fold's curves if it covers exactly the family's queries ``ids`` (else the data
+    """A saved fold's curves if it covers exactly its held-out queries ``ids`` (else the data
     has changed since it was written, and it is trained again)."""
     if not path.is_file():
         return None
     rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
     got = {name: [r for r in rows if r["policy"] == name] for name in POLICIES}
     if any({str(r["id"]) for r in got[name]} != ids for name in POLICIES):
-        print(f"{path}: written for other queries of this family; training it again")
+        print(f"{path}: written for other queries of this fold; training it again")
         return None
     return got
 
@@ -195,3 +258,66 @@ def family_batches_report(curves: dict, test: list[dict], stages, contexts: dict
     names = list(batch(batches[0]))
     return evaluate_policies(test, {n: policy(n) for n in names}, budgets, seed=seed,
                              batches=batches, splits=splits)
+
+
+def run_folds(cfg: dict, records: list[dict], folds: list[Fold], out: Path
+              ) -> tuple[dict, dict[str, int]]:
+    """Every fold's held-out curves, trained where ``out/folds/NAME.jsonl`` does not already
+    hold them (each written as it finishes, so an interrupted study resumes). Returns
+    ``({policy: Curves}`` of the held-out queries in ``records`` order, ``{fold: best
+    epochs})``."""
+    from ..curves import Curves
+    from ..rollouts import write_jsonl
+
+    by_id: dict[str, dict[str, dict]] = {name: {} for name in POLICIES}
+    fold_epochs: dict[str, int] = {}
+    for fold in folds:
+        path = out / "folds" / f"{fold.name}.jsonl"
+        mpath = path.with_suffix(".metrics.json")
+        ids = {str(r["id"]) for r in records if r["task"] in set(fold.test)}
+        got = load_fold(path, ids)
+        if got is not None:
+            print(f"fold {fold.name}: reusing {path}")
+        else:
+            got, metrics = fold_curves(cfg, fold)
+            mpath.parent.mkdir(parents=True, exist_ok=True)
+            write_text(mpath, json.dumps(metrics) + "\n")
+            write_jsonl([{"policy": name, **r} for name, rs in got.items() for r in rs], path)
+        if mpath.is_file():
+            fold_epochs[fold.name] = int(json.loads(mpath.read_text())["best_epochs"])
+        for name in POLICIES:
+            by_id[name].update({str(r["id"]): r for r in got[name]})
+    test = held_out(records, folds)
+    return {name: Curves.from_records([by_id[name][str(r["id"])] for r in test])
+            for name in POLICIES}, fold_epochs
+
+
+def held_out(records: list[dict], folds: list[Fold]) -> list[dict]:
+    """The records the folds hold out, in ``records`` order."""
+    held = {fam for fold in folds for fam in fold.test}
+    return [r for r in records if r["task"] in held]
+
+
+def evaluate_folds(cfg: dict, records: list[dict], folds: list[Fold], curves: dict):
+    """The pooled held-out ``curves`` (:func:`run_folds`) through the config's post-network
+    stages, evaluated as one batch and with each family its own batch. Returns ``(report,
+    family_batches_report, spreads)`` (:func:`fit_spreads`); both reports carry the NLL per
+    rollout in ``meta``. Only the ``POOLING_ONLY`` sections of ``cfg`` matter here, so an
+    ablation of the stages re-evaluates the same folds."""
+    from ..predictor.report import evaluate_predictors
+    from .recipe import eval_splits
+
+    test = held_out(records, folds)
+    contexts = fold_contexts(cfg, records, folds)
+    stages = pool_stages(cfg, records, contexts)
+    every = np.arange(len(test))
+    spreads = fit_spreads(test, pooled_curves(curves, test, every, stages, contexts))
+    per_family = spreads["per_family"]
+    pooled = pooled_curves(curves, test, every, stages, contexts, per_family)
+    budgets = cfg.get("evaluate", {}).get("budgets_per_query", [64, 128, 256, 512])
+    seed, splits = int(cfg.get("seed", 0)), eval_splits(cfg)
+    report, nll = evaluate_predictors(test, pooled, budgets, seed=seed, splits=splits)
+    by_family = family_batches_report(curves, test, stages, contexts, per_family, budgets,
+                                      seed, splits)
+    by_family.meta["nll_per_rollout"] = nll
+    return report, by_family, spreads

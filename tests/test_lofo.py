@@ -1,0 +1,71 @@
+"""The folds of the leave-one-family-out study: groups, validation families, training-family
+subsamples, and the task split they configure."""
+
+import pytest
+
+from clear_learn.predictor.data import split_records
+from clear_learn.simulate import simulated_dataset
+from clear_learn.training.lofo import Fold, make_folds
+
+TASKS = [f"t{i:02d}" for i in range(13)]
+
+
+def test_one_fold_per_family_validates_on_the_next():
+    folds = make_folds(TASKS)
+    assert [f.test for f in folds] == [(t,) for t in TASKS]
+    assert [f.val for f in folds] == TASKS[1:] + TASKS[:1]
+    assert all(f.train is None for f in folds)
+    assert [f.val for f in make_folds(TASKS, random_val=True)] == [None] * len(TASKS)
+
+
+def test_groups_partition_the_families_and_are_fixed_by_their_seed():
+    folds = make_folds(TASKS, groups=4, group_seed=7)
+    held = [t for f in folds for t in f.test]
+    assert sorted(held) == TASKS and len(set(held)) == len(TASKS)
+    assert sorted(len(f.test) for f in folds) == [3, 3, 3, 4]
+    for g, fold in enumerate(folds):  # validated on the next group's first family
+        assert fold.val == folds[(g + 1) % 4].test[0] and fold.val not in fold.test
+        assert not any(fold.trains_on(t) for t in (*fold.test, fold.val))
+    assert make_folds(TASKS, groups=4, group_seed=7) == folds
+    assert make_folds(TASKS, groups=4, group_seed=8) != folds
+    with pytest.raises(ValueError, match="groups must be between 2 and the 13"):
+        make_folds(TASKS, groups=1)
+    with pytest.raises(ValueError, match="no family is left to train on"):
+        make_folds(["a", "b", "c"], groups=2)
+
+
+def test_training_families_are_a_seeded_subsample_of_the_others():
+    folds = make_folds(TASKS, groups=3, train_families=5)
+    for fold in folds:
+        assert len(fold.train) == 5 and len(set(fold.train)) == 5
+        assert not set(fold.train) & {*fold.test, fold.val}
+        assert all(fold.trains_on(t) == (t in fold.train) for t in TASKS)
+    assert make_folds(TASKS, groups=3, train_families=5) == folds
+    assert len({f.train for f in folds}) > 1  # each fold draws its own
+    with pytest.raises(ValueError, match="train_families must be between 1 and"):
+        make_folds(TASKS, groups=3, train_families=99)
+
+
+def test_task_split_trains_only_on_train_tasks():
+    recs = simulated_dataset(n_per_task=10, seed=1)
+    tasks = sorted({r["task"] for r in recs})
+    tr, va, te = split_records(recs, split="task", test_tasks=[tasks[0]],
+                               val_tasks=[tasks[1]], train_tasks=[tasks[2]])
+    assert {recs[i]["task"] for i in tr} == {tasks[2]}
+    assert {recs[i]["task"] for i in va} == {tasks[1]}
+    assert {recs[i]["task"] for i in te} == {tasks[0]}
+    tr, va, te = split_records(recs, split="task", test_tasks=[tasks[0]],
+                               train_tasks=[tasks[2]])  # random validation from train_tasks
+    assert {recs[i]["task"] for i in tr + va} == {tasks[2]} and va
+    with pytest.raises(ValueError, match="overlap"):
+        split_records(recs, split="task", test_tasks=[tasks[0]], train_tasks=[tasks[0]])
+    with pytest.raises(ValueError, match="not in the data"):
+        split_records(recs, split="task", test_tasks=[tasks[0]], train_tasks=["nope"])
+    with pytest.raises(ValueError, match="needs split='task'"):
+        split_records(recs, split="query", train_tasks=[tasks[2]])
+
+
+def test_fold_is_hashable_and_names_its_families():
+    fold = Fold("group-0", ("a", "b"), "c")
+    assert fold.trains_on("d") and not fold.trains_on("c") and not fold.trains_on("a")
+    assert {fold: 1}[Fold("group-0", ("a", "b"), "c")] == 1
