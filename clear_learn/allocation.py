@@ -21,7 +21,8 @@ from .demand import Demand, search_price
 from .large_batch import search_subsampled, trim
 from .lambertw import solve_y_minus_log_y
 
-__all__ = ["AllocationResult", "allocate", "uniform_budgets", "as_caps", "as_whole"]
+__all__ = ["AllocationResult", "allocate", "uniform_budgets", "proportional_budgets",
+           "as_caps", "as_whole"]
 
 #: Above this many queries the price is first located on a random subsample.
 SUBSAMPLE_ABOVE = 65_536
@@ -127,6 +128,28 @@ def uniform_budgets(n: int, total_budget: int, max_tokens=None) -> np.ndarray:
     caps = as_caps(max_tokens, n)
     each = total_budget // n if n else 0
     return np.minimum(np.full(n, each, dtype=np.float64), caps).astype(np.int64)
+
+
+def proportional_budgets(weights, total_budget: int, max_tokens=None) -> np.ndarray:
+    """The heuristic a practitioner tries first: budgets proportional to ``weights`` (a
+    difficulty score, the text's length), each clipped to its cap with the excess shared
+    among the others in the same proportions; whole tokens, ``sum <= total_budget``."""
+    w = np.asarray(weights, dtype=np.float64)
+    if w.ndim != 1 or not np.all(np.isfinite(w)) or np.any(w < 0):
+        raise ValueError("weights must be one finite number >= 0 per query")
+    caps = as_caps(max_tokens, w.size)
+    b = np.zeros(w.size)
+    free = w > 0
+    left = float(total_budget)
+    while left > 0 and free.any():  # each round either fits every budget or caps one more
+        share = left * w / w[free].sum()
+        over = free & (b + share >= caps)
+        if not over.any():
+            b[free] += share[free]
+            break
+        left -= float((caps[over] - b[over]).sum())
+        b[over], free = caps[over], free & ~over
+    return np.floor(np.minimum(b, caps) + 1e-9).astype(np.int64)
 
 
 def allocate(curves: Curves, total_budget: int, *, max_tokens=None, fallback_tokens: int = 0,

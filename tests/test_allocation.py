@@ -216,3 +216,34 @@ def test_bound_holds_for_extreme_curves_and_budgets(params, total, cap, fallback
     assert np.isfinite(res.expected_correct) and np.isfinite(res.upper_bound)
     assert res.upper_bound >= res.expected_correct - 1e-12 * max(1.0, res.expected_correct)
     assert 0.0 <= res.optimality_gap <= 1.0
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.floats(0, 50), st.integers(0, 400)), min_size=1, max_size=30),
+       st.integers(0, 5000))
+def test_proportional_budgets_share_by_weight_within_caps(rows, total):
+    from clear_learn.allocation import proportional_budgets
+
+    w = np.array([r[0] for r in rows])
+    caps = np.array([r[1] for r in rows])
+    b = proportional_budgets(w, total, caps)
+    assert b.dtype == np.int64 and b.sum() <= total
+    assert np.all(b >= 0) and np.all(b <= caps) and np.all(b[w == 0] == 0)
+    live = (w > 0) & (caps > 0)
+    if total >= caps[live].sum():  # enough for every capped query: all at their caps
+        assert np.array_equal(b[live], caps[live])
+    else:  # nothing useful left unspent (at most one token per query lost to rounding)
+        assert b.sum() >= total - w.size
+        uncapped = live & (b < caps)
+        ratio = b[uncapped] / w[uncapped]  # the same proportion for all below their cap
+        if uncapped.sum() > 1 and np.all(b[uncapped] > 10):
+            assert ratio.max() / ratio.min() < 1.2
+
+
+def test_proportional_budgets_examples_and_bad_weights():
+    from clear_learn.allocation import proportional_budgets
+
+    assert proportional_budgets([1, 2, 3], 60).tolist() == [10, 20, 30]
+    assert proportional_budgets([1, 2, 3], 60, [100, 15, 100]).tolist() == [11, 15, 33]
+    with pytest.raises(ValueError, match="weights must be"):
+        proportional_budgets([1, -1], 10)

@@ -69,3 +69,20 @@ def test_fold_is_hashable_and_names_its_families():
     fold = Fold("group-0", ("a", "b"), "c")
     assert fold.trains_on("d") and not fold.trains_on("c") and not fold.trains_on("a")
     assert {fold: 1}[Fold("group-0", ("a", "b"), "c")] == 1
+
+
+def test_ensemble_averages_the_learned_curves_and_keeps_the_baselines():
+    import numpy as np
+
+    from clear_learn.curves import Curves
+    from clear_learn.training.lofo import ensemble_curves
+
+    a = {"clear-learned": Curves(np.array([100.0]), np.array([0.2]), np.array([0.01])),
+         "clear-length": Curves(np.array([50.0]), np.array([0.5]), np.array([0.02]))}
+    b = {"clear-learned": Curves(np.array([400.0]), np.array([0.8]), np.array([0.04])),
+         "clear-length": a["clear-length"]}
+    got = ensemble_curves([a, b])
+    assert got["clear-learned"].tau[0] == pytest.approx(200.0)  # geometric mean
+    assert got["clear-learned"].k[0] == pytest.approx(0.02)
+    assert got["clear-learned"].p[0] == pytest.approx(0.5)  # mean of logits -2 log 2, 2 log 2
+    assert got["clear-length"] is a["clear-length"] and ensemble_curves([a]) is a

@@ -694,6 +694,21 @@ def test_leave_one_family_out_resumes(sim_file, tmp_path, capsys):
     assert (tmp_path / "groups" / "folds" / "group-0.jsonl").is_file()
     with pytest.raises(SystemExit, match="another config"):  # the fold design is recorded
         cross_family.main(groups + ["--groups", "3", "--group-seed", "2"])
+    import report  # the evidence from these folds, end to end, small
+
+    rdir = tmp_path / "report"
+    assert report.main(["--folds", str(tmp_path / "groups"), "--out", str(rdir),
+                        "--splits", "2", "--stream-size", "64"]) == 0
+    res = json.loads((rdir / "report.json").read_text())
+    assert set(res["protocols"]) == {"unseen families", "unseen families, each its own batch"}
+    assert res["n_queries"] == rep["n_queries"] and set(res["streams"]) == set(report.STREAMS)
+    assert set(res["streams"]["balanced"]) == {"8", "64", "1024"} or set(
+        res["streams"]["balanced"]) == {8, 64, 1024}
+    one = res["protocols"]["unseen families"]["gap_closed"]
+    assert {"clear-learned", "proportional-length", "oracle", "optimum"} <= set(one)
+    for name in ("s-curves.png", "calibration.png", "queries.png", "report.md"):
+        assert (rdir / name).stat().st_size > 0
+    assert "the paper's 3x" in (rdir / "report.md").read_text()
 
 
 def test_saved_fold_curves_are_the_networks_own(trained, tmp_path, monkeypatch):

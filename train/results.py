@@ -1,13 +1,14 @@
 """Regenerate docs/RESULTS.md: the project's measured figures, from what recorded them.
 
-    python train/results.py [--measure runs/measure ...] [--predictor checkpoints/default]
+    python train/results.py [--measure runs/measure|runs/study ...]
+                            [--predictor checkpoints/default]
                             [--out docs/RESULTS.md]
 
 Sections, in order: the shipped predictor's figures as recorded in its ``config.json`` at
 export (its held-out run: gap closed per budget and policy, mean gap, NLL); then each
 ``train/measure.py`` run given with ``--measure`` (its ``SUMMARY.md``, which names its data
-and commit); then the archived measurement history (``docs/results-history.md``, the record
-kept before this document was generated). Nothing here is typed by hand but the history.
+and commit) or ``train/study.py`` run (its ``STUDY.md``); then the archived measurement
+history (``docs/results-history.md``, the record kept before this document was generated). Nothing here is typed by hand but the history.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from clear_learn.atomic import write_text
 from clear_learn.training.recipe import ROOT
 
 HISTORY = ROOT / "docs" / "results-history.md"
@@ -62,9 +64,12 @@ def predictor_section(path: Path) -> list[str]:
 
 
 def measure_section(run: Path) -> list[str]:
-    summary = run / "SUMMARY.md"
-    if not summary.is_file():
-        raise SystemExit(f"{run}: no SUMMARY.md (run python train/measure.py --out {run})")
+    """A ``train/measure.py`` folder's SUMMARY.md, or a ``train/study.py`` folder's STUDY.md,
+    its headings one level down."""
+    summary = next((run / n for n in ("SUMMARY.md", "STUDY.md") if (run / n).is_file()), None)
+    if summary is None:
+        raise SystemExit(f"{run}: no SUMMARY.md or STUDY.md (run python train/measure.py "
+                         f"--out {run}, or python train/study.py --out {run})")
     text = summary.read_text().strip().splitlines()
     body = [("#" + line if line.startswith("#") else line) for line in text]
     return [f"## Measured: `{run}`", "", *body, ""]
@@ -96,8 +101,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "RESULTS.md")
     args = ap.parse_args(argv)
     text = build(args.measure, args.predictor)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
+    write_text(args.out, text)
     print(f"wrote {args.out} ({len(text.splitlines())} lines)")
     return 0
 

@@ -28,7 +28,7 @@ __all__ = ["POLICIES", "FOLD_CONTENTS", "POOLING_ONLY", "Fold", "make_folds", "v
            "fold_contexts",
            "fold_curves", "median_epochs", "check_same_config", "load_fold", "pool_stages",
            "pooled_curves", "fit_spreads", "family_batches_report", "run_folds",
-           "evaluate_folds"]
+           "evaluate_folds", "held_out", "ensemble_curves"]
 
 POLICIES = (LEARNED, TFIDF, LENGTH)  # saved per fold, before every post-network stage
 # what the saved folds hold; folds written before it (clear-learned saved by predict() with the
@@ -321,3 +321,20 @@ def evaluate_folds(cfg: dict, records: list[dict], folds: list[Fold], curves: di
                                       seed, splits)
     by_family.meta["nll_per_rollout"] = nll
     return report, by_family, spreads
+
+
+def ensemble_curves(runs: list[dict]) -> dict:
+    """Several runs' ``{policy: Curves}`` of the same folds as one: the learned curves
+    averaged (geometric means of tau and k, the mean of logit p; an ensemble over training
+    seeds), the baselines the first run's (fitted on the same training queries, they do not
+    depend on the seed)."""
+    from ..curves import Curves
+
+    if len(runs) == 1:
+        return runs[0]
+    nets = [c[LEARNED] for c in runs]
+    p = np.clip(np.array([c.p for c in nets]), 1e-6, 1 - 1e-6)
+    mean = Curves(np.exp(np.mean([np.log(c.tau) for c in nets], 0)),
+                  1 / (1 + np.exp(-np.mean(np.log(p / (1 - p)), 0))),
+                  np.exp(np.mean([np.log(c.k) for c in nets], 0)))
+    return {**runs[0], LEARNED: mean}

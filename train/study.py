@@ -1,0 +1,245 @@
+"""The generalisation study: recipes measured on task families they never saw, over seeds.
+
+    python train/study.py [--out runs/study] [--variants frozen,frozen-surface]
+                          [--seeds 0,1,2] [--groups 6] [--data "[default,benchmark]"]
+                          [--set key=value ...]
+
+Each variant (:data:`VARIANTS`) x seed is one ``train/cross_family.py`` run over ``--groups``
+fixed groups of families (drawn once, group seed 0, the same for every variant and seed) into
+``OUT/VARIANT-sSEED`` (resumable fold by fold; a finished run is only re-pooled). Then, per run,
+the stages' ablation re-pools the same folds without training (batch context off), and the
+diagnostic compares the held-out curves with what the rollouts show. Writes ``OUT/study.json``
+and ``OUT/STUDY.md``:
+
+- the share of the uniform-to-oracle gap closed on unseen families, pooled as one batch and
+  with each family its own batch: mean and sd over seeds, and the mean sd over rollout
+  halvings (the noise a difference must beat);
+- the ablation of the post-network stages (each on and off), on every variant;
+- with several seeds, their ensemble (the seeds' learned curves averaged) measured the same way;
+- the diagnostic: Spearman rank correlations of the predicted ``p`` with each query's observed
+  accuracy (pooled, and across family means) and of the predicted ``tau`` with its mean
+  correct length, beside the text's length alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from clear_learn.atomic import write_text
+from clear_learn.predictor.pipeline import (ENCODER, LEARNED, LEARNED_NARROW, LEARNED_RAW,
+                                            LENGTH, TFIDF)
+from clear_learn.training.recipe import DEFAULT_CONFIG, load_config, resolve
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import cross_family  # noqa: E402  (train/ is a folder of scripts)
+
+#: variant -> (``--set`` overrides, extra cross_family arguments)
+VARIANTS = {
+    "lora": ([], []),  # configs/default.yaml: LoRA r=8 on query and value
+    "frozen": (["model.lora_r=0"], []),
+    "frozen-surface": (["model.lora_r=0", "model.surface_features=true"], []),
+    "frozen-n5": (["model.lora_r=0"], ["--train-families", "5"]),
+    "frozen-n10": (["model.lora_r=0"], ["--train-families", "10"]),
+}
+#: ablation rows: (name, pooling overrides, policy read from that pooling)
+ABLATION = [
+    ("every stage (shipped)", [], LEARNED),
+    ("without the threshold spread", [], LEARNED_NARROW),
+    ("without the batch context", ["batch_context.enabled=false"], LEARNED),
+    ("without context and spread", [], LEARNED_RAW),
+    ("tau and k from the encoder", [], ENCODER),
+    ("TF-IDF baseline (same stages)", [], TFIDF),
+    ("length line (same stages)", [], LENGTH),
+]
+
+
+def spearman(x: np.ndarray, y: np.ndarray) -> float:
+    """Spearman's rank correlation (average ranks for ties); NaN below 3 points."""
+    from scipy.stats import spearmanr
+
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    ok = np.isfinite(x) & np.isfinite(y)
+    return float(spearmanr(x[ok], y[ok]).statistic) if ok.sum() >= 3 else float("nan")
+
+
+def diagnostic(test: list[dict], curves) -> dict[str, float]:
+    """Rank correlations of the held-out curves with the rollouts (see the module doc)."""
+    from clear_learn.rollouts import to_arrays
+
+    arr = to_arrays(test)
+    right = arr.correct & arr.mask
+    acc = right.sum(1) / arr.mask.sum(1)
+    with np.errstate(invalid="ignore"):  # NaN where no rollout is right
+        correct_len = (arr.tokens * right).sum(1) / right.sum(1)
+    fam = np.array([r["task"] for r in test])
+    length = np.array([len(r["text"]) for r in test], float)
+    fams = sorted(set(fam))
+
+    def fam_mean(v):
+        return np.array([np.mean(v[fam == f]) for f in fams])
+
+    out = {}
+    for name, p, tau in (("predicted", curves[LEARNED].p, curves[LEARNED].tau),
+                         ("text length", -length, length)):
+        out[f"p ~ accuracy ({name})"] = spearman(p, acc)
+        out[f"p ~ accuracy, family means ({name})"] = spearman(fam_mean(p), fam_mean(acc))
+        out[f"tau ~ correct length ({name})"] = spearman(tau, correct_len)
+    return out
+
+
+def run(variant: str, seed: int, args, base_sets: list[str]):
+    """One variant x seed: its folds, trained where missing (``cross_family.py`` also writes
+    the run's own reports). Returns ``(sets, records, folds, curves)``."""
+    from clear_learn.predictor.data import load_records
+    from clear_learn.training.lofo import make_folds, run_folds
+
+    sets, extra = VARIANTS[variant]
+    sets = [*base_sets, *sets, f"seed={seed}", f"run_dir={args.out}/train-{variant}-s{seed}"]
+    out = resolve(args.out) / f"{variant}-s{seed}"
+    argv = ["--groups", str(args.groups), "--out", str(out), *extra]
+    for s in sets:
+        argv += ["--set", s]
+    cross_family.main(argv)
+    cfg = load_config(DEFAULT_CONFIG, sets)
+    records = load_records(cfg["data"]["data"])
+    n = int(extra[extra.index("--train-families") + 1]) if extra else None
+    folds = make_folds(sorted({r["task"] for r in records}), groups=args.groups,
+                       train_families=n)
+    curves, _ = run_folds(cfg, records, folds, out)
+    return sets, records, folds, curves
+
+
+def measure(sets: list[str], records: list[dict], folds, curves: dict) -> dict:
+    """The ablation of the stages (re-pooled folds) and the diagnostic of ``curves``."""
+    from clear_learn.evaluation import mean_gap_closed, mean_gap_closed_sd
+    from clear_learn.training.lofo import evaluate_folds, held_out
+
+    result = {"ablation": {}, "diagnostic": diagnostic(held_out(records, folds), curves)}
+    reports = {}  # one evaluation per pooling
+    for name, pooling, policy in ABLATION:
+        if tuple(pooling) not in reports:
+            reports[tuple(pooling)] = evaluate_folds(
+                load_config(DEFAULT_CONFIG, sets + pooling), records, folds, curves)[:2]
+        rep, fam = reports[tuple(pooling)]
+        result["ablation"][name] = {
+            "pooled": mean_gap_closed(rep).get(policy), "family_batches":
+            mean_gap_closed(fam).get(policy), "pooled_sd_halvings":
+            mean_gap_closed_sd(rep).get(policy), "family_batches_sd_halvings":
+            mean_gap_closed_sd(fam).get(policy)}
+    return result
+
+
+def cached_measure(out: Path, sets: list[str], records: list[dict], folds, curves: dict
+                   ) -> dict:
+    """:func:`measure` of one run, kept in ``out/measure.json`` for as long as its folds, its
+    settings and the ablation rows are the same."""
+    import hashlib
+
+    h = hashlib.sha256(json.dumps([sets, [a[:2] for a in ABLATION]]).encode())
+    for fold in folds:
+        h.update((out / "folds" / f"{fold.name}.jsonl").read_bytes())
+    path = out / "measure.json"
+    if path.is_file():
+        have = json.loads(path.read_text())
+        if have.get("key") == h.hexdigest():
+            return have["result"]
+    result = measure(sets, records, folds, curves)
+    write_text(path, json.dumps({"key": h.hexdigest(), "result": result}) + "\n")
+    return result
+
+
+def summarise(results: dict) -> tuple[dict, list[str]]:
+    """Mean and sd over seeds of every figure, and the Markdown tables."""
+    summary, lines = {}, []
+    for variant, by_seed in results.items():
+        seeds = sorted(by_seed)
+        rows = {}
+        for name, _, _ in ABLATION:
+            cell = {}
+            for key in ("pooled", "family_batches"):
+                v = np.array([by_seed[s]["ablation"][name][key] for s in seeds], float)
+                h = np.array([by_seed[s]["ablation"][name][f"{key}_sd_halvings"]
+                              for s in seeds], float)
+                cell[key] = {"mean": float(np.mean(v)),
+                             "sd_seeds": float(np.std(v, ddof=1)) if len(v) > 1 else None,
+                             "sd_halvings": float(np.nanmean(h)) if np.isfinite(h).any()
+                             else None}
+            rows[name] = cell
+        diag = {k: float(np.mean([by_seed[s]["diagnostic"][k] for s in seeds]))
+                for k in by_seed[seeds[0]]["diagnostic"]}
+        summary[variant] = {"seeds": seeds, "ablation": rows, "diagnostic": diag}
+
+        def fmt(c):
+            sd = f" ± {c['sd_seeds']:.3f}" if c["sd_seeds"] is not None else ""
+            return f"{c['mean']:.3f}{sd}"
+
+        named = "" if seeds == ["all"] else f" (seeds {', '.join(map(str, seeds))})"
+        lines += [f"### {variant}{named}", "",
+                  "| stages | gap closed, one batch | each family its own batch |",
+                  "|---|---:|---:|"]
+        lines += [f"| {name} | {fmt(c['pooled'])} | {fmt(c['family_batches'])} |"
+                  for name, c in rows.items()]
+        halv = rows[ABLATION[0][0]]
+        lines += ["", "Mean ± sd over seeds; the sd over rollout halvings within a seed is "
+                  f"{halv['pooled']['sd_halvings'] or float('nan'):.3f} (one batch) and "
+                  f"{halv['family_batches']['sd_halvings'] or float('nan'):.3f} (family "
+                  "batches).", "", "| diagnostic (Spearman) | value |", "|---|---:|"]
+        lines += [f"| {k} | {v:.2f} |" for k, v in diag.items()]
+        lines.append("")
+    return summary, lines
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default="runs/study")
+    ap.add_argument("--variants", default="frozen,frozen-surface",
+                    help=f"comma-separated, of {', '.join(VARIANTS)}")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--groups", type=int, default=6)
+    ap.add_argument("--data", default="[default,benchmark]",
+                    help="data.data of every run (pin a copy: the folds belong to one state)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="an override for every run (e.g. threads=1)")
+    args = ap.parse_args(argv)
+    variants = args.variants.split(",")
+    unknown = set(variants) - set(VARIANTS)
+    if unknown:
+        raise SystemExit(f"--variants: unknown {sorted(unknown)} (known: {list(VARIANTS)})")
+    seeds = [int(s) for s in args.seeds.split(",")]
+    base = [f"data.data={args.data}", "trainer.enable_progress_bar=false", *args.set]
+    from clear_learn.training.lofo import ensemble_curves
+
+    results = {}
+    for v in variants:
+        runs = {s: run(v, s, args, base) for s in seeds}
+        results[v] = {s: cached_measure(resolve(args.out) / f"{v}-s{s}", *r)
+                      for s, r in runs.items()}
+        if len(seeds) > 1:  # the seeds' curves averaged: one predictor, measured once
+            sets, records, folds, _ = runs[seeds[0]]
+            results[f"{v}, ensemble of {len(seeds)} seeds"] = {"all": measure(
+                sets, records, folds, ensemble_curves([r[3] for r in runs.values()]))}
+    summary, lines = summarise(results)
+    out = resolve(args.out)
+    write_text(out / "study.json", json.dumps({"groups": args.groups, "data": args.data,
+                                              "variants": summary}, indent=1) + "\n")
+    head = ["# Generalisation study", "",
+            f"`python train/study.py --variants {args.variants} --seeds {args.seeds} "
+            f"--groups {args.groups} --data \"{args.data}\"`: {args.groups} fixed groups of "
+            "families (a permutation seeded 0), each held out once; early stopping on the "
+            "first family of the next group. Gap closed: the mean share of the "
+            "uniform-to-oracle gap over the budgets where the oracle beats uniform by 0.02.",
+            ""]
+    write_text(out / "STUDY.md", "\n".join(head + lines) + "\n")
+    print("\n".join(lines))
+    print(f"wrote {out / 'STUDY.md'} and {out / 'study.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
