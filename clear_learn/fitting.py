@@ -31,6 +31,10 @@ class FitPrior:
 
     ``log(tau / M) ~ N(log_tau_mean, log_tau_sd)``, ``log(1 / (k M)) ~ N(log_width_mean,
     log_width_sd)``, ``logit(p) ~ N(0, logit_p_sd)``; ``eps`` is the floor's weight.
+    ``runaway``: None for DESIGN.md section 4's likelihood (a finished wrong answer ``1 - p``,
+    a cut-off ``1 - p G``: not normalised); a rate ``c`` in (0, 1) for the consistent one,
+    where an unsolvable response runs to the cap with probability ``c`` (finished wrong
+    ``(1 - p)(1 - c)``, cut off ``p (1 - G) + (1 - p) c``).
     """
 
     log_tau_mean: float = float(np.log(0.25))
@@ -39,6 +43,11 @@ class FitPrior:
     log_width_sd: float = 1.5
     logit_p_sd: float = 4.0
     eps: float = 1e-3
+    runaway: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.runaway is not None and not 0.0 < self.runaway < 1.0:
+            raise ValueError(f"runaway must be None or in (0, 1), got {self.runaway!r}")
 
 
 @dataclass
@@ -83,11 +92,15 @@ class _FitData:
         return out.astype(np.float64, copy=False)  # bincount of nothing is int64
 
 
-def _terms(theta: np.ndarray, d: _FitData, eps: float, need_grad: bool):
+def _terms(theta: np.ndarray, d: _FitData, eps: float, need_grad: bool,
+           runaway: float | None = None):
     """Log-likelihood of each query, and its gradient in ``(a, w, v)`` as a (Q, 3) array.
 
-    ``theta`` is (Q, 3): ``a = log(tau / M)``, ``w = log(1 / (k M))``, ``v = logit(p)``.
+    ``theta`` is (Q, 3): ``a = log(tau / M)``, ``w = log(1 / (k M))``, ``v = logit(p)``;
+    ``runaway`` as in :class:`FitPrior` (None: the cut-off term is ``1 - p h``, the same as
+    ``p (1 - h) + (1 - p) c`` with ``c = 1``).
     """
+    c = 1.0 if runaway is None else float(runaway)
     a, w, v = theta[:, 0], theta[:, 1], theta[:, 2]
     M = d.M
     tau = M * np.exp(a)
@@ -105,10 +118,12 @@ def _terms(theta: np.ndarray, d: _FitData, eps: float, need_grad: bool):
     ey = np.exp(-y)
     h = (1.0 - eps) * (1.0 - (1.0 + y) * ey) + eps
     p = 1.0 / (1.0 + np.exp(-v))
-    one_ph = 1.0 - p * h
+    # the cut-off's probability (as written for c = 1, so DESIGN's form rounds as it did)
+    one_ph = 1.0 - p * h if runaway is None else p * (1.0 - h) + (1.0 - p) * c
     log1mp = -np.logaddexp(0.0, v)  # log(1 - p), stable
     logp = -np.logaddexp(0.0, -v)
-    ll = d.n_c * logp + ll_c + d.n_w * log1mp + d.n_cut * np.log(one_ph)
+    wrong = log1mp if runaway is None else log1mp + np.log1p(-c)
+    ll = d.n_c * logp + ll_c + d.n_w * wrong + d.n_cut * np.log(one_ph)
     if not need_grad:
         return ll, None
     r = (1.0 - eps) / qd
@@ -119,7 +134,8 @@ def _terms(theta: np.ndarray, d: _FitData, eps: float, need_grad: bool):
     gp = (1.0 - eps) * y * ey * dc_dh
     d_tau += np.where(live, -gp * k, 0.0)
     d_k += np.where(live, gp * (M - tau), 0.0)
-    d_v = d.n_c * (1.0 - p) - d.n_w * p - d.n_cut * h * p * (1.0 - p) / one_ph
+    d_cut = -h if runaway is None else 1.0 - h - c  # d(cut-off probability) / dp
+    d_v = d.n_c * (1.0 - p) - d.n_w * p + d.n_cut * d_cut * p * (1.0 - p) / one_ph
     return ll, np.stack([d_tau * tau, -d_k * k, d_v], axis=1)
 
 
@@ -144,7 +160,7 @@ def _init(d: _FitData) -> np.ndarray:
 
 def _objective(theta, d, prior, need_grad=True):
     """Negative log-posterior per query (and gradient, (Q, 3))."""
-    ll, g = _terms(theta, d, prior.eps, need_grad)
+    ll, g = _terms(theta, d, prior.eps, need_grad, prior.runaway)
     lp, gp = _prior(theta, prior)
     return -(ll + lp), (None if g is None else -(g + gp))
 
@@ -215,19 +231,20 @@ def fit_curves(rollouts: list[dict] | RolloutArrays, *, prior: FitPrior | None =
     tau = M * np.exp(theta[:, 0])
     k = np.exp(-theta[:, 1]) / M
     p = 1.0 / (1.0 + np.exp(-theta[:, 2]))
-    ll, _ = _terms(theta, d, prior.eps, False)
+    ll, _ = _terms(theta, d, prior.eps, False, prior.runaway)
     n_left = int(active.sum())
     msg = "converged" if n_left == 0 else f"{n_left} of {q} queries still moving after {it} steps"
     return FitResult(Curves(tau, p, k), -ll / d.n, n_left == 0, it, msg)
 
 
 def rollout_nll(curves: Curves, rollouts: list[dict] | RolloutArrays,
-                eps: float = 1e-3) -> np.ndarray:
-    """Mean negative log-likelihood per rollout of each query under given curves."""
+                eps: float = 1e-3, runaway: float | None = None) -> np.ndarray:
+    """Mean negative log-likelihood per rollout of each query under given curves
+    (``runaway`` as in :class:`FitPrior`)."""
     data = rollouts if isinstance(rollouts, RolloutArrays) else to_arrays(rollouts)
     M = data.max_new_tokens.astype(np.float64)
     tau = np.maximum(curves.tau, 1e-300 * M)
     p = np.clip(curves.p, 1e-12, 1 - 1e-12)
     theta = np.concatenate([np.log(tau / M), -np.log(curves.k * M), np.log(p / (1 - p))])
-    ll, _ = _terms(theta.reshape(3, -1).T, _FitData(data), eps, False)
+    ll, _ = _terms(theta.reshape(3, -1).T, _FitData(data), eps, False, runaway)
     return -ll / np.maximum(data.counts, 1)

@@ -7,16 +7,39 @@ from clear_learn.rollouts import read_rollouts, to_arrays
 from clear_learn.simulate import random_curves, sample_rollouts
 
 
-def test_gradient_matches_finite_differences():
+@pytest.mark.parametrize("runaway", [None, 0.2, 0.9])
+def test_gradient_matches_finite_differences(runaway):
     c = random_curves(15, seed=1)
-    d = _FitData(to_arrays(sample_rollouts(c, 8, 1000, seed=1)))
+    d = _FitData(to_arrays(sample_rollouts(c, 8, 300, seed=1)))  # cap 300: cut-offs happen
+    assert d.n_cut.sum() > 0
     th = _init(d) + np.random.default_rng(0).normal(0, 0.3, (15, 3))
-    _, g = _terms(th, d, 1e-3, True)
+    _, g = _terms(th, d, 1e-3, True, runaway)
     for j in range(3):
         e = np.zeros_like(th)
         e[:, j] = 1e-6
-        num = (_terms(th + e, d, 1e-3, False)[0] - _terms(th - e, d, 1e-3, False)[0]) / 2e-6
+        num = (_terms(th + e, d, 1e-3, False, runaway)[0]
+               - _terms(th - e, d, 1e-3, False, runaway)[0]) / 2e-6
         assert np.allclose(num, g[:, j], rtol=1e-4, atol=1e-6)
+
+
+def test_consistent_likelihood_sums_to_one_and_lifts_p_of_long_runners():
+    """With a run-away rate the three outcomes are a distribution (the DESIGN form sums to
+    2 - p); unsolvable responses that run to the cap no longer count against p."""
+    from clear_learn.fitting import FitPrior
+
+    p, h, c = 0.3, 0.6, 0.25  # h: P(a solvable response ends correct within the cap)
+    correct, wrong, cut = p * h, (1 - p) * (1 - c), p * (1 - h) + (1 - p) * c
+    assert correct + wrong + cut == pytest.approx(1.0)
+    # a query that runs long: correct answers near the cap, many cut-offs, a few finished
+    # wrong; with a small run-away rate its cut-offs are mostly solvable responses cut short
+    recs = [{"id": "q", "text": "x", "max_new_tokens": 512,
+             "rollouts": [{"tokens": 470, "correct": True}, {"tokens": 500, "correct": True}]
+             + [{"tokens": 90, "correct": False}] * 2 + [{"tokens": 512, "correct": False}] * 4}]
+    design = fit_curves(recs).curves.p
+    consistent = fit_curves(recs, prior=FitPrior(runaway=0.1)).curves.p
+    assert consistent[0] > design[0] + 0.1
+    with pytest.raises(ValueError, match="runaway must be"):
+        FitPrior(runaway=1.0)
 
 
 def test_recovers_known_curves_and_improves_with_more_rollouts():
@@ -162,7 +185,7 @@ def test_fit_matches_the_padded_implementation(monkeypatch, default_records):
         flat = fit_curves(recs)
         data = to_arrays(recs)
         with monkeypatch.context() as m:
-            m.setattr(fitting, "_terms", lambda th, d, eps, need: (
+            m.setattr(fitting, "_terms", lambda th, d, eps, need, runaway=None: (
                 _dense_terms(th, data, eps) if need else (_dense_terms(th, data, eps)[0], None)))
             padded = fit_curves(recs)
         assert flat.converged and padded.converged
