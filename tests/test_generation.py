@@ -455,3 +455,24 @@ def test_texts_pack_into_chunks_and_load_back(tmp_path):
     bad.write_text('{"id": "q1", "texts": "oops"}\n{"id": "q2", "texts": []}\n')
     with pytest.raises(ValueError, match=r"bad.jsonl, line 1"):
         load_texts([bad])
+
+
+def test_reasoning_gym_grading_reads_latex_matrices():
+    """Grader audit: rotate_matrix scores rows of space-separated cells; the same matrix in
+    ``bmatrix`` or ``array`` (as the model writes it, also with ``\\\\`` spelt ``\\ ``) is the
+    same answer, and a wrong matrix stays wrong."""
+    pytest.importorskip("reasoning_gym")
+    from clear_learn.generation.graders import latex_to_plain
+
+    assert latex_to_plain("\\begin{pmatrix} 1 & 2 \\\\ 3 & 4 \\end{pmatrix}") == "1 2\n3 4"
+    assert latex_to_plain("\\begin{array}{cc}\n1 & 2 \\\\\n3 & 4 \\\\\n\\end{array}") == "1 2\n3 4"
+    path = ROOT / "clear_learn" / "data" / "problems-default.jsonl"
+    rows = {r["id"]: r for r in map(json.loads, path.read_text().splitlines())}
+    rot = rows["rg-rotate_matrix-small-0"]  # 9 4 / 8 3 by 180 degrees
+    assert rot["answer"] == "3 8\n4 9"
+    for right in ("\\boxed{3 8\n4 9}", "\\boxed{\\begin{bmatrix}\n3 & 8 \\\\\n4 & 9\n\\end{bmatrix}}",
+                  "\\boxed{\\begin{bmatrix} 3 & 8 \\\\ 4 & 9 \\\\ \\end{bmatrix}}"):
+        assert grade(right, rot), right
+    for wrong in ("\\boxed{\\begin{bmatrix} 3 & 4 \\\\ 8 & 9 \\end{bmatrix}}",
+                  "\\boxed{\\begin{array}{cc} 9 & 4 \\\\ 8 & 3 \\end{array}}"):
+        assert not grade(wrong, rot), wrong

@@ -163,14 +163,28 @@ _LOGIC = {"land": "∧", "wedge": "∧", "lor": "∨", "vee": "∨", "neg": "¬"
 _LOGIC_COMMAND = re.compile(r"\\(" + "|".join(sorted(_LOGIC, key=len, reverse=True))
                             + r")(?![A-Za-z])\s*")
 
+# a LaTeX matrix (bmatrix and its kin, or an array) of plain cells
+_LATEX_MATRIX = re.compile(r"\\begin\{([bpvBV]?matrix|array)\}(?:\{[^}]*\})?(.*?)"
+                           r"\\end\{\1\}", re.S)
+_ROW_BREAK = re.compile(r"\\\\?(?=\s|$)")  # \\ (or \ with a space: unwrap's spelling)
+
+
+def _matrix_rows(body: str) -> str:
+    """A matrix body's rows (split at ``\\\\``) as lines of space-separated cells."""
+    rows = [" ".join(c.strip() for c in row.split("&")) for row in _ROW_BREAK.split(body)]
+    return "\n".join(r for r in rows if r.strip())
+
 
 def latex_to_plain(answer: str) -> str:
     """``answer`` with LaTeX spellings of plain symbols replaced: ``\\frac{a}{b}`` (or
     ``\\dfrac``, ``\\tfrac``) of whole numbers as ``a/b``, and ``\\land``, ``\\lor``,
     ``\\neg``, ``\\rightarrow``, ``\\leftrightarrow`` (and their synonyms) as ``∧ ∨ ¬ → ↔``.
     reasoning-gym's probability tasks score ``7/12`` and its logic tasks ``P ∧ Q``, not their
-    LaTeX spellings; other text is left as it is."""
-    s = _LATEX_FRACTION.sub(r"\1/\2", answer)
+    LaTeX spellings; a LaTeX matrix (``bmatrix``, ``pmatrix``, ``array``, ...) as rows of
+    space-separated cells, one per line, the layout rotate_matrix asks for; other text is left
+    as it is."""
+    s = _LATEX_MATRIX.sub(lambda m: _matrix_rows(m.group(2)), answer)
+    s = _LATEX_FRACTION.sub(r"\1/\2", s)
     return _LOGIC_COMMAND.sub(lambda m: _LOGIC[m.group(1)] + " ", s).strip()
 
 
