@@ -27,15 +27,11 @@ The work is done by :mod:`clear_learn.training.lofo`.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
-
-from clear_learn.atomic import write_text
 from clear_learn.predictor.pipeline import LEARNED
-from clear_learn.training.lofo import (POLICIES, check_same_config, evaluate_folds,
-                                       fold_contexts, make_folds, median_epochs,
-                                       run_folds)
+from clear_learn.training.lofo import (check_same_config, evaluate_folds, fold_contexts,
+                                       make_folds, median_epochs, run_folds)
 from clear_learn.training.recipe import DEFAULT_CONFIG, eval_splits, load_config, resolve
 
 
