@@ -86,3 +86,31 @@ def test_ensemble_averages_the_learned_curves_and_keeps_the_baselines():
     assert got["clear-learned"].k[0] == pytest.approx(0.02)
     assert got["clear-learned"].p[0] == pytest.approx(0.5)  # mean of logits -2 log 2, 2 log 2
     assert got["clear-length"] is a["clear-length"] and ensemble_curves([a]) is a
+
+
+def test_study_diagnostic_ranks_curves_against_the_rollouts():
+    """A predicted p that orders the queries as their observed accuracy does scores 1, its
+    reverse -1; tau against the mean correct length likewise."""
+    import sys
+    from pathlib import Path
+
+    import numpy as np
+
+    from clear_learn.curves import Curves
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "train"))
+    import study
+
+    recs = []
+    for i in range(6):  # query i: i of 8 rollouts right, each of length 100 + 50 i
+        rollouts = [{"tokens": 100 + 50 * i, "correct": j < i} for j in range(8)]
+        recs.append({"id": f"q{i}", "task": f"t{i % 3}", "text": "x" * (10 + i),
+                     "max_new_tokens": 512, "rollouts": rollouts})
+    acc = np.arange(6) / 8
+    good = {"clear-learned": Curves(100.0 + 50 * np.arange(6), 0.05 + acc, np.full(6, 0.02))}
+    d = study.diagnostic(recs, good)
+    assert d["p ~ accuracy (predicted)"] == pytest.approx(1.0)
+    assert d["tau ~ correct length (predicted)"] == pytest.approx(1.0)
+    assert d["tau ~ correct length (text length)"] == pytest.approx(1.0)  # longer texts here
+    bad = {"clear-learned": Curves(600.0 - 50 * np.arange(6), 0.95 - acc, np.full(6, 0.02))}
+    assert study.diagnostic(recs, bad)["p ~ accuracy (predicted)"] == pytest.approx(-1.0)
