@@ -254,6 +254,11 @@ def markdown(result: dict, figs: list[str], seconds: float) -> str:
     return "\n".join(lines) + "\n"
 
 
+def slug(title: str) -> str:
+    """A protocol's title as a file name part: its words before any bracket, joined by -."""
+    return "-".join(title.split(" (")[0].replace(",", "").split())
+
+
 def _c(x) -> str:
     return "-" if x is None or not np.isfinite(x) else f"{x:.2f}"
 
@@ -350,9 +355,8 @@ def main(argv=None) -> int:
     out = resolve(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for key, rep in reports.items():
-        rep.save(out / f"report-{key.split(' (')[0].replace(' ', '-').replace(',', '')}.json")
-    figs = figures(out, test, pol, fitted, {k.replace(" ", "-").replace(",", ""): r
-                                            for k, r in reports.items()})
+        rep.save(out / f"report-{slug(key)}.json")
+    figs = figures(out, test, pol, fitted, {slug(k): r for k, r in reports.items()})
     shown = [str(d.relative_to(ROOT)) if d.is_relative_to(ROOT) else str(d) for d in dirs]
     model, ships = cfg["model"], load_config(DEFAULT_CONFIG)["model"]
 
