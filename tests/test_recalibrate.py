@@ -85,9 +85,9 @@ def test_recalibrated_curves_move_towards_the_users_rollouts(base, shifted, head
     true_tau = np.mean([r["true_curve"]["tau"] for r in shifted])
     for kw in ({}, {"tau_k_source": "encoder"}):
         fn = "predict" if kw else "predict_raw"
-        t_old = getattr(old, fn)(texts, **kw).tau.mean()
-        t_new = getattr(new, fn)(texts, **kw).tau.mean()
-        assert t_new > 1.5 * t_old and abs(t_new - true_tau) < abs(t_old - true_tau), kw
+        tau_old = getattr(old, fn)(texts, **kw).tau.mean()
+        tau_new = getattr(new, fn)(texts, **kw).tau.mean()
+        assert tau_new > 1.5 * tau_old and abs(tau_new - true_tau) < abs(tau_old - true_tau), kw
     # the base's choices, the user's generator, the training record
     c = new.config
     assert c.stages.tau_k_source == old.tau_k_source and c.stages.tau_spread == old.tau_spread

@@ -35,6 +35,7 @@ import numpy as np
 from clear_learn.atomic import write_text
 from clear_learn.training.lofo import median_epochs
 from clear_learn.training.recipe import ROOT, parse_value, resolve
+from clear_learn.training.runs import cell
 
 TITLES = {"queries": "Held-out queries (random query split)",
           "unseen": "Held-out families, trained without them",
@@ -86,10 +87,6 @@ def step_commands(out: Path, data: str, unseen: list[str], sets: list[str]
     return steps
 
 
-def _cell(x: float) -> str:
-    return "-" if x is None or not np.isfinite(x) else f"{x:.2f}"
-
-
 def summarize(reports: dict[str, Path], header: list[str]) -> str:
     """The markdown summary of the saved reports ``{step: report.json}``."""
     from clear_learn.evaluation import EvalReport, mean_gap_closed, mean_gap_closed_sd
@@ -113,10 +110,10 @@ def summarize(reports: dict[str, Path], header: list[str]) -> str:
                   "|---" + "|---:" * (len(budgets) + 2) + "|"]
         for name in (p for p in rep.rows if p.startswith("clear-")):
             gaps = [row["gap_closed"] for row in rep.rows[name]]
-            lines.append(f"| {name} | " + " | ".join(_cell(g) for g in gaps)
-                         + f" | **{_cell(means[name])}**"
-                         + (f" ±{_cell(sds[name])}" if np.isfinite(sds[name]) else "")
-                         + f" | {_cell(nll.get(name))} |")
+            lines.append(f"| {name} | " + " | ".join(cell(g) for g in gaps)
+                         + f" | **{cell(means[name])}**"
+                         + (f" ±{cell(sds[name])}" if np.isfinite(sds[name]) else "")
+                         + f" | {cell(nll.get(name))} |")
         j = int(np.argmin([abs(b - 128) for b in budgets]))
         accs = ", ".join(f"{name} {rep.rows[name][j]['mean_accuracy']:.3f}"
                          for name in rep.rows)

@@ -95,8 +95,7 @@ def diagnostic(test: list[dict], curves) -> dict[str, float]:
 def run(variant: str, seed: int, args, base_sets: list[str]):
     """One variant x seed: its folds, trained where missing (``cross_family.py`` also writes
     the run's own reports). Returns ``(sets, records, folds, curves)``."""
-    from clear_learn.predictor.data import load_records
-    from clear_learn.training.lofo import make_folds, run_folds
+    from clear_learn.training.lofo import load_run
 
     sets, extra = VARIANTS[variant]
     sets = [*base_sets, *sets, f"seed={seed}", f"run_dir={args.out}/train-{variant}-s{seed}"]
@@ -105,22 +104,23 @@ def run(variant: str, seed: int, args, base_sets: list[str]):
     for s in sets:
         argv += ["--set", s]
     cross_family.main(argv)
-    cfg = load_config(DEFAULT_CONFIG, sets)
-    records = load_records(cfg["data"]["data"])
-    n = int(extra[extra.index("--train-families") + 1]) if extra else None
-    folds = make_folds(sorted({r["task"] for r in records}), groups=args.groups,
-                       train_families=n)
-    curves, _ = run_folds(cfg, records, folds, out)
+    _, records, folds, curves = load_run(out)
     return sets, records, folds, curves
 
 
-def measure(sets: list[str], records: list[dict], folds, curves: dict) -> dict:
-    """The ablation of the stages (re-pooled folds) and the diagnostic of ``curves``."""
-    from clear_learn.evaluation import mean_gap_closed, mean_gap_closed_sd
+def measure(sets: list[str], records: list[dict], folds, curves: dict,
+            run_dir: Path | None = None) -> dict:
+    """The ablation of the stages (re-pooled folds) and the diagnostic of ``curves``; the
+    shipped pooling's reports are ``run_dir``'s, which ``cross_family.py`` has just written
+    for the same config, where given."""
+    from clear_learn.evaluation import EvalReport, mean_gap_closed, mean_gap_closed_sd
     from clear_learn.training.lofo import evaluate_folds, held_out
 
     result = {"ablation": {}, "diagnostic": diagnostic(held_out(records, folds), curves)}
     reports = {}  # one evaluation per pooling
+    if run_dir is not None:
+        reports[()] = (EvalReport.load(run_dir / "report.json"),
+                       EvalReport.load(run_dir / "report-family-batches.json"))
     for name, pooling, policy in ABLATION:
         if tuple(pooling) not in reports:
             reports[tuple(pooling)] = evaluate_folds(
@@ -148,7 +148,7 @@ def cached_measure(out: Path, sets: list[str], records: list[dict], folds, curve
         have = json.loads(path.read_text())
         if have.get("key") == h.hexdigest():
             return have["result"]
-    result = measure(sets, records, folds, curves)
+    result = measure(sets, records, folds, curves, out)
     write_text(path, json.dumps({"key": h.hexdigest(), "result": result}) + "\n")
     return result
 

@@ -27,8 +27,8 @@ from .recipe import train_predictor
 __all__ = ["POLICIES", "FOLD_CONTENTS", "POOLING_ONLY", "Fold", "make_folds", "val_family",
            "fold_contexts",
            "fold_curves", "median_epochs", "check_same_config", "load_fold", "pool_stages",
-           "pooled_curves", "fit_spreads", "family_batches_report", "run_folds",
-           "evaluate_folds", "held_out", "ensemble_curves"]
+           "pooled_curves", "fit_spreads", "PooledFolds", "family_batches_report", "run_folds",
+           "evaluate_folds", "load_run", "held_out", "ensemble_curves"]
 
 POLICIES = (LEARNED, TFIDF, LENGTH)  # saved per fold, before every post-network stage
 # what the saved folds hold; folds written before it (clear-learned saved by predict() with the
@@ -232,32 +232,51 @@ def fit_spreads(test: list[dict], curves: dict) -> dict:
     return {"per_family": per_family, "ship": fit_tau_spread(curves[LEARNED], test)}
 
 
-def family_batches_report(curves: dict, test: list[dict], stages, contexts: dict | None,
-                          spreads: dict, budgets, seed: int, splits: int = 1):
+class PooledFolds:
+    """The folds' pooled held-out curves as a router would see them, batch by batch: each
+    batch's curves through the config's stages with that batch as the batch context's batch
+    (each query's own fold's context slopes, each family's spread fitted on the other
+    families: :func:`fit_spreads`), cached per batch; :meth:`clear` allocates by them."""
+
+    def __init__(self, cfg: dict, records: list[dict], folds: list[Fold], curves: dict):
+        self.test = held_out(records, folds)
+        self.curves = curves
+        self.contexts = fold_contexts(cfg, records, folds)
+        self.stages = pool_stages(cfg, records, self.contexts)
+        every = np.arange(len(self.test))
+        self.spreads = fit_spreads(self.test, pooled_curves(curves, self.test, every,
+                                                            self.stages, self.contexts))
+        self.caps = np.array([int(r["max_new_tokens"]) for r in self.test])
+        self._cache: dict[bytes, dict] = {}
+
+    def batch(self, idx) -> dict:
+        """``{policy: Curves}`` of the queries ``test[idx]`` allocated as one batch."""
+        idx = np.asarray(idx)
+        key = idx.tobytes()
+        if key not in self._cache:
+            self._cache[key] = pooled_curves(self.curves, self.test, idx, self.stages,
+                                             self.contexts, self.spreads["per_family"])
+        return self._cache[key]
+
+    def clear(self, name: str):
+        """CLEAR on policy ``name``'s curves of each batch, a policy for
+        :func:`~clear_learn.evaluation.evaluate_policies`."""
+        from ..allocation import allocate
+
+        return lambda idx, total: allocate(self.batch(idx)[name], int(total),
+                                           max_tokens=self.caps[idx]).budgets
+
+
+def family_batches_report(pool: PooledFolds, budgets, seed: int, splits: int = 1):
     """Every family allocated as its own batch (batch context within it), accuracies pooled
     over the families: what a router sees when unseen traffic arrives one kind at a time."""
-    from ..allocation import allocate
     from ..evaluation import evaluate_policies
 
-    fam = np.array([r["task"] for r in test])
+    fam = np.array([r["task"] for r in pool.test])
     batches = [np.where(fam == f)[0] for f in sorted(set(fam))]
-    caps = np.array([int(r["max_new_tokens"]) for r in test])
-    cache: dict[int, dict] = {}
-
-    def batch(idx: np.ndarray) -> dict:
-        key = int(idx[0])  # batches are disjoint: the first index names one
-        if key not in cache:
-            cache[key] = pooled_curves(curves, test, idx, stages, contexts, spreads)
-        return cache[key]
-
-    def policy(name: str):
-        def f(idx: np.ndarray, total: int) -> np.ndarray:
-            return allocate(batch(idx)[name], int(total), max_tokens=caps[idx]).budgets
-        return f
-
-    names = list(batch(batches[0]))
-    return evaluate_policies(test, {n: policy(n) for n in names}, budgets, seed=seed,
-                             batches=batches, splits=splits)
+    names = list(pool.batch(batches[0]))
+    return evaluate_policies(pool.test, {n: pool.clear(n) for n in names}, budgets,
+                             seed=seed, batches=batches, splits=splits)
 
 
 def run_folds(cfg: dict, records: list[dict], folds: list[Fold], out: Path
@@ -292,6 +311,24 @@ def run_folds(cfg: dict, records: list[dict], folds: list[Fold], out: Path
             for name in POLICIES}, fold_epochs
 
 
+def load_run(out: Path) -> tuple[dict, list[dict], list[Fold], dict]:
+    """A ``train/cross_family.py`` run folder read back: ``(cfg, records, folds, curves)``,
+    the config as recorded in ``out/config.json`` with the pooling sections
+    (``POOLING_ONLY``) of ``configs/default.yaml``, the folds of its recorded design, their
+    curves (:func:`run_folds`: a missing fold is trained)."""
+    from ..predictor.data import load_records
+    from .recipe import DEFAULT_CONFIG, load_config
+
+    saved = json.loads((out / "config.json").read_text())
+    cfg = {**load_config(DEFAULT_CONFIG), **saved["config"]}
+    design = saved.get("fold_design") or {}
+    records = load_records(cfg["data"]["data"])
+    folds = make_folds(sorted({r["task"] for r in records}), groups=design.get("groups"),
+                       group_seed=design.get("group_seed", 0), random_val=saved["random_val"],
+                       train_families=design.get("train_families"))
+    return cfg, records, folds, run_folds(cfg, records, folds, out)[0]
+
+
 def held_out(records: list[dict], folds: list[Fold]) -> list[dict]:
     """The records the folds hold out, in ``records`` order."""
     held = {fam for fold in folds for fam in fold.test}
@@ -307,20 +344,14 @@ def evaluate_folds(cfg: dict, records: list[dict], folds: list[Fold], curves: di
     from ..predictor.report import evaluate_predictors
     from .recipe import eval_splits
 
-    test = held_out(records, folds)
-    contexts = fold_contexts(cfg, records, folds)
-    stages = pool_stages(cfg, records, contexts)
-    every = np.arange(len(test))
-    spreads = fit_spreads(test, pooled_curves(curves, test, every, stages, contexts))
-    per_family = spreads["per_family"]
-    pooled = pooled_curves(curves, test, every, stages, contexts, per_family)
+    pool = PooledFolds(cfg, records, folds, curves)
+    pooled = pool.batch(np.arange(len(pool.test)))
     budgets = cfg.get("evaluate", {}).get("budgets_per_query", [64, 128, 256, 512])
     seed, splits = int(cfg.get("seed", 0)), eval_splits(cfg)
-    report, nll = evaluate_predictors(test, pooled, budgets, seed=seed, splits=splits)
-    by_family = family_batches_report(curves, test, stages, contexts, per_family, budgets,
-                                      seed, splits)
+    report, nll = evaluate_predictors(pool.test, pooled, budgets, seed=seed, splits=splits)
+    by_family = family_batches_report(pool, budgets, seed, splits)
     by_family.meta["nll_per_rollout"] = nll
-    return report, by_family, spreads
+    return report, by_family, pool.spreads
 
 
 def ensemble_curves(runs: list[dict]) -> dict:

@@ -10,8 +10,15 @@ from pathlib import Path
 
 BUDGETS = [48, 64, 96, 128, 160, 192, 256, 384]  # tokens per query of the benchmark tables
 
-__all__ = ["BUDGETS", "measured_records", "measure_dir_arg", "fold_rows", "fold_curves_of",
-           "unseen_family_curves"]
+__all__ = ["BUDGETS", "cell", "measured_records", "measure_dir_arg", "fold_rows",
+           "fold_curves_of", "unseen_family_curves"]
+
+
+def cell(x) -> str:
+    """A figure of a Markdown table: two decimals, ``-`` for a missing or non-finite one."""
+    import math
+
+    return "-" if x is None or not math.isfinite(x) else f"{x:.2f}"
 
 
 def measured_records(state: dict) -> list[dict]:
