@@ -243,8 +243,8 @@ def test_freeze_encoder_trains_the_head_and_checkpoints_keep_the_lora(tmp_path):
 
 def test_frozen_encoder_encodes_each_text_once_per_fit(tmp_path):
     """A frozen encoder (lora_r=0) runs once per distinct text: later epochs train the head on
-    cached encodings, the same the eval-mode encoder gives (the leave-one-family-out study's
-    speed rests on it)."""
+    cached encodings, the same the eval-mode encoder gives. Counted in forward calls, not
+    timed (the fold times are in the study's logs)."""
     import lightning as L
 
     from clear_learn.predictor.data import RolloutDataModule
