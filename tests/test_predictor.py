@@ -339,6 +339,41 @@ def test_surface_feature_model_trains_exports_and_reloads(sim_file, tmp_path):
     assert "surface features" in (tmp_path / "p" / "README.md").read_text()
 
 
+def test_a_cut_encoder_trains_exports_and_reloads(sim_file, tmp_path):
+    """``encoder_layers``: the first N layers only, kept through both exports (LoRA adapter
+    on the cut encoder, merged weights) and ONNX Runtime; a depth beyond the encoder's is
+    refused."""
+    import lightning as L
+
+    from clear_learn.predictor.export import ClearPredictor
+    from clear_learn.predictor.lightning import CurveLightningModule
+    from clear_learn.predictor.model import CurveModel
+    from clear_learn.training.recipe import load_config, predictor_from_run
+
+    L.seed_everything(2)
+    dm = _dm(sim_file)
+    module = CurveLightningModule(lora_r=2, head_hidden=8, encoder_layers=2)
+    assert len(module.model.encoder.base_model.model.encoder.layer) == 2
+    module.model.train()
+    _trainer(tmp_path, 3).fit(module, datamodule=dm)
+    cfg = load_config(ROOT / "configs" / "default.yaml",
+                      ["model.head_hidden=8", "model.lora_r=2", "data.max_length=32",
+                       "model.encoder_layers=2"])
+    pred = predictor_from_run(module, dm, cfg)
+    assert pred.config.encoder.layers == 2
+    texts = ["What is 3 + 4?", "Sort these words: pear, apple, fig."]
+    want = pred.predict(texts)
+    for merged in (False, True):
+        out = pred.save_pretrained(tmp_path / f"p{merged}", merged=merged)
+        for runtime in ("torch", "onnx") if merged else ("torch",):
+            got = ClearPredictor.from_pretrained(out, runtime=runtime).predict(texts)
+            np.testing.assert_allclose(got.p, want.p, rtol=1e-4, atol=1e-6)
+            np.testing.assert_allclose(got.tau, want.tau, rtol=1e-4)
+    assert "its first 2 layers" in (tmp_path / "pFalse" / "README.md").read_text()
+    with pytest.raises(ValueError, match="encoder_layers must be in 0..6"):
+        CurveModel(lora_r=0, encoder_layers=7)
+
+
 def test_loading_works_with_the_network_off(trained, tmp_path, monkeypatch):
     from clear_learn.predictor.export import ClearPredictor
 

@@ -43,6 +43,12 @@ VARIANTS = {
     "lora": ([], []),  # configs/default.yaml: LoRA r=8 on query and value
     "frozen": (["model.lora_r=0"], []),
     "frozen-surface": (["model.lora_r=0", "model.surface_features=true"], []),
+    "frozen-surface-l3": (["model.lora_r=0", "model.surface_features=true",
+                           "model.encoder_layers=3"], []),
+    "frozen-surface-l1": (["model.lora_r=0", "model.surface_features=true",
+                           "model.encoder_layers=1"], []),
+    "frozen-surface-l0": (["model.lora_r=0", "model.surface_features=true",
+                           "model.encoder_layers=0"], []),
     "frozen-n5": (["model.lora_r=0"], ["--train-families", "5"]),
     "frozen-n10": (["model.lora_r=0"], ["--train-families", "10"]),
 }

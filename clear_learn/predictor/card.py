@@ -54,7 +54,9 @@ def model_card(cfg: PredictorConfig) -> str:
         "## Model",
         "",
         f"- base encoder: {cfg.encoder.base_model} (weights: {cfg.encoder.weights}), max "
-        f"{cfg.encoder.max_length} text tokens",
+        f"{cfg.encoder.max_length} text tokens"
+        + (f", its first {cfg.encoder.layers} layers" if cfg.encoder.layers is not None
+           else ""),
         "- LoRA: " + (f"r {lora.r}, alpha {lora.alpha}, dropout {lora.dropout}, targets "
                       f"{list(lora.targets)}" if lora else "none"),
         f"- head: mean pooling"

@@ -142,16 +142,20 @@ class LoraSettings:
 @dataclass(frozen=True)
 class EncoderConfig:
     """The text encoder: base model (``pkg:NAME`` or a path relative to the export), the
-    tokens it reads, how its weights are stored (``adapter``, ``merged`` or ``base``)."""
+    tokens it reads, how its weights are stored (``adapter``, ``merged`` or ``base``), and
+    how many of its transformer layers run (``layers``; None: all)."""
 
     base_model: str
     max_length: int
     weights: str = "adapter"
     lora: LoraSettings | None = None
+    layers: int | None = None
 
     def __post_init__(self) -> None:
         _str("encoder.base_model", self.base_model)
         _int("encoder.max_length", self.max_length, 1)
+        if self.layers is not None:
+            _int("encoder.layers", self.layers, 0)
         _str("encoder.weights", self.weights, WEIGHTS)
         if self.lora is not None and not isinstance(self.lora, LoraSettings):
             raise ConfigError(f"encoder.lora must be LoraSettings or null, got {self.lora!r}")

@@ -246,7 +246,8 @@ class ClearPredictor:
         weights = "adapter" if hasattr(enc, "peft_config") else "base"
         config = PredictorConfig(
             encoder=EncoderConfig(base_model=base_model, max_length=int(max_length),
-                                  weights=weights, lora=LoraSettings(**lora) if lora else None),
+                                  weights=weights, lora=LoraSettings(**lora) if lora else None,
+                                  layers=getattr(model, "encoder_layers", None)),
             head=HeadConfig(hidden=int(model.head[0].out_features),
                             length_feature=bool(model.length_feature),
                             surface_features=bool(model.surface_features),

@@ -34,7 +34,7 @@ class CurveLightningModule(L.LightningModule):
                  head_lr: float = 3e-3,
                  weight_decay: float = 0.01, loss: str = "likelihood", eps: float = 1e-3,
                  max_length: int = 128, init_from: str | None = None,
-                 freeze_encoder: bool = False):
+                 freeze_encoder: bool = False, encoder_layers: int | None = None):
         super().__init__()
         if loss not in ("likelihood", "regression"):
             raise ValueError(f"loss must be 'likelihood' or 'regression', got {loss!r}")
@@ -42,7 +42,8 @@ class CurveLightningModule(L.LightningModule):
         self.model = CurveModel(base_model, lora_r=lora_r, lora_alpha=lora_alpha,
                                 lora_dropout=lora_dropout, lora_targets=tuple(lora_targets),
                                 head_hidden=head_hidden, length_feature=length_feature,
-                                surface_features=surface_features)
+                                surface_features=surface_features,
+                                encoder_layers=encoder_layers)
         if freeze_encoder:
             for q in self.model.encoder.parameters():
                 q.requires_grad_(False)

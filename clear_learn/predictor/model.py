@@ -57,20 +57,34 @@ def raw_to_curve(raw: torch.Tensor, cap: torch.Tensor):
     return tau, raw[:, 2], k
 
 
+def keep_layers(encoder: nn.Module, n: int) -> None:
+    """Cut a BERT-style ``encoder`` to its first ``n`` transformer layers in place (0: the
+    token and position embeddings alone); ``n`` above its depth is refused."""
+    layers = encoder.encoder.layer
+    if not 0 <= n <= len(layers):
+        raise ValueError(f"encoder_layers must be in 0..{len(layers)} for this encoder, "
+                         f"got {n}")
+    encoder.encoder.layer = nn.ModuleList(list(layers)[:n])
+    encoder.config.num_hidden_layers = n
+
+
 class CurveModel(nn.Module):
-    """Encoder (optionally LoRA-adapted) -> mean pooling -> MLP head -> raw (B, 3)."""
+    """Encoder (optionally LoRA-adapted; ``encoder_layers``: its first N layers only) -> mean
+    pooling -> MLP head -> raw (B, 3)."""
 
     def __init__(self, base_model: str = DEFAULT_BASE, *, lora_r: int = 8,
                  lora_alpha: int = 16, lora_dropout: float = 0.1,
                  lora_targets: tuple[str, ...] | list[str] = ("query", "value"),
                  head_hidden: int = 128, length_feature: bool = True,
-                 surface_features: bool = False,
+                 surface_features: bool = False, encoder_layers: int | None = None,
                  base_dir: Path | None = None, adapter_dir: Path | None = None):
         super().__init__()
         from transformers import AutoModel
 
         path = base_dir or resolve_base_model(base_model)
         encoder = AutoModel.from_pretrained(path, local_files_only=True)
+        if encoder_layers is not None:
+            keep_layers(encoder, encoder_layers)
         if adapter_dir is not None:
             from peft import PeftModel
 
@@ -85,6 +99,7 @@ class CurveModel(nn.Module):
             for prm in encoder.parameters():
                 prm.requires_grad_(False)
         self.encoder = encoder
+        self.encoder_layers = encoder_layers
         self.length_feature = length_feature
         self.surface_features = surface_features
         hidden = (encoder.config.hidden_size + (1 if length_feature else 0)

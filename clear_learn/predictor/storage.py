@@ -173,7 +173,8 @@ def load(path: str | os.PathLike, *, device: str = "cpu"):
     try:
         model = CurveModel(cfg.encoder.base_model, lora_r=0, head_hidden=cfg.head.hidden,
                            length_feature=cfg.head.length_feature,
-                           surface_features=cfg.head.surface_features, base_dir=enc_dir,
+                           surface_features=cfg.head.surface_features,
+                           encoder_layers=cfg.encoder.layers, base_dir=enc_dir,
                            adapter_dir=adapter)
     except (OSError, ValueError, RuntimeError, SafetensorError, UnicodeDecodeError) as err:
         where = (adapter / "adapter_model.safetensors" if adapter is not None else enc_dir)
@@ -212,8 +213,9 @@ def load_into(model, path: str | os.PathLike, hparams) -> None:
             "length_feature": cfg.head.length_feature,
             "surface_features": cfg.head.surface_features,
             "lora_r": lora.r if lora else None,
-            "lora_targets": list(lora.targets) if lora else []}
-    have = {key: (list(hparams[key]) if key == "lora_targets" else hparams[key])
+            "lora_targets": list(lora.targets) if lora else [],
+            "encoder_layers": cfg.encoder.layers}
+    have = {key: (list(hparams[key]) if key == "lora_targets" else hparams.get(key))
             for key in want}
     diff = [f"{key}: {have[key]!r} here, {want[key]!r} in {path}" for key in want
             if have[key] != want[key]]
