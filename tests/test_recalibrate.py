@@ -212,6 +212,36 @@ def test_bad_input_is_refused_before_training(base, tmp_path, capsys):
     assert json.loads(config)["generator"]["max_new_tokens"] == 512
 
 
+def test_a_frozen_encoder_predictor_recalibrates_its_head(tmp_path):
+    """A predictor without LoRA (a frozen encoder, here cut to one layer): head mode moves its
+    p towards the user's rollouts and keeps the architecture; head+lora is refused."""
+    from clear_learn import ClearPredictor
+    from clear_learn.predictor.storage import PredictorLoadError
+    from clear_learn.training.recalibrate import recalibrate
+    from clear_learn.training.recipe import DEFAULT_CONFIG, load_config, refit_on_all
+
+    sim = tmp_path / "sim.jsonl"
+    assert main(["simulate", "-o", str(sim), "--per-task", "20", "--seed", "4"]) == 0
+    cfg = load_config(DEFAULT_CONFIG, [
+        "model.head_hidden=16", "model.lora_r=0", "model.encoder_layers=1",
+        "model.surface_features=true", "data.max_length=32", f"data.data={sim}", "threads=1",
+        f"run_dir={tmp_path / 'run'}", "trainer.enable_progress_bar=false",
+        "trainer.enable_model_summary=false"])
+    pred, _, _ = refit_on_all(cfg, 2)
+    pred.save_pretrained(tmp_path / "frozen")
+    assert pred.config.encoder.weights == "base" and pred.config.encoder.lora is None
+    shifted = _shifted(10, p_x=0.3)
+    with pytest.raises(PredictorLoadError, match="no LoRA adapter.*mode 'head'"):
+        recalibrate(tmp_path / "frozen", shifted, mode="head+lora", threads=1)
+    new = recalibrate(tmp_path / "frozen", shifted, threads=1)
+    texts = [r["text"] for r in shifted]
+    true_p = np.mean([r["true_curve"]["p"] for r in shifted])
+    p_old, p_new = pred.predict_raw(texts).p.mean(), new.predict_raw(texts).p.mean()
+    assert abs(p_new - true_p) < 0.5 * abs(p_old - true_p)
+    assert new.config.encoder == pred.config.encoder  # frozen, cut to one layer, as the base
+    assert new.config.head.surface_features
+
+
 def test_freeze_encoder_trains_the_head_and_checkpoints_keep_the_lora(tmp_path):
     """model.freeze_encoder (the recipe's switch behind --mode head): LoRA gets no gradient,
     and a Lightning checkpoint still holds it (it came from init_from, not from the base)."""

@@ -237,6 +237,8 @@ class ClearPredictor:
         n_tok = [len(x) for x in tokenizer([r["text"] for r in records], truncation=False,
                                            verbose=False)["input_ids"]] if records else []
         lora = {k.removeprefix("lora_"): v for k, v in (lora or {}).items()}
+        if not lora.get("r"):
+            lora = {}  # a frozen encoder: no adapter to record
         length_line = None
         if tau_k_source == TAU_K_LENGTH:
             length_line = LengthLine(**LengthCurvePredictor().fit(records).to_dict())

@@ -204,19 +204,20 @@ def load_into(model, path: str | os.PathLike, hparams) -> None:
     :class:`~clear_learn.predictor.model.CurveModel` built with ``hparams``; raises
     :class:`PredictorLoadError` when the two architectures differ (naming the fields)."""
     src, _, cfg = load(path)
-    if cfg.encoder.weights != "adapter":
-        raise PredictorLoadError(f"{path}: init_from needs an adapter predictor, this one has "
-                                 f"weights={cfg.encoder.weights!r} (export it with "
-                                 "merged=False)")
+    if cfg.encoder.weights == "merged":
+        raise PredictorLoadError(f"{path}: init_from needs the encoder's own weights and its "
+                                 "adapter apart, this one has weights='merged' (export it "
+                                 "with merged=False)")
     lora = cfg.encoder.lora
     want = {"base_model": cfg.encoder.base_model, "head_hidden": cfg.head.hidden,
             "length_feature": cfg.head.length_feature,
             "surface_features": cfg.head.surface_features,
-            "lora_r": lora.r if lora else None,
-            "lora_targets": list(lora.targets) if lora else [],
-            "encoder_layers": cfg.encoder.layers}
-    have = {key: (list(hparams[key]) if key == "lora_targets" else hparams.get(key))
-            for key in want}
+            "lora_r": lora.r if lora else 0, "encoder_layers": cfg.encoder.layers}
+    have = {key: hparams.get(key) for key in want}
+    have["lora_r"] = have["lora_r"] or 0
+    if lora and lora.r:
+        want["lora_targets"], have["lora_targets"] = list(lora.targets), list(
+            hparams["lora_targets"])
     diff = [f"{key}: {have[key]!r} here, {want[key]!r} in {path}" for key in want
             if have[key] != want[key]]
     if diff:

@@ -19,7 +19,8 @@ refits:
   that ``clear-learn evaluate`` warns on either.
 
 Modes (:data:`MODES`): ``head`` (the default) trains the head alone, the encoder and its LoRA
-adapters frozen at the base's weights; ``head+lora`` also trains the adapters. The head is
+adapters frozen at the base's weights; ``head+lora`` also trains the adapters (refused for a
+predictor whose encoder has none, a frozen encoder). The head is
 the safer default for the 25-200 queries a user typically has: it is about 50k parameters on
 features learned from the base's thousands of rollouts, while training the adapters as well
 reshapes those features from a few hundred texts. The choice is reasoned, not yet measured
@@ -120,9 +121,13 @@ def recalibration_config(base: "ClearPredictor", base_dir: str | os.PathLike, re
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     enc, head, st = base.config.encoder, base.config.head, base.config.stages
-    if enc.weights != "adapter" or enc.lora is None:
+    if enc.weights == "merged":
         raise PredictorLoadError(f"{base_dir}: recalibration needs a predictor stored with its "
-                                 f"LoRA adapter, this one has weights={enc.weights!r}")
+                                 "LoRA adapter apart (or none), this one has weights='merged'")
+    lora = enc.lora if enc.lora is not None and enc.lora.r > 0 else None
+    if lora is None and mode != "head":
+        raise PredictorLoadError(f"{base_dir}: its encoder has no LoRA adapter (a frozen "
+                                 f"encoder): recalibrate it with mode 'head', not {mode!r}")
     if not (enc.base_model.startswith("pkg:") or Path(enc.base_model).is_absolute()):
         raise PredictorLoadError(f"{base_dir}: its base encoder {enc.base_model!r} is a path "
                                  "relative to it; recalibration needs one named by package "
@@ -132,8 +137,9 @@ def recalibration_config(base: "ClearPredictor", base_dir: str | os.PathLike, re
         "seed": int(seed), "threads": int(threads), "run_dir": str(Path(run_dir).resolve()),
         "data": {"data": records, "base_model": enc.base_model, "max_length": enc.max_length,
                  "batch_size": int(batch_size), "split": "all"},
-        "model": {"lora_r": enc.lora.r, "lora_alpha": enc.lora.alpha,
-                  "lora_dropout": enc.lora.dropout, "lora_targets": list(enc.lora.targets),
+        "model": {**({"lora_r": lora.r, "lora_alpha": lora.alpha,
+                     "lora_dropout": lora.dropout, "lora_targets": list(lora.targets)}
+                    if lora is not None else {"lora_r": 0}),
                   "head_hidden": head.hidden, "length_feature": head.length_feature,
                   "surface_features": head.surface_features,
                   "encoder_layers": enc.layers, **OPTIMISER,
