@@ -605,9 +605,22 @@ def test_ddp_on_two_cpu_processes(sim_file, tmp_path):
 
 def test_main_job_evaluates_then_refits_on_every_query(sim_file, tmp_path, capsys):
     """train.py end to end: held-out tables, then (refit_all) weights refitted on all queries
-    for export.refit_epochs, with the held-out run's metrics on the card."""
+    for export.refit_epochs, with the held-out run's metrics and the study's figures on
+    unseen families on the card."""
     sys.path.insert(0, str(ROOT / "train"))
     import train
+
+    def row(pooled, fam):
+        return {"pooled": {"mean": pooled, "sd_seeds": 0.01, "sd_halvings": 0.02},
+                "family_batches": {"mean": fam, "sd_seeds": 0.03, "sd_halvings": 0.02}}
+
+    study = {"groups": 6, "data": "[a,b]", "variants": {"mine": {"seeds": [0, 1], "ablation": {
+        "every stage (shipped)": row(0.61, 0.71), "length line (same stages)": row(0.31, 0.69),
+        "TF-IDF baseline (same stages)": row(0.32, 0.57)}}}}
+    (tmp_path / "study.json").write_text(json.dumps(study))
+    with pytest.raises(SystemExit, match="no figures for export.study_variant 'other'.*mine"):
+        train.main(["--set", f"export.study={tmp_path / 'study.json'}",
+                    "--set", "export.study_variant=other"])
 
     from clear_learn.predictor.export import ClearPredictor
     from clear_learn.rollouts import read_rollouts
@@ -618,7 +631,9 @@ def test_main_job_evaluates_then_refits_on_every_query(sim_file, tmp_path, capsy
             "--set", "model.head_hidden=8", "--set", "evaluate.budgets_per_query=[64,256]",
             "--set", f"evaluate.out={tmp_path / 'eval'}", "--set", f"run_dir={tmp_path / 'run'}",
             "--set", f"export.dir={tmp_path / 'pred'}", "--set", "export.refit_all=true",
-            "--set", "export.refit_epochs=1", "--set", "trainer.enable_progress_bar=false"]
+            "--set", "export.refit_epochs=1", "--set", "trainer.enable_progress_bar=false",
+            "--set", f"export.study={tmp_path / 'study.json'}",
+            "--set", "export.study_variant=mine"]
     assert train.main(args) == 0
     out = capsys.readouterr().out
     assert "share of the uniform-to-oracle gap closed" in out and "refitting on every" in out
@@ -633,6 +648,10 @@ def test_main_job_evaluates_then_refits_on_every_query(sim_file, tmp_path, capsy
     assert "refitted on every query for 1 epochs" in card and metrics["refit_epochs"] == 1
     assert "gap closed on the held-out queries" in card and "| 64 | 0.000 |" in card
     assert "- batch context: a text d = log(len)" in card
+    assert "## On task families it never saw" in card and "variant `mine`" in card
+    assert "| one batch | 0.61 +- 0.01 | 0.31 +- 0.01 | 0.32 +- 0.01 |" in card
+    assert "| each family its own batch | 0.71 +- 0.03 | 0.69 +- 0.03 | 0.57 +- 0.03 |" in card
+    assert metrics["unseen_families"]["groups"] == 6
     spread = _default_config()["calibration"]["tau_spread"]
     assert f"- threshold spread: curves widened by a threshold uncertainty of sd {spread:g}" in card
     assert pred.tau_spread == spread

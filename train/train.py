@@ -11,12 +11,15 @@ optimum; export it as a ``ClearPredictor`` to ``export.dir`` (atomically). With
 ``export.refit_all: true`` the exported weights are instead the same recipe refitted on every
 query for the held-out run's best number of epochs, or ``export.refit_epochs`` (for example the
 median best epoch of ``cross_family.py``'s folds, chosen on unseen families); the card says so
-and its metrics are the held-out run's. The work is done by :mod:`clear_learn.training`.
+and its metrics are the held-out run's. ``export.study`` (a ``study.json`` of
+``train/study.py``) and ``export.study_variant`` put that variant's figures on unseen task
+families into the metrics and the card. The work is done by :mod:`clear_learn.training`.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from dataclasses import replace
 
@@ -36,6 +39,7 @@ def main(argv=None) -> int:
     cfg = load_config(args.config, args.set)
     if not args.no_eval:
         eval_splits(cfg)  # a bad value fails now, not after the training
+    study = study_figures(cfg["export"].get("study"), cfg["export"].get("study_variant"))
     pred, dm, metrics = train_predictor(cfg, resume=args.resume)
     if pred is None:
         return 0
@@ -53,12 +57,45 @@ def main(argv=None) -> int:
         metrics["refit_seconds"] = round(secs, 1)
         pred.config = replace(pred.config, training=replace(
             pred.config.training, refit_all=True, held_out_split=cfg["data"]["split"]))
+    if study is not None:
+        metrics["unseen_families"] = study
     pred.config = replace(pred.config, metrics=metrics)
     out = resolve(cfg["export"]["dir"])
     pred.save_pretrained(out, merged=bool(cfg["export"].get("merged", False)))
     print(f"\nexported predictor to {out} (trained {metrics['train_seconds']} s, "
           f"{metrics['epochs']} epochs, best val NLL {metrics['best_val_nll']})")
     return 0
+
+
+#: study.json ablation rows -> the card's names
+STUDY_ROWS = {"every stage (shipped)": "learned", "length line (same stages)": "length line",
+              "TF-IDF baseline (same stages)": "TF-IDF"}
+
+
+def study_figures(path, variant) -> dict | None:
+    """``variant``'s gap closed on unseen families from ``train/study.py``'s ``path``
+    (study.json): per protocol ``{row: [mean, sd over seeds]}`` for the learned curves and
+    the two baselines; None without a path; an exit naming the file and field otherwise."""
+    if not path:
+        return None
+    try:
+        study = json.loads(resolve(path).read_text())
+        got = study["variants"][variant]
+        rows = got["ablation"]
+        figures = {proto: {name: [round(rows[row][key]["mean"], 4),
+                                  round(rows[row][key]["sd_seeds"], 4)]
+                           for row, name in STUDY_ROWS.items()}
+                   for proto, key in (("one batch", "pooled"),
+                                      ("each family its own batch", "family_batches"))}
+    except (OSError, ValueError) as err:
+        raise SystemExit(f"export.study {path}: cannot read ({err})") from None
+    except (KeyError, TypeError) as err:
+        raise SystemExit(f"export.study {path}: no figures for export.study_variant "
+                         f"{variant!r} (missing {err}); variants there: "
+                         f"{sorted((study.get('variants') or {}) if isinstance(study, dict) else [])}"
+                         ) from None
+    return {"variant": variant, "groups": study.get("groups"), "seeds": got.get("seeds"),
+            "data": study.get("data"), "gap_closed": figures}
 
 
 if __name__ == "__main__":

@@ -86,7 +86,8 @@ def model_card(cfg: PredictorConfig) -> str:
             epochs = m.get("refit_epochs", m.get("best_epochs", "?"))
             lines.append(f"- these weights: the same recipe refitted on every query for "
                          f"{epochs} epochs; the metrics below are the held-out run's")
-    lines += _metric_lines(m)
+    lines += _metric_lines({k: v for k, v in m.items() if k != "unseen_families"})
+    lines += _unseen_lines(m.get("unseen_families"))
     lines += ["", "## Intended use", "",
               "Routing token budgets across batches of reasoning queries for the model above. "
               "Not a correctness predictor for any single query; scored only on the task "
@@ -95,6 +96,24 @@ def model_card(cfg: PredictorConfig) -> str:
               "encoder reads only the first max_length tokens.", "",
               _measured_claim(m), ""]
     return "\n".join(lines)
+
+
+def _unseen_lines(u: dict | None) -> list[str]:
+    """The card's section on task families the recipe never saw (``train/study.py``)."""
+    if not u:
+        return []
+    seeds = u.get("seeds") or []
+    lines = ["", "## On task families it never saw", "",
+             f"The same recipe (study variant `{u.get('variant')}`), measured by "
+             f"`python train/study.py` on {u.get('groups')} groups of task families, each held "
+             f"out once, over {len(seeds)} training seeds (data: {u.get('data')}): the share of "
+             "the uniform-to-oracle gap closed, mean +- sd over seeds.", "",
+             "| protocol | " + " | ".join(next(iter(u["gap_closed"].values()))) + " |",
+             "|---|" + "---:|" * len(next(iter(u["gap_closed"].values())))]
+    for proto, row in u["gap_closed"].items():
+        lines.append(f"| {proto} | " + " | ".join(f"{m:.2f} +- {s:.2f}" for m, s in row.values())
+                     + " |")
+    return lines
 
 
 def _or(v) -> str:
