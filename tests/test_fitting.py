@@ -226,3 +226,25 @@ def test_rollout_arrays_are_flat_and_select_and_mask():
                                  for r in recs]
     assert np.array_equal(m.flat_tokens, a.flat_tokens[keep])
     assert np.array_equal(a.with_mask(a.mask & (a.tokens > 200)).flat_tokens, m.flat_tokens)
+
+
+@pytest.mark.parametrize("runaway", [None, 0.01, 0.3])
+def test_training_nll_is_the_fitting_likelihood(runaway):
+    """The torch loss (flat floor) equals :func:`clear_learn.fitting.rollout_nll` per query,
+    in DESIGN's form and the consistent one."""
+    torch = pytest.importorskip("torch")
+    from clear_learn.predictor.nll import rollout_nll as torch_nll
+    from clear_learn.rollouts import to_arrays
+    from clear_learn.simulate import simulated_dataset
+
+    recs = simulated_dataset(n_per_task=6, seed=2)
+    arr = to_arrays(recs)
+    rng = np.random.default_rng(0)
+    q = len(recs)
+    curves = Curves(rng.uniform(20, 300, q), rng.uniform(0.05, 0.95, q), rng.uniform(0.005, 0.1, q))
+    want = rollout_nll(curves, arr, runaway=runaway)
+    t = lambda x: torch.as_tensor(np.array(x))  # noqa: E731 (a writable copy)
+    got = torch_nll(t(curves.tau), t(np.log(curves.p / (1 - curves.p))), t(curves.k),
+                    t(arr.tokens), t(arr.correct), t(arr.cutoff), t(arr.mask),
+                    t(arr.max_new_tokens), smooth_floor=False, runaway=runaway).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-6)

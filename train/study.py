@@ -43,6 +43,8 @@ VARIANTS = {
     "lora": ([], []),  # configs/default.yaml: LoRA r=8 on query and value
     "frozen": (["model.lora_r=0"], []),
     "frozen-surface": (["model.lora_r=0", "model.surface_features=true"], []),
+    "frozen-surface-runaway": (["model.lora_r=0", "model.surface_features=true",
+                                "model.runaway=0.01"], []),  # the consistent likelihood
     "frozen-surface-l3": (["model.lora_r=0", "model.surface_features=true",
                            "model.encoder_layers=3"], []),
     "frozen-surface-l1": (["model.lora_r=0", "model.surface_features=true",

@@ -4,6 +4,8 @@ Loss ``likelihood`` (default): the rollouts' negative log-likelihood under the p
 (:mod:`clear_learn.predictor.nll`), needing no per-query fit. Loss ``regression``: mean squared
 error onto per-query fitted ``(log tau/M, log kM, logit p)``. Both report the same validation
 metric, ``val_nll`` (the likelihood with the flat floor of :mod:`clear_learn.fitting`).
+``runaway``: the consistent likelihood with run-away rate ``c`` (:mod:`.nll`), in training and
+in ``val_nll`` alike.
 
 ``freeze_encoder=True`` trains the head alone: the encoder and its LoRA adapters keep the
 weights they start with (``init_from``'s, for ``clear-learn recalibrate --mode head``) and run
@@ -34,10 +36,13 @@ class CurveLightningModule(L.LightningModule):
                  head_lr: float = 3e-3,
                  weight_decay: float = 0.01, loss: str = "likelihood", eps: float = 1e-3,
                  max_length: int = 128, init_from: str | None = None,
-                 freeze_encoder: bool = False, encoder_layers: int | None = None):
+                 freeze_encoder: bool = False, encoder_layers: int | None = None,
+                 runaway: float | None = None):
         super().__init__()
         if loss not in ("likelihood", "regression"):
             raise ValueError(f"loss must be 'likelihood' or 'regression', got {loss!r}")
+        if runaway is not None and not 0.0 < runaway < 1.0:
+            raise ValueError(f"runaway must be null or in (0, 1), got {runaway!r}")
         self.save_hyperparameters()
         self.model = CurveModel(base_model, lora_r=lora_r, lora_alpha=lora_alpha,
                                 lora_dropout=lora_dropout, lora_targets=tuple(lora_targets),
@@ -124,7 +129,8 @@ class CurveLightningModule(L.LightningModule):
     def _nll(self, batch, tau, p_logit, k, smooth: bool) -> torch.Tensor:
         return rollout_nll(tau, p_logit, k, batch["tokens"], batch["correct"],
                            batch["cutoff"], batch["mask"], batch["cap"],
-                           eps=self.hparams.eps, smooth_floor=smooth)
+                           eps=self.hparams.eps, smooth_floor=smooth,
+                           runaway=self.hparams.get("runaway"))
 
     def training_step(self, batch, batch_idx):
         raw = self._raw(batch)

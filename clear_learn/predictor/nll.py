@@ -11,10 +11,17 @@ Per rollout, with ``M`` the generation cap and ``f`` the Gamma(2, k) density of 
 (``s = M / 8``), which still pulls ``tau`` below a correct rollout it has overshot (a flat
 floor gives no gradient there); without it, ``g = 1 / M`` as in :mod:`clear_learn.fitting`,
 so that reported likelihoods are comparable with the per-query fits.
+
+``runaway`` (``c`` in (0, 1); None: the form above, DESIGN.md section 4) is the consistent
+likelihood of :class:`clear_learn.fitting.FitPrior`: an unsolvable response runs away to the
+cap with probability ``c``, so a finished wrong answer scores ``(1 - p)(1 - c)`` and a cut-off
+``p (1 - h) + (1 - p) c`` (``h = (1 - eps) G + eps``): cut-offs no longer count against ``p``
+alone.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -24,10 +31,11 @@ __all__ = ["rollout_nll"]
 def rollout_nll(tau: torch.Tensor, p_logit: torch.Tensor, k: torch.Tensor,
                 tokens: torch.Tensor, correct: torch.Tensor, cutoff: torch.Tensor,
                 mask: torch.Tensor, cap: torch.Tensor, *, eps: float = 1e-3,
-                smooth_floor: bool = True) -> torch.Tensor:
+                smooth_floor: bool = True, runaway: float | None = None) -> torch.Tensor:
     """Mean NLL per rollout of each query: shape (B,). Inputs (B,) or (B, n) tensors.
 
-    ``p_logit`` is ``logit(p)`` (for stable ``log p`` and ``log(1 - p)``).
+    ``p_logit`` is ``logit(p)`` (for stable ``log p`` and ``log(1 - p)``); ``runaway`` as in
+    the module doc.
     """
     tokens = tokens.to(tau.dtype)
     M = cap.to(tau.dtype)
@@ -46,7 +54,12 @@ def rollout_nll(tau: torch.Tensor, p_logit: torch.Tensor, k: torch.Tensor,
     G = 1.0 - (1.0 + y) * torch.exp(-y)
     h = (1.0 - eps) * G + eps
     p = torch.sigmoid(p_logit)
-    log_cut = torch.log1p(-(p * h).clamp(max=1.0 - 1e-7))[:, None]
+    if runaway is None:
+        log_cut = torch.log1p(-(p * h).clamp(max=1.0 - 1e-7))[:, None]
+    else:
+        c = float(runaway)
+        log_cut = torch.log((p * (1.0 - h) + (1.0 - p) * c).clamp(min=1e-30))[:, None]
+        log1mp = log1mp + float(np.log1p(-c))
     corr = correct & mask
     wrong = mask & ~correct & ~cutoff
     cut = mask & ~correct & cutoff
