@@ -339,7 +339,7 @@ def test_recalibration_curve_on_unseen_families(tmp_path):
         assert len({np.isfinite(r["gap_closed"]) for r in rows if r["fold"] == fold}) == 1
     assert sum(np.isfinite(r["gap_closed"]) for r in rows) >= 6
     text = (tmp_path / "out" / "unseen" / "summary.md").read_text()
-    assert "| 10 |" in text and "draws and folds" in text
+    assert "| 10 |" in text and "draws and folds" in text and "minus base" in text
     stamp = [p.stat().st_mtime_ns for p in sorted((tmp_path / "out" / "unseen").glob("*.json"))]
     assert recalibration_curve.main(argv) == 0  # resumed: nothing recomputed
     assert stamp == [p.stat().st_mtime_ns

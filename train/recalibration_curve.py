@@ -34,6 +34,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
+import sys
 import time
 from pathlib import Path
 
@@ -138,13 +140,13 @@ def run_one(case: str, records: list[dict], budgets: list[int], n: int, draw: in
     return row
 
 
-def summary(rows: list[dict], case: str) -> str:
+def summary(rows: list[dict], case: str, command: str) -> str:
     sizes = sorted({r["n"] for r in rows})
     variants = [v for v in VARIANTS if any(r["variant"] == v for r in rows)]
     out = [f"# Recalibration learning curve: {case}", "",
            "Mean gap closed on the test queries (mean over budgets where the oracle beats "
            "uniform), mean +- sd over draws" + (" and folds" if case == "unseen" else "")
-           + f" (`python train/recalibration_curve.py --case {case}`).", "", "| queries | " + " | ".join(variants) + " |",
+           + f" (`{command}`).", "", "| queries | " + " | ".join(variants) + " |",
            "|---:|" + "---:|" * len(variants)]
     for n in sizes:
         cells = []
@@ -154,6 +156,22 @@ def summary(rows: list[dict], case: str) -> str:
             cells.append(f"{np.mean(g):.2f} +- {np.std(g, ddof=1):.2f} ({len(g)})"
                          if len(g) > 1 else (f"{g[0]:.2f} (1)" if g else "-"))
         out.append(f"| {n} | " + " | ".join(cells) + " |")
+    others = [v for v in variants if v != "base"]
+    if "base" in variants and others:
+        out += ["", "Each variant minus base on the same test queries (paired by draw"
+                + (" and fold" if case == "unseen" else "") + "): mean +- standard error.", "",
+                "| queries | " + " | ".join(others) + " |", "|---:|" + "---:|" * len(others)]
+        gap = {(r["n"], r["draw"], r.get("fold", ""), r["variant"]): r["gap_closed"]
+               for r in rows}
+        for n in sizes:
+            cells = []
+            for v in others:
+                d = [x - gap[(m, dr, f, "base")] for (m, dr, f, w), x in gap.items()
+                     if m == n and w == v and np.isfinite(x)
+                     and np.isfinite(gap.get((m, dr, f, "base"), np.nan))]
+                cells.append(f"{np.mean(d):+.2f} +- {np.std(d, ddof=1) / np.sqrt(len(d)):.2f}"
+                             if len(d) > 1 else "-")
+            out.append(f"| {n} | " + " | ".join(cells) + " |")
     return "\n".join(out) + "\n"
 
 
@@ -201,7 +219,9 @@ def main(argv=None) -> int:
                                   predictor, fold)
                     rows.append(row)
                     print(json.dumps(row), flush=True)
-    text = summary(rows, args.case)
+    command = "python train/recalibration_curve.py " + shlex.join(
+        sys.argv[1:] if argv is None else argv)
+    text = summary(rows, args.case, command)
     write_text(out / args.case / "summary.md", text)
     print(text)
     return 0

@@ -1,13 +1,14 @@
 """Regenerate docs/RESULTS.md: the project's measured figures, from what recorded them.
 
-    python train/results.py [--measure runs/measure|runs/study ...]
+    python train/results.py [--measure runs/measure|runs/study|runs/recal-curve/CASE ...]
                             [--predictor checkpoints/default]
                             [--out docs/RESULTS.md]
 
 Sections, in order: the shipped predictor's figures as recorded in its ``config.json`` at
 export (its held-out run: gap closed per budget and policy, mean gap, NLL); then each
 ``train/measure.py`` run given with ``--measure`` (its ``SUMMARY.md``, which names its data
-and commit) or ``train/study.py`` run (its ``STUDY.md``); then the archived measurement
+and commit), ``train/study.py`` run (its ``STUDY.md``) or recalibration curve (its
+``summary.md``); then the archived measurement
 history (``docs/results-history.md``, the record kept before this document was generated). Nothing here is typed by hand but the history.
 """
 
@@ -64,12 +65,15 @@ def predictor_section(path: Path) -> list[str]:
 
 
 def measure_section(run: Path) -> list[str]:
-    """A ``train/measure.py`` folder's SUMMARY.md, or a ``train/study.py`` folder's STUDY.md,
-    its headings one level down."""
-    summary = next((run / n for n in ("SUMMARY.md", "STUDY.md") if (run / n).is_file()), None)
+    """A ``train/measure.py`` folder's SUMMARY.md, a ``train/study.py`` folder's STUDY.md, or
+    a ``train/recalibration_curve.py`` case folder's summary.md, its headings one level
+    down."""
+    summary = next((run / n for n in ("SUMMARY.md", "STUDY.md", "summary.md")
+                    if (run / n).is_file()), None)
     if summary is None:
-        raise SystemExit(f"{run}: no SUMMARY.md or STUDY.md (run python train/measure.py "
-                         f"--out {run}, or python train/study.py --out {run})")
+        raise SystemExit(f"{run}: no SUMMARY.md, STUDY.md or summary.md (run python "
+                         f"train/measure.py --out {run}, python train/study.py --out {run}, "
+                         "or python train/recalibration_curve.py)")
     text = summary.read_text().strip().splitlines()
     body = [("#" + line if line.startswith("#") else line) for line in text]
     return [f"## Measured: `{run}`", "", *body, ""]
