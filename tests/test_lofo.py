@@ -6,6 +6,7 @@ import pytest
 from clear_learn.predictor.data import split_records
 from clear_learn.simulate import simulated_dataset
 from clear_learn.training.lofo import Fold, make_folds
+from predictor_support import requires_base_encoder
 
 TASKS = [f"t{i:02d}" for i in range(13)]
 
@@ -114,3 +115,45 @@ def test_study_diagnostic_ranks_curves_against_the_rollouts():
     assert d["tau ~ correct length (text length)"] == pytest.approx(1.0)  # longer texts here
     bad = {"clear-learned": Curves(600.0 - 50 * np.arange(6), 0.95 - acc, np.full(6, 0.02))}
     assert study.diagnostic(recs, bad)["p ~ accuracy (predicted)"] == pytest.approx(-1.0)
+
+
+@requires_base_encoder
+def test_study_measures_once_and_reads_a_measured_run_back(tmp_path, monkeypatch):
+    """train/study.py end to end on SIMULATED rollouts (a tiny frozen recipe, 3 groups, 2
+    seeds): the tables and study.json; a rerun trains and pools nothing (cross_family.py is
+    not called) and gives the same figures; the ensemble is measured once and cached."""
+    import json
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("torch")
+    from clear_learn.rollouts import write_rollouts
+    from clear_learn.simulate import simulated_dataset
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "train"))
+    import study
+
+    sim = tmp_path / "sim.jsonl"
+    write_rollouts(simulated_dataset(n_per_task=24, seed=5), sim)
+    monkeypatch.setitem(study.VARIANTS, "tiny", (
+        ["model.lora_r=0", "model.head_hidden=8", "model.encoder_layers=1",
+         "data.max_length=16", "trainer.max_epochs=1", "evaluate.splits=1",
+         "evaluate.budgets_per_query=[64,256]"], []))
+    argv = ["--variants", "tiny", "--seeds", "0,1", "--groups", "3", "--data", str(sim),
+            "--out", str(tmp_path / "study"), "--set", "threads=1"]
+    assert study.main(argv) == 0
+    first = json.loads((tmp_path / "study" / "study.json").read_text())
+    rows = first["variants"]["tiny"]["ablation"]
+    assert set(rows) == {name for name, _, _ in study.ABLATION}
+    assert first["variants"]["tiny"]["seeds"] == [0, 1]
+    assert "tiny, ensemble of 2 seeds" in first["variants"]
+    assert (tmp_path / "study" / "tiny-ensemble-s0-1" / "measure.json").is_file()
+    assert "### tiny (seeds 0, 1)" in (tmp_path / "study" / "STUDY.md").read_text()
+
+    def refuse(argv):
+        raise AssertionError("a measured run was trained or pooled again")
+
+    monkeypatch.setattr(study.cross_family, "main", refuse)
+    monkeypatch.setattr(study, "measure", refuse)
+    assert study.main(argv) == 0
+    assert json.loads((tmp_path / "study" / "study.json").read_text()) == first

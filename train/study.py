@@ -39,9 +39,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import cross_family  # noqa: E402  (train/ is a folder of scripts)
 
 #: variant -> (``--set`` overrides, extra cross_family arguments)
-VARIANTS = {
-    "lora": ([], []),  # configs/default.yaml: LoRA r=8 on query and value
-    "frozen": (["model.lora_r=0"], []),
+VARIANTS = {  # each names its encoder and head, whatever configs/default.yaml says
+    "lora": (["model.lora_r=8", "model.surface_features=false"], []),  # r=8 on query, value
+    "frozen": (["model.lora_r=0", "model.surface_features=false"], []),
     "frozen-surface": (["model.lora_r=0", "model.surface_features=true"], []),
     "frozen-surface-runaway": (["model.lora_r=0", "model.surface_features=true",
                                 "model.runaway=0.01"], []),  # the consistent likelihood
@@ -102,7 +102,8 @@ def diagnostic(test: list[dict], curves) -> dict[str, float]:
 
 def run(variant: str, seed: int, args, base_sets: list[str]):
     """One variant x seed: its folds, trained where missing (``cross_family.py`` also writes
-    the run's own reports). Returns ``(sets, records, folds, curves)``."""
+    the run's own reports; a run already measured with these settings and folds is only read
+    back). Returns ``(sets, records, folds, curves)``."""
     from clear_learn.training.lofo import load_run
 
     sets, extra = VARIANTS[variant]
@@ -111,9 +112,41 @@ def run(variant: str, seed: int, args, base_sets: list[str]):
     argv = ["--groups", str(args.groups), "--out", str(out), *extra]
     for s in sets:
         argv += ["--set", s]
-    cross_family.main(argv)
+    if not measured(out, sets):
+        cross_family.main(argv)
     _, records, folds, curves = load_run(out)
     return sets, records, folds, curves
+
+
+def measure_key(runs: list[Path], sets: list[str], folds) -> str:
+    """What a cached measurement depends on: the settings, the ablation rows and the saved
+    folds of ``runs`` (one run, or the seeds of an ensemble)."""
+    import hashlib
+
+    h = hashlib.sha256(json.dumps([sets, [a[:2] for a in ABLATION]]).encode())
+    for out in runs:
+        for fold in folds:
+            h.update((out / "folds" / f"{fold.name}.jsonl").read_bytes())
+    return h.hexdigest()
+
+
+def measured(out: Path, sets: list[str]) -> bool:
+    """Whether ``out`` holds every fold and the reports, measured with ``sets`` (then
+    ``cross_family.py`` has nothing to add)."""
+    from clear_learn.predictor.data import load_records
+    from clear_learn.training.lofo import check_same_config, saved_folds
+
+    path = out / "measure.json"
+    if not (path.is_file() and (out / "report.json").is_file()
+            and (out / "report-family-batches.json").is_file()):
+        return False
+    saved = json.loads((out / "config.json").read_text())
+    cfg = load_config(DEFAULT_CONFIG, sets)
+    check_same_config(out, cfg, saved["random_val"], saved.get("fold_design"))  # or exit
+    folds = saved_folds(out, load_records(cfg["data"]["data"]))
+    if not all((out / "folds" / f"{f.name}.jsonl").is_file() for f in folds):
+        return False
+    return json.loads(path.read_text()).get("key") == measure_key([out], sets, folds)
 
 
 def measure(sets: list[str], records: list[dict], folds, curves: dict,
@@ -142,22 +175,19 @@ def measure(sets: list[str], records: list[dict], folds, curves: dict,
     return result
 
 
-def cached_measure(out: Path, sets: list[str], records: list[dict], folds, curves: dict
-                   ) -> dict:
-    """:func:`measure` of one run, kept in ``out/measure.json`` for as long as its folds, its
-    settings and the ablation rows are the same."""
-    import hashlib
-
-    h = hashlib.sha256(json.dumps([sets, [a[:2] for a in ABLATION]]).encode())
-    for fold in folds:
-        h.update((out / "folds" / f"{fold.name}.jsonl").read_bytes())
+def cached_measure(out: Path, sets: list[str], records: list[dict], folds, curves: dict,
+                   runs: list[Path] | None = None) -> dict:
+    """:func:`measure` of one run (``out``), or of the ensemble of ``runs`` (kept in ``out``,
+    measured without run reports), kept in ``out/measure.json`` for as long as the folds,
+    the settings and the ablation rows are the same."""
+    key = measure_key(runs or [out], sets, folds)
     path = out / "measure.json"
     if path.is_file():
         have = json.loads(path.read_text())
-        if have.get("key") == h.hexdigest():
+        if have.get("key") == key:
             return have["result"]
-    result = measure(sets, records, folds, curves, out)
-    write_text(path, json.dumps({"key": h.hexdigest(), "result": result}) + "\n")
+    result = measure(sets, records, folds, curves, None if runs else out)
+    write_text(path, json.dumps({"key": key, "result": result}) + "\n")
     return result
 
 
@@ -230,8 +260,10 @@ def main(argv=None) -> int:
                       for s, r in runs.items()}
         if len(seeds) > 1:  # the seeds' curves averaged: one predictor, measured once
             sets, records, folds, _ = runs[seeds[0]]
-            results[f"{v}, ensemble of {len(seeds)} seeds"] = {"all": measure(
-                sets, records, folds, ensemble_curves([r[3] for r in runs.values()]))}
+            ens = resolve(args.out) / f"{v}-ensemble-s{'-'.join(map(str, seeds))}"
+            results[f"{v}, ensemble of {len(seeds)} seeds"] = {"all": cached_measure(
+                ens, sets, records, folds, ensemble_curves([r[3] for r in runs.values()]),
+                runs=[resolve(args.out) / f"{v}-s{s}" for s in seeds])}
     summary, lines = summarise(results)
     out = resolve(args.out)
     write_text(out / "study.json", json.dumps({"groups": args.groups, "data": args.data,

@@ -28,7 +28,7 @@ __all__ = ["POLICIES", "FOLD_CONTENTS", "POOLING_ONLY", "Fold", "make_folds", "v
            "fold_contexts",
            "fold_curves", "median_epochs", "check_same_config", "load_fold", "pool_stages",
            "pooled_curves", "fit_spreads", "PooledFolds", "family_batches_report", "run_folds",
-           "evaluate_folds", "load_run", "held_out", "ensemble_curves"]
+           "evaluate_folds", "load_run", "saved_folds", "held_out", "ensemble_curves"]
 
 POLICIES = (LEARNED, TFIDF, LENGTH)  # saved per fold, before every post-network stage
 # what the saved folds hold; folds written before it (clear-learned saved by predict() with the
@@ -321,12 +321,18 @@ def load_run(out: Path) -> tuple[dict, list[dict], list[Fold], dict]:
 
     saved = json.loads((out / "config.json").read_text())
     cfg = {**load_config(DEFAULT_CONFIG), **saved["config"]}
-    design = saved.get("fold_design") or {}
     records = load_records(cfg["data"]["data"])
-    folds = make_folds(sorted({r["task"] for r in records}), groups=design.get("groups"),
-                       group_seed=design.get("group_seed", 0), random_val=saved["random_val"],
-                       train_families=design.get("train_families"))
+    folds = saved_folds(out, records)
     return cfg, records, folds, run_folds(cfg, records, folds, out)[0]
+
+
+def saved_folds(out: Path, records: list[dict]) -> list[Fold]:
+    """The folds over ``records`` of the design recorded in ``out/config.json``."""
+    saved = json.loads((out / "config.json").read_text())
+    design = saved.get("fold_design") or {}
+    return make_folds(sorted({r["task"] for r in records}), groups=design.get("groups"),
+                      group_seed=design.get("group_seed", 0), random_val=saved["random_val"],
+                      train_families=design.get("train_families"))
 
 
 def held_out(records: list[dict], folds: list[Fold]) -> list[dict]:
