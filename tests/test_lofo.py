@@ -157,3 +157,18 @@ def test_study_measures_once_and_reads_a_measured_run_back(tmp_path, monkeypatch
     monkeypatch.setattr(study, "measure", refuse)
     assert study.main(argv) == 0
     assert json.loads((tmp_path / "study" / "study.json").read_text()) == first
+
+
+def test_fold_config_check_ignores_new_null_options_only(tmp_path):
+    """Folds recorded before an option existed match a config where it is null (off), and
+    are refused once it is set, or when any recorded setting changes."""
+    from clear_learn.training.lofo import check_same_config
+
+    old = {"model": {"lora_r": 0, "head_hidden": 8}, "data": {"data": "x"}, "batch_context": {}}
+    check_same_config(tmp_path, old, False)
+    check_same_config(tmp_path, {**old, "model": {**old["model"], "runaway": None}}, False)
+    check_same_config(tmp_path, {**old, "batch_context": {"enabled": False}}, False)  # pooling
+    for bad in ({**old, "model": {**old["model"], "runaway": 0.01}},
+                {**old, "model": {"lora_r": 8, "head_hidden": 8}}):
+        with pytest.raises(SystemExit, match="folds of another config"):
+            check_same_config(tmp_path, bad, False)

@@ -146,7 +146,8 @@ def median_epochs(fold_epochs: dict[str, int]) -> int:
 def check_same_config(out: Path, cfg: dict, random_val: bool, folds: dict | None = None
                       ) -> None:
     """Record the run's config in ``OUT/config.json``; refuse to mix folds of another one
-    (the sections in ``POOLING_ONLY`` act after the folds, so they may differ). ``folds``:
+    (the sections in ``POOLING_ONLY`` act after the folds, so they may differ; a null setting
+    counts as absent). ``folds``:
     how the folds were drawn (groups, seeds, training families), recorded with it."""
     want = {"config": {k: v for k, v in cfg.items() if k not in POOLING_ONLY},
             "random_val": bool(random_val), "folds": FOLD_CONTENTS}
@@ -160,12 +161,20 @@ def check_same_config(out: Path, cfg: dict, random_val: bool, folds: dict | None
                              "(their clear-learned curves already had the batch context and "
                              "spread that pooling adds again): pass another --out, or delete "
                              "it to start over")
-        if have != json.loads(json.dumps(want)):
+        if _set_only(have) != _set_only(json.loads(json.dumps(want))):
             raise SystemExit(f"{out} holds folds of another config ({path}): pass another "
                              "--out, or delete it to start over")
         return
     out.mkdir(parents=True, exist_ok=True)
     write_text(path, json.dumps(want, indent=1))
+
+
+def _set_only(d):
+    """``d`` without its null settings, at every depth: an option added later with a null
+    default (off) matches folds recorded before it existed."""
+    if isinstance(d, dict):
+        return {k: _set_only(v) for k, v in d.items() if v is not None}
+    return d
 
 
 def load_fold(path: Path, ids: set[str]) -> dict[str, list[dict]] | None:
