@@ -51,8 +51,9 @@ VARIANTS = {  # each names its encoder and head, whatever configs/default.yaml s
                            "model.encoder_layers=1"], []),
     "frozen-surface-l0": (["model.lora_r=0", "model.surface_features=true",
                            "model.encoder_layers=0"], []),
-    "frozen-n5": (["model.lora_r=0"], ["--train-families", "5"]),
-    "frozen-n10": (["model.lora_r=0"], ["--train-families", "10"]),
+    "frozen-n5": (["model.lora_r=0", "model.surface_features=false"], ["--train-families", "5"]),
+    "frozen-n10": (["model.lora_r=0", "model.surface_features=false"],
+                   ["--train-families", "10"]),
 }
 #: ablation rows: (name, pooling overrides, policy read from that pooling)
 ABLATION = [
