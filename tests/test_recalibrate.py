@@ -215,7 +215,6 @@ def test_bad_input_is_refused_before_training(base, tmp_path, capsys):
 def test_a_frozen_encoder_predictor_recalibrates_its_head(tmp_path):
     """A predictor without LoRA (a frozen encoder, here cut to one layer): head mode moves its
     p towards the user's rollouts and keeps the architecture; head+lora is refused."""
-    from clear_learn import ClearPredictor
     from clear_learn.predictor.storage import PredictorLoadError
     from clear_learn.training.recalibrate import recalibrate
     from clear_learn.training.recipe import DEFAULT_CONFIG, load_config, refit_on_all
