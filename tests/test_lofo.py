@@ -139,13 +139,13 @@ def test_study_measures_once_and_reads_a_measured_run_back(tmp_path, monkeypatch
         ["model.lora_r=0", "model.head_hidden=8", "model.encoder_layers=1",
          "data.max_length=16", "trainer.max_epochs=1", "evaluate.splits=1",
          "evaluate.budgets_per_query=[64,256]"], []))
-    argv = ["--variants", "tiny", "--seeds", "0,1", "--groups", "3", "--data", str(sim),
+    argv = ["--variants", "tiny@0+1", "--seeds", "7", "--groups", "3", "--data", str(sim),
             "--out", str(tmp_path / "study"), "--set", "threads=1"]
     assert study.main(argv) == 0
     first = json.loads((tmp_path / "study" / "study.json").read_text())
     rows = first["variants"]["tiny"]["ablation"]
     assert set(rows) == {name for name, _, _ in study.ABLATION}
-    assert first["variants"]["tiny"]["seeds"] == [0, 1]
+    assert first["variants"]["tiny"]["seeds"] == [0, 1]  # its own seeds, not --seeds
     assert "tiny, ensemble of 2 seeds" in first["variants"]
     assert (tmp_path / "study" / "tiny-ensemble-s0-1" / "measure.json").is_file()
     assert "### tiny (seeds 0, 1)" in (tmp_path / "study" / "STUDY.md").read_text()

@@ -1,6 +1,6 @@
 """The generalisation study: recipes measured on task families they never saw, over seeds.
 
-    python train/study.py [--out runs/study] [--variants frozen,frozen-surface]
+    python train/study.py [--out runs/study] [--variants frozen,frozen-surface,lora@0]
                           [--seeds 0,1,2] [--groups 6] [--data "[default,benchmark]"]
                           [--set key=value ...]
 
@@ -238,7 +238,8 @@ def main(argv=None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="runs/study")
     ap.add_argument("--variants", default="frozen,frozen-surface",
-                    help=f"comma-separated, of {', '.join(VARIANTS)}")
+                    help=f"comma-separated, of {', '.join(VARIANTS)}; VARIANT@0+1: that "
+                         "variant on its own seeds (here 0 and 1) instead of --seeds")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--groups", type=int, default=6)
     ap.add_argument("--data", default="[default,benchmark]",
@@ -246,16 +247,21 @@ def main(argv=None) -> int:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="an override for every run (e.g. threads=1)")
     args = ap.parse_args(argv)
-    variants = args.variants.split(",")
+    try:
+        default_seeds = [int(s) for s in args.seeds.split(",")]
+        variants = {name: [int(s) for s in own.split("+")] if own else default_seeds
+                    for name, _, own in (v.partition("@") for v in args.variants.split(","))}
+    except ValueError:
+        raise SystemExit(f"--seeds / --variants: seeds must be whole numbers, got "
+                         f"{args.seeds!r} / {args.variants!r}") from None
     unknown = set(variants) - set(VARIANTS)
     if unknown:
         raise SystemExit(f"--variants: unknown {sorted(unknown)} (known: {list(VARIANTS)})")
-    seeds = [int(s) for s in args.seeds.split(",")]
     base = [f"data.data={args.data}", "trainer.enable_progress_bar=false", *args.set]
     from clear_learn.training.lofo import ensemble_curves
 
     results = {}
-    for v in variants:
+    for v, seeds in variants.items():
         runs = {s: run(v, s, args, base) for s in seeds}
         results[v] = {s: cached_measure(resolve(args.out) / f"{v}-s{s}", *r)
                       for s, r in runs.items()}
