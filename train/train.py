@@ -83,7 +83,8 @@ def study_figures(path, variant) -> dict | None:
         got = study["variants"][variant]
         rows = got["ablation"]
         figures = {proto: {name: [round(rows[row][key]["mean"], 4),
-                                  round(rows[row][key]["sd_seeds"], 4)]
+                                  None if rows[row][key]["sd_seeds"] is None  # one seed
+                                  else round(rows[row][key]["sd_seeds"], 4)]
                            for row, name in STUDY_ROWS.items()}
                    for proto, key in (("one batch", "pooled"),
                                       ("each family its own batch", "family_batches"))}
