@@ -1,6 +1,6 @@
-"""The committed checkpoints/default keeps giving the results recorded before the predictor
-pipeline was refactored (issue 17): tests/fixtures/default_predictions.json holds its curves
-and allocations on 64 embedded texts, made by the code of the commit it names."""
+"""The committed checkpoints/default keeps giving the results recorded when it was exported:
+tests/fixtures/default_predictions.json holds its curves and allocations on 64 embedded texts,
+made by the code of the commit it names (regenerate it only with a new checkpoint)."""
 
 import json
 from pathlib import Path
@@ -56,25 +56,45 @@ def test_predict_raw_is_the_networks_own_curve(pred):
 
 
 def test_it_records_the_texts_it_was_trained_on(pred):
-    """The checkpoint's 520 training texts (data commit da92f80: the first 400 default
-    records and the 120 benchmark ones) are recorded by hash: of the fixture's texts (every
-    11th default record, every 5th benchmark one) only default records 407, 418 and 429,
-    added after it was trained, are new to it."""
-    seen = pred.trained_on(FIXTURE["texts"])
-    assert [i for i, x in enumerate(seen) if not x] == [37, 38, 39]
-    assert pred.config.format_version == 2 and pred.config.training.n_train == 520
+    """The checkpoint's 617 training texts (data commit c8d8c60: 489 default records, 128
+    benchmark ones) are recorded by hash: the fixture's texts (every 11th default record up
+    to 429, every 5th benchmark one) are all among them, a new text is not."""
+    assert all(pred.trained_on(FIXTURE["texts"]))
+    assert pred.trained_on(["What is 1 + 1? (a text never trained on)"]) == [False]
+    assert pred.config.format_version == 2 and pred.config.training.n_train == 617
 
 
-def test_its_format_1_export_still_loads_to_the_same_curves(tmp_path):
-    """The checkpoint as it was exported (format 1, tests/fixtures/config-format1.json) loads
-    through the migration and predicts what it always did."""
+def _as_format_1(d: dict) -> dict:
+    """A format-2 config as the flat format-1 dict of the first exports (the inverse of
+    ``migrate_v1`` on the fields format 1 had)."""
+    e, h, s = d["encoder"], d["head"], d["stages"]
+    training = {k: v for k, v in d["training"].items() if k != "text_sha256"}
+    return {"format_version": 1, "base_model": e["base_model"], "max_length": e["max_length"],
+            "weights": e["weights"], "head_hidden": h["hidden"],
+            "length_feature": h["length_feature"], "surface_features": h["surface_features"],
+            "n_tokens_range": h["n_tokens_range"],
+            "lora": {f"lora_{k}": v for k, v in (e["lora"] or {}).items()},
+            "generator": d["generator"], "training": training, "metrics": d["metrics"],
+            "batch_context": s["batch_context"], "tau_spread": s["tau_spread"],
+            "tau_k_source": s["tau_k_source"], "length_curve": s["length_line"]}
+
+
+def test_a_format_1_export_still_loads_to_the_same_curves(tmp_path):
+    """The checkpoint with its config written as format 1 loads through the migration and
+    predicts the same curves; the first real format-1 export (tests/fixtures/
+    config-format1.json) migrates to a valid config."""
     import shutil
 
     from clear_learn.predictor import ClearPredictor
+    from clear_learn.predictor.config import PredictorConfig
 
     old = tmp_path / "old"
     shutil.copytree(CKPT, old)
-    shutil.copy(ROOT / "tests" / "fixtures" / "config-format1.json", old / "config.json")
+    flat = _as_format_1(json.loads((CKPT / "config.json").read_text()))
+    (old / "config.json").write_text(json.dumps(flat))
     pred = ClearPredictor.from_pretrained(old)
     assert pred.trained_on(["anything"]) is None  # format 1 did not record its texts
     _same(pred.predict(FIXTURE["texts"]), FIXTURE["predict"])
+    first = PredictorConfig.from_json_file(ROOT / "tests" / "fixtures" / "config-format1.json")
+    assert first.format_version == 2 and first.encoder.lora.r == 8
+    assert first.stages.tau_k_source == "length" and first.training.text_sha256 is None

@@ -301,6 +301,25 @@ def test_length_feature_sees_the_untruncated_text(trained, tmp_path):
     assert c.tau[0] != c.tau[1]
 
 
+def _small_predictor(sim_file, tmp_path, seed: int, **model):
+    """A module of the default recipe with the ``model`` settings (head 8 wide), trained for
+    3 steps, and its predictor as ``train.py`` would export it."""
+    import lightning as L
+
+    from clear_learn.predictor.lightning import CurveLightningModule
+    from clear_learn.training.recipe import load_config, predictor_from_run
+
+    L.seed_everything(seed)
+    dm = _dm(sim_file)
+    module = CurveLightningModule(head_hidden=8, **model)
+    module.model.train()
+    _trainer(tmp_path, 3).fit(module, datamodule=dm)
+    cfg = load_config(ROOT / "configs" / "default.yaml",
+                      ["model.head_hidden=8", "data.max_length=32",
+                       *(f"model.{k}={json.dumps(v)}" for k, v in model.items())])
+    return module, predictor_from_run(module, dm, cfg)
+
+
 def test_surface_features():
     from clear_learn.predictor.features import SURFACE_FEATURES, surface_features
 
@@ -315,22 +334,9 @@ def test_surface_features():
 
 
 def test_surface_feature_model_trains_exports_and_reloads(sim_file, tmp_path):
-    import lightning as L
-
     from clear_learn.predictor.export import ClearPredictor
-    from clear_learn.predictor.lightning import CurveLightningModule
 
-    L.seed_everything(1)
-    dm = _dm(sim_file)
-    module = CurveLightningModule(lora_r=0, head_hidden=8, surface_features=True)
-    module.model.train()
-    _trainer(tmp_path, 3).fit(module, datamodule=dm)
-    from clear_learn.training.recipe import load_config, predictor_from_run
-
-    cfg = load_config(ROOT / "configs" / "default.yaml",
-                      ["model.head_hidden=8", "model.lora_r=0", "data.max_length=32",
-                       "model.surface_features=true"])
-    pred = predictor_from_run(module, dm, cfg)
+    _, pred = _small_predictor(sim_file, tmp_path, 1, lora_r=0, surface_features=True)
     pred.save_pretrained(tmp_path / "p")
     texts = ["What is 3 + 4?", "Add 12,345 and 6789, then divide by 7."]
     loaded = ClearPredictor.from_pretrained(tmp_path / "p")
@@ -343,23 +349,11 @@ def test_a_cut_encoder_trains_exports_and_reloads(sim_file, tmp_path):
     """``encoder_layers``: the first N layers only, kept through both exports (LoRA adapter
     on the cut encoder, merged weights) and ONNX Runtime; a depth beyond the encoder's is
     refused."""
-    import lightning as L
-
     from clear_learn.predictor.export import ClearPredictor
-    from clear_learn.predictor.lightning import CurveLightningModule
     from clear_learn.predictor.model import CurveModel
-    from clear_learn.training.recipe import load_config, predictor_from_run
 
-    L.seed_everything(2)
-    dm = _dm(sim_file)
-    module = CurveLightningModule(lora_r=2, head_hidden=8, encoder_layers=2)
+    module, pred = _small_predictor(sim_file, tmp_path, 2, lora_r=2, encoder_layers=2)
     assert len(module.model.encoder.base_model.model.encoder.layer) == 2
-    module.model.train()
-    _trainer(tmp_path, 3).fit(module, datamodule=dm)
-    cfg = load_config(ROOT / "configs" / "default.yaml",
-                      ["model.head_hidden=8", "model.lora_r=2", "data.max_length=32",
-                       "model.encoder_layers=2"])
-    pred = predictor_from_run(module, dm, cfg)
     assert pred.config.encoder.layers == 2
     texts = ["What is 3 + 4?", "Sort these words: pear, apple, fig."]
     want = pred.predict(texts)
