@@ -56,7 +56,7 @@ def test_predict_raw_is_the_networks_own_curve(pred):
 
 
 def test_it_records_the_texts_it_was_trained_on(pred):
-    """The checkpoint's 617 training texts (data commit c8d8c60: 489 default records, 128
+    """The checkpoint's 617 training texts (data commit d0a16f0: 489 default records, 128
     benchmark ones) are recorded by hash: the fixture's texts (every 11th default record up
     to 429, every 5th benchmark one) are all among them, a new text is not."""
     assert all(pred.trained_on(FIXTURE["texts"]))
