@@ -23,11 +23,11 @@ adapters frozen at the base's weights; ``head+lora`` also trains the adapters (r
 predictor whose encoder has none, a frozen encoder). The head is
 the safer default for the 25-200 queries a user typically has: it is about 50k parameters on
 features learned from the base's thousands of rollouts, while training the adapters as well
-reshapes those features from a few hundred texts. Measured for a frozen-encoder base
-(``train/recalibration_curve.py``): head mode on 50-100 queries adds about
-0.15 of the uniform-to-oracle gap on unseen task families and 0.56-0.60 on another model's
-GSM8K rollouts, as much as a head trained from scratch on the same queries; head+lora is
-not measured yet.
+reshapes those features from a few hundred texts. Measured (``train/recalibration_curve.py``):
+head mode on 50-100 queries adds about 0.15 of the uniform-to-oracle gap on unseen task
+families (frozen-encoder bases) and 0.53-0.60 on another model's GSM8K rollouts (frozen and
+LoRA bases), as much as a head trained from scratch on the same queries where that was
+measured; head+lora is not measured yet.
 
 :func:`register` adds the command line, ``clear-learn recalibrate PREDICTOR ROLLOUTS -o OUT``.
 """
