@@ -80,21 +80,23 @@ def study_figures(path, variant) -> dict | None:
         return None
     try:
         study = json.loads(resolve(path).read_text())
+    except (OSError, ValueError) as err:
+        raise SystemExit(f"export.study {path}: cannot read ({err})") from None
+
+    def cell(c: dict) -> list:  # [mean, sd over seeds (None: one seed)]
+        sd = c["sd_seeds"]
+        return [round(c["mean"], 4), None if sd is None else round(sd, 4)]
+
+    try:
         got = study["variants"][variant]
-        rows = got["ablation"]
-        figures = {proto: {name: [round(rows[row][key]["mean"], 4),
-                                  None if rows[row][key]["sd_seeds"] is None  # one seed
-                                  else round(rows[row][key]["sd_seeds"], 4)]
+        figures = {proto: {name: cell(got["ablation"][row][key])
                            for row, name in STUDY_ROWS.items()}
                    for proto, key in (("one batch", "pooled"),
                                       ("each family its own batch", "family_batches"))}
-    except (OSError, ValueError) as err:
-        raise SystemExit(f"export.study {path}: cannot read ({err})") from None
     except (KeyError, TypeError) as err:
+        there = sorted(study.get("variants") or {}) if isinstance(study, dict) else []
         raise SystemExit(f"export.study {path}: no figures for export.study_variant "
-                         f"{variant!r} (missing {err}); variants there: "
-                         f"{sorted((study.get('variants') or {}) if isinstance(study, dict) else [])}"
-                         ) from None
+                         f"{variant!r} (missing {err}); variants there: {there}") from None
     return {"variant": variant, "groups": study.get("groups"), "seeds": got.get("seeds"),
             "data": study.get("data"), "gap_closed": figures}
 

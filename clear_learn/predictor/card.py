@@ -103,14 +103,14 @@ def _unseen_lines(u: dict | None) -> list[str]:
     if not u:
         return []
     seeds = u.get("seeds") or []
+    columns = list(next(iter(u["gap_closed"].values())))  # learned and the baselines
     lines = ["", "## On task families it never saw", "",
              f"The same recipe (study variant `{u.get('variant')}`), measured by "
              f"`python train/study.py` on {u.get('groups')} groups of task families, each held "
              f"out once, over {len(seeds)} training seed{'s' * (len(seeds) != 1)} (data: "
              f"{u.get('data')}): the share of the uniform-to-oracle gap closed"
              + (", mean +- sd over seeds." if len(seeds) > 1 else "."), "",
-             "| protocol | " + " | ".join(next(iter(u["gap_closed"].values()))) + " |",
-             "|---|" + "---:|" * len(next(iter(u["gap_closed"].values())))]
+             "| protocol | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
     for proto, row in u["gap_closed"].items():
         lines.append(f"| {proto} | " + " | ".join(
             f"{m:.2f}" + ("" if s is None else f" +- {s:.2f}") for m, s in row.values()) + " |")
