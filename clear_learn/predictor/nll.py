@@ -21,7 +21,8 @@ alone.
 
 from __future__ import annotations
 
-import numpy as np
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -59,7 +60,7 @@ def rollout_nll(tau: torch.Tensor, p_logit: torch.Tensor, k: torch.Tensor,
     else:
         c = float(runaway)
         log_cut = torch.log((p * (1.0 - h) + (1.0 - p) * c).clamp(min=1e-30))[:, None]
-        log1mp = log1mp + float(np.log1p(-c))
+        log1mp = log1mp + math.log1p(-c)
     corr = correct & mask
     wrong = mask & ~correct & ~cutoff
     cut = mask & ~correct & cutoff
