@@ -39,21 +39,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import cross_family  # noqa: E402  (train/ is a folder of scripts)
 
 #: variant -> (``--set`` overrides, extra cross_family arguments)
+FROZEN = ["model.lora_r=0", "model.surface_features=false"]
+FROZEN_SURFACE = ["model.lora_r=0", "model.surface_features=true"]
 VARIANTS = {  # each names its encoder and head, whatever configs/default.yaml says
     "lora": (["model.lora_r=8", "model.surface_features=false"], []),  # r=8 on query, value
-    "frozen": (["model.lora_r=0", "model.surface_features=false"], []),
-    "frozen-surface": (["model.lora_r=0", "model.surface_features=true"], []),
-    "frozen-surface-runaway": (["model.lora_r=0", "model.surface_features=true",
-                                "model.runaway=0.01"], []),  # the consistent likelihood
-    "frozen-surface-l3": (["model.lora_r=0", "model.surface_features=true",
-                           "model.encoder_layers=3"], []),
-    "frozen-surface-l1": (["model.lora_r=0", "model.surface_features=true",
-                           "model.encoder_layers=1"], []),
-    "frozen-surface-l0": (["model.lora_r=0", "model.surface_features=true",
-                           "model.encoder_layers=0"], []),
-    "frozen-n5": (["model.lora_r=0", "model.surface_features=false"], ["--train-families", "5"]),
-    "frozen-n10": (["model.lora_r=0", "model.surface_features=false"],
-                   ["--train-families", "10"]),
+    "frozen": (FROZEN, []),
+    "frozen-surface": (FROZEN_SURFACE, []),
+    "frozen-surface-runaway": ([*FROZEN_SURFACE, "model.runaway=0.01"], []),  # consistent NLL
+    "frozen-surface-l3": ([*FROZEN_SURFACE, "model.encoder_layers=3"], []),
+    "frozen-surface-l1": ([*FROZEN_SURFACE, "model.encoder_layers=1"], []),
+    "frozen-surface-l0": ([*FROZEN_SURFACE, "model.encoder_layers=0"], []),
+    "frozen-n5": (FROZEN, ["--train-families", "5"]),
+    "frozen-n10": (FROZEN, ["--train-families", "10"]),
 }
 #: ablation rows: (name, pooling overrides, policy read from that pooling)
 ABLATION = [
