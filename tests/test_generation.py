@@ -476,3 +476,38 @@ def test_reasoning_gym_grading_reads_latex_matrices():
     for wrong in ("\\boxed{\\begin{bmatrix} 3 & 4 \\\\ 8 & 9 \\end{bmatrix}}",
                   "\\boxed{\\begin{array}{cc} 9 & 4 \\\\ 8 & 3 \\end{array}}"):
         assert not grade(wrong, rot), wrong
+
+
+def test_reasoning_gym_grading_reads_latex_lines_and_degrees():
+    """Grader audit: tower_of_hanoi scores one move a line and advanced_geometry an angle with
+    ``°``; the same moves as ``\\text`` lines of an ``align*``/``aligned`` display (as the model
+    writes them) and ``69.63^\\circ`` are the same answers, and wrong ones stay wrong."""
+    pytest.importorskip("reasoning_gym")
+    from clear_learn.generation.graders import latex_to_plain
+
+    assert latex_to_plain("\\begin{aligned}\n&\\text{a b} \\\\\nx &= 1 \\\\\n\\end{aligned}") == (
+        "a b\nx = 1")
+    assert latex_to_plain(r"90^\circ, 45^{ \circ }, 30\degree, f \circ g") == (
+        r"90°, 45°, 30°, f \circ g")
+    path = ROOT / "clear_learn" / "data" / "problems-default.jsonl"
+    rows = {r["id"]: r for r in map(json.loads, path.read_text().splitlines())}
+    hanoi, angle = rows["rg-tower_of_hanoi-2-3disks-0"], rows["rg-advanced_geometry-angle-0"]
+    moves = hanoi["answer"].splitlines()  # the 7 moves of 3 disks from Peg 1 to Peg 2
+    assert len(moves) == 7
+
+    def display(begin: str, end: str, lines: list[str], mark: str = "") -> str:
+        body = " \\\\\n".join(f"{mark}\\text{{{m}}}" for m in lines)
+        return f"\\boxed{{\n{begin}\n{body}\n{end}\n}}"
+
+    align, aligned = (r"\begin{align*}", r"\end{align*}"), (r"\begin{aligned}", r"\end{aligned}")
+    for right in (display(*align, moves), display(*aligned, moves, "&"),
+                  display(r"\begin{array}{l}", r"\end{array}", moves)):
+        assert grade(right, hanoi), right
+    peg_letters = [m.replace("Peg 1", "Peg A").replace("Peg 2", "Peg B") for m in moves]
+    for wrong in (display(*align, moves[:3]), display(*aligned, peg_letters)):
+        assert not grade(wrong, hanoi), wrong
+    assert angle["answer"] == "69.63°"
+    for right in (r"\boxed{69.63^\circ}", r"\boxed{69.63^{\circ}}", r"\boxed{69.63 \degree}"):
+        assert grade(right, angle), right
+    for wrong in (r"\boxed{69.7^\circ}", r"\boxed{110.37^{\circ}}"):
+        assert not grade(wrong, angle), wrong

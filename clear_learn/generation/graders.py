@@ -170,20 +170,42 @@ _ROW_BREAK = re.compile(r"\\\\?(?=\s|$)")  # \\ (or \ with a space: unwrap's spe
 
 
 def _matrix_rows(body: str) -> str:
-    """A matrix body's rows (split at ``\\\\``) as lines of space-separated cells."""
-    rows = [" ".join(c.strip() for c in row.split("&")) for row in _ROW_BREAK.split(body)]
+    """A matrix body's rows (split at ``\\\\``) as lines of space-separated cells, each cell
+    unwrapped (``\\text{Move disk 1 ...}`` in a one-column array)."""
+    rows = [" ".join(unwrap(c) for c in row.split("&")) for row in _ROW_BREAK.split(body)]
     return "\n".join(r for r in rows if r.strip())
 
 
+# a LaTeX multi-line display (align and its kin): one line per ``\\``
+_LATEX_LINES = re.compile(r"\\begin\{(align\*?|aligned|gather\*?|gathered)\}(.*?)\\end\{\1\}",
+                          re.S)
+
+
+def _display_lines(body: str) -> str:
+    """An align-like body's lines (split at ``\\\\``), alignment marks ``&`` dropped, each line
+    unwrapped: ``&\\text{Move disk 1 from Peg 1 to Peg 2} \\\\`` is that move's line."""
+    lines = [unwrap(line.replace("&", "")) for line in _ROW_BREAK.split(body)]
+    return "\n".join(line for line in lines if line)
+
+
+# LaTeX's degree sign: 69.63^\circ, 69.63^{\circ}, 69.63\degree
+_DEGREE = re.compile(r"\s*\^\s*(?:\{\s*\\circ\s*\}|\\circ(?![A-Za-z]))"
+                     r"|\\(?:text)?degree(?![A-Za-z])")
+
+
 def latex_to_plain(answer: str) -> str:
-    """``answer`` with LaTeX spellings of plain symbols replaced: ``\\frac{a}{b}`` (or
-    ``\\dfrac``, ``\\tfrac``) of whole numbers as ``a/b``, and ``\\land``, ``\\lor``,
-    ``\\neg``, ``\\rightarrow``, ``\\leftrightarrow`` (and their synonyms) as ``∧ ∨ ¬ → ↔``.
-    reasoning-gym's probability tasks score ``7/12`` and its logic tasks ``P ∧ Q``, not their
-    LaTeX spellings; a LaTeX matrix (``bmatrix``, ``pmatrix``, ``array``, ...) as rows of
-    space-separated cells, one per line, the layout rotate_matrix asks for; other text is left
-    as it is."""
+    """``answer`` with LaTeX spellings of plain symbols replaced, the spellings reasoning-gym's
+    scorers read instead: ``\\frac{a}{b}`` (or ``\\dfrac``, ``\\tfrac``) of whole numbers as
+    ``a/b`` (probability tasks score ``7/12``); ``\\land``, ``\\lor``, ``\\neg``,
+    ``\\rightarrow``, ``\\leftrightarrow`` (and their synonyms) as ``∧ ∨ ¬ → ↔`` (logic
+    tasks); a LaTeX matrix (``bmatrix``, ``pmatrix``, ``array``, ...) as rows of
+    space-separated cells, one per line (rotate_matrix's layout); an ``align``-like display
+    (``align*``, ``aligned``, ``gathered``) as its lines, one per ``\\\\`` (tower_of_hanoi's
+    one move a line); and ``^\\circ`` (``^{\\circ}``, ``\\degree``) as ``°``
+    (advanced_geometry's angles). Other text is left as it is."""
     s = _LATEX_MATRIX.sub(lambda m: _matrix_rows(m.group(2)), answer)
+    s = _LATEX_LINES.sub(lambda m: _display_lines(m.group(2)), s)
+    s = _DEGREE.sub("°", s)
     s = _LATEX_FRACTION.sub(r"\1/\2", s)
     return _LOGIC_COMMAND.sub(lambda m: _LOGIC[m.group(1)] + " ", s).strip()
 
