@@ -511,3 +511,27 @@ def test_reasoning_gym_grading_reads_latex_lines_and_degrees():
         assert grade(right, angle), right
     for wrong in (r"\boxed{69.7^\circ}", r"\boxed{110.37^{\circ}}"):
         assert not grade(wrong, angle), wrong
+
+
+def test_reasoning_gym_grading_reads_python_list_literals():
+    """Grader audit: group_anagrams scores its answer with ``json.loads``; the right grouping
+    written as a Python literal (single quotes, as the model wrote it) is the same answer, a
+    wrong grouping stays wrong in either quoting, and a non-literal is left to the scorer."""
+    pytest.importorskip("reasoning_gym")
+    from clear_learn.generation.graders import python_literal_as_json
+
+    assert python_literal_as_json("[['a', 'b'], ['c']]") == '[["a", "b"], ["c"]]'
+    assert python_literal_as_json('[["a"]]') == '[["a"]]'  # JSON already: as it is
+    assert python_literal_as_json("'a'") == "'a'"  # not a list or dict
+    assert python_literal_as_json("[a, b]") == "[a, b]"  # not a literal
+    path = ROOT / "clear_learn" / "data" / "problems-default.jsonl"
+    rows = {r["id"]: r for r in map(json.loads, path.read_text().splitlines())}
+    anagrams = rows["rg-group_anagrams-few-0"]
+    assert json.loads(anagrams["answer"]) == [["glossed", "godless"], ["virtuose", "vitreous"]]
+    for right in ("\\boxed{[['glossed', 'godless'], ['virtuose', 'vitreous']]}",
+                  "\\boxed{[['vitreous', 'virtuose'], ['godless', 'glossed']]}",
+                  '\\boxed{[["glossed", "godless"], ["virtuose", "vitreous"]]}'):
+        assert grade(right, anagrams), right
+    for wrong in ("\\boxed{[['glossed', 'virtuose'], ['godless', 'vitreous']]}",
+                  '\\boxed{[["glossed", "godless", "virtuose", "vitreous"]]}'):
+        assert not grade(wrong, anagrams), wrong

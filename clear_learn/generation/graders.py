@@ -210,12 +210,32 @@ def latex_to_plain(answer: str) -> str:
     return _LOGIC_COMMAND.sub(lambda m: _LOGIC[m.group(1)] + " ", s).strip()
 
 
+def python_literal_as_json(answer: str) -> str:
+    """``answer`` as JSON when it is a Python list or dict literal that JSON cannot read
+    (``[['glossed', 'godless']]``, single quotes: tasks scored by ``json.loads`` want
+    ``[["glossed", "godless"]]``); otherwise ``answer`` unchanged."""
+    import ast
+    import json
+
+    try:
+        json.loads(answer)
+        return answer
+    except ValueError:
+        pass
+    try:
+        value = ast.literal_eval(answer)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return answer
+    return json.dumps(value) if isinstance(value, (list, dict)) else answer
+
+
 def grade_reasoning_gym(response: str, problem: dict) -> bool:
     """reasoning-gym's ``score_answer`` on the last boxed answer; correct at full score.
 
     The answer is scored as written and, when that misses, with LaTeX spellings of plain
     symbols replaced (:func:`latex_to_plain`; a task that wants LaTeX, such as
-    ``fraction_simplification``'s, still gets it)."""
+    ``fraction_simplification``'s, still gets it), then as JSON where it is a Python literal
+    (:func:`python_literal_as_json`)."""
     import json
 
     got = last_boxed(response)
@@ -229,7 +249,8 @@ def grade_reasoning_gym(response: str, problem: dict) -> bool:
     if entry["question"] != problem["text"]:
         raise ValueError(f"problem {problem['id']}: regenerated reasoning-gym entry differs "
                          "from the stored text (package version?)")
-    candidates = dict.fromkeys([got, latex_to_plain(got)])  # distinct, in order
+    plain = latex_to_plain(got)
+    candidates = dict.fromkeys([got, plain, python_literal_as_json(plain)])  # distinct, in order
     return any(_full_score(ds, candidate, entry) for candidate in candidates)
 
 
