@@ -41,14 +41,17 @@ import cross_family  # noqa: E402  (train/ is a folder of scripts)
 #: variant -> (``--set`` overrides, extra cross_family arguments)
 FROZEN = ["model.lora_r=0", "model.surface_features=false"]
 FROZEN_SURFACE = ["model.lora_r=0", "model.surface_features=true"]
+LORA = ["model.lora_r=8", "model.surface_features=false"]  # r=8 on query, value
 VARIANTS = {  # each names its encoder and head, whatever configs/default.yaml says
-    "lora": (["model.lora_r=8", "model.surface_features=false"], []),  # r=8 on query, value
+    "lora": (LORA, []),
     "frozen": (FROZEN, []),
     "frozen-surface": (FROZEN_SURFACE, []),
     "frozen-surface-runaway": ([*FROZEN_SURFACE, "model.runaway=0.01"], []),  # consistent NLL
     "frozen-surface-l3": ([*FROZEN_SURFACE, "model.encoder_layers=3"], []),
     "frozen-surface-l1": ([*FROZEN_SURFACE, "model.encoder_layers=1"], []),
     "frozen-surface-l0": ([*FROZEN_SURFACE, "model.encoder_layers=0"], []),
+    "lora-l1": ([*LORA, "model.encoder_layers=1"], []),  # fast encoders, fine-tuned
+    "lora-l2": ([*LORA, "model.encoder_layers=2"], []),
     "frozen-n5": (FROZEN, ["--train-families", "5"]),
     "frozen-n10": (FROZEN, ["--train-families", "10"]),
 }
