@@ -9,6 +9,8 @@
 # are packed into clear_learn/data/texts/ (committed) by `python train/pack_texts.py`.
 # Each round's summary (problems, tokens, seconds) is appended to
 # clear_learn/data/generation-log.jsonl, from which the data card computes the rate.
+# Beside another job (one core left), run it with THREADS=1: llama.cpp's two threads on a
+# shared core made 5.5 tokens/s, one thread 11.8 (2026-12-01, 32 slots, a training job beside).
 # Needs: pip install -e ".[generate,llamacpp]" (llama-cpp-python compiles from source).
 set -euo pipefail
 cd "$(dirname "$0")/.."
