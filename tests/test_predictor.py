@@ -916,6 +916,18 @@ def test_measure_summarizes_and_refuses_another_state(sim_file, tmp_path, capsys
     assert "reusing" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="other data or options"):
         measure.main(args[:-1] + ["threads=2"])
+    # --skip-families: the other protocols only (no leave-one-family-out is run or summarised)
+    lean = tmp_path / "lean"
+    for step in ("queries", "unseen"):
+        report = steps[step][1]
+        target = lean / report.relative_to(out)
+        target.parent.mkdir(parents=True)
+        target.write_bytes(report.read_bytes())
+    lean_args = [*args[:args.index("--out")], "--out", str(lean), "--set", "threads=1"]
+    assert measure.main([*lean_args, "--skip-families"]) == 0  # would fail if it trained
+    text = (lean / "SUMMARY.md").read_text()
+    assert measure.TITLES["queries"] in text and measure.TITLES["families"] not in text
+    assert "--skip-families" in text and not (lean / "families").exists()
 
 
 def test_onnx_runtime_gives_the_torch_curves_and_exports_once(trained, tmp_path, monkeypatch):

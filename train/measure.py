@@ -1,7 +1,7 @@
 """Every predictor figure of the README from one command, on the data as it stands.
 
     python train/measure.py [--data "[default,benchmark]"] [--unseen gsm8k,math500]
-                            [--out runs/measure] [--set key=value ...]
+                            [--out runs/measure] [--set key=value ...] [--skip-families]
 
 Runs, each into its own folder under ``OUT`` (a step whose report exists is reused, so an
 interrupted run resumes; ``OUT`` belongs to one state of the data, of
@@ -11,7 +11,9 @@ interrupted run resumes; ``OUT`` belongs to one state of the data, of
 2. ``unseen``: ``train.py`` with the ``--unseen`` families held out (trained without them);
    skipped when the data lacks one of them;
 3. ``families``: ``cross_family.py`` (every family predicted by a model trained without it),
-   evaluated as one batch of all families and with each family its own batch.
+   evaluated as one batch of all families and with each family its own batch
+   (``--skip-families``: left out, as when ``train/study.py``'s group folds stand in for it
+   in ``train/report.py``; with LoRA, one fold per family takes hours on 2 cores).
 
 then writes ``OUT/SUMMARY.md``: the data (sources, queries per family, git commit), and per
 protocol the share of the uniform-to-oracle gap closed at every budget, its mean
@@ -158,6 +160,8 @@ def main(argv=None) -> int:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="a config override passed to every step")
     ap.add_argument("--out", default="runs/measure")
+    ap.add_argument("--skip-families", action="store_true",
+                    help="leave out the leave-one-family-out step")
     args = ap.parse_args(argv)
 
     from clear_learn.predictor.data import load_records
@@ -176,6 +180,8 @@ def main(argv=None) -> int:
     check_state(out, {"data": data_state(sources), "unseen": unseen, "set": args.set,
                       "config": hashlib.sha256(config.read_bytes()).hexdigest()})
     steps = step_commands(out, args.data, unseen, args.set)
+    if args.skip_families:
+        del steps["families"]
     for step, (cmd, report) in steps.items():
         if report.is_file():
             print(f"[{step}] reusing {report}")
@@ -187,10 +193,12 @@ def main(argv=None) -> int:
               + ", ".join(f"{t} {n}" for t, n in sorted(tasks.items())) + ".",
               f"Command: `python train/measure.py --data \"{args.data}\" --unseen "
               f"\"{','.join(unseen)}\"" + "".join(f" --set {s}" for s in args.set)
-              + f" --out {args.out}`. \"mean\": over the budgets where the oracle beats "
+              + f" --out {args.out}" + (" --skip-families" if args.skip_families else "")
+              + "`. \"mean\": over the budgets where the oracle beats "
               "uniform by at least 0.02 mean accuracy."]
     reports = {s: r for s, (_, r) in steps.items()}
-    reports["family-batches"] = out / "families" / "report-family-batches.json"
+    if "families" in steps:
+        reports["family-batches"] = out / "families" / "report-family-batches.json"
     text = summarize({s: r for s, r in reports.items() if r.is_file()}, header)
     write_text(out / "SUMMARY.md", text)
     print("\n" + text + f"\nwrote {out / 'SUMMARY.md'}")
