@@ -82,6 +82,38 @@ def test_driver_resumes_without_loss_or_duplicates(tmp_path):
                           progress=False)
 
 
+def test_generation_log_times_every_problem_and_makes_the_data_cards_rate(tmp_path):
+    """``log_path``: one line per problem written (tokens summed over its samples, seconds
+    from the run's start), two runs appending to one log; the data card makes one round of
+    each run and still reads a line of the older per-round format."""
+    sys.path.insert(0, str(ROOT / "train"))
+    from datacard import log_rounds, rate_section
+
+    out, log = tmp_path / "rollouts-default.jsonl", tmp_path / "log.jsonl"
+    s = SamplingSettings(n=3)
+    generate_rollouts(problems(2), FakeBackend(delay=0.1), out, s, progress=False, log_path=log,
+                      log_fields={"threads": 1, "slots": 4})
+    generate_rollouts(problems(5), FakeBackend(delay=0.1), out, s, progress=False,
+                      log_path=log, log_fields={"threads": 1, "slots": 4})
+    lines = [json.loads(x) for x in log.read_text().splitlines()]
+    recs = {r["id"]: r for r in map(json.loads, out.read_text().splitlines())}
+    assert [x["id"] for x in lines] == [f"p{i}" for i in range(5)]
+    assert all(x["tokens"] == sum(r["tokens"] for r in recs[x["id"]]["rollouts"])
+               for x in lines)
+    assert lines[2]["run"] != lines[1]["run"] and lines[2]["elapsed"] <= lines[4]["elapsed"]
+    legacy = {"date": "x", "set": "benchmark", "slots": 32, "threads": 2,
+              "summary": {"written": 8, "tokens": 3600, "seconds": 3600.0}}
+    rounds = log_rounds([legacy, *lines])
+    new = [r for r in rounds if r["set"] == "default"]
+    assert [r["written"] for r in new] == [2, 3]
+    assert new[1]["tokens"] == sum(x["tokens"] for x in lines[2:])
+    assert new[1]["seconds"] == lines[4]["elapsed"]
+    text = "\n".join(rate_section([legacy, *lines]))
+    assert "benchmark, 2 threads: 8 problems in 1.00 h over 1 rounds: 8.0 problems per hour, " \
+           "1.0 generated tokens/s" in text
+    assert "default, 1 threads: 5 problems" in text
+
+
 KILL_SCRIPT = """
 import sys
 sys.path.insert(0, {tests!r})

@@ -52,24 +52,47 @@ def n_families(rows: list[dict]) -> int:
     return len({r["task"] for r in rows})
 
 
+def log_rounds(log: list[dict]) -> list[dict]:
+    """The generation log as rounds ``{set, threads, slots, written, seconds, tokens}``: a
+    run's per-problem lines (``clear-learn rollouts --log``) make one round, timed to its last
+    written problem (a killed run's unfinished samples are not counted); a line with a
+    ``summary`` (the older log format, one per finished round) is one round as it stands."""
+    runs: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    rounds = []
+    for r in log:
+        if "summary" in r:
+            s = r["summary"]
+            rounds.append({"set": r["set"], "threads": r["threads"], "slots": r["slots"],
+                           "written": s["written"], "seconds": s["seconds"],
+                           "tokens": s["tokens"]})
+        else:
+            runs[(r["run"], r["output"])].append(r)
+    for (_, output), rs in runs.items():
+        rounds.append({"set": output.removeprefix("rollouts-").removesuffix(".jsonl"),
+                       "threads": rs[-1].get("threads"), "slots": rs[-1].get("slots"),
+                       "written": len(rs), "seconds": max(x["elapsed"] for x in rs),
+                       "tokens": sum(x["tokens"] for x in rs)})
+    return [r for r in rounds if r["written"] and r["seconds"] > 0]
+
+
 def rate_section(log: list[dict]) -> list[str]:
-    """The generation rate, from the rounds that `train/generate_data.sh` logged."""
+    """The generation rate per data set and thread count, from `generation-log.jsonl`."""
     out = ["## Generation rate", ""]
-    rounds = [r for r in log if r["summary"].get("written")]
+    rounds = log_rounds(log)
     if not rounds:
         return out + ["No round logged yet (`clear_learn/data/generation-log.jsonl`).", ""]
     for name in ("default", "benchmark"):
-        rs = [r for r in rounds if r["set"] == name]
-        if not rs:
-            continue
-        n = sum(r["summary"]["written"] for r in rs)
-        sec = sum(r["summary"]["seconds"] for r in rs)
-        tok = sum(r["summary"]["tokens"] for r in rs)
-        out.append(f"- {name}: {n} problems in {sec / 3600:.2f} h over {len(rs)} rounds: "
-                   f"{n / (sec / 3600):.1f} problems per hour, {tok / sec:.1f} generated "
-                   f"tokens/s (finished samples; llama.cpp, {rs[-1]['slots']} slots, "
-                   f"{rs[-1]['threads']} threads, nice 19, beside other work)")
-    return out + ["", "From `clear_learn/data/generation-log.jsonl` (one line per round).", ""]
+        for threads in sorted({r["threads"] for r in rounds if r["set"] == name}, key=str):
+            rs = [r for r in rounds if r["set"] == name and r["threads"] == threads]
+            n = sum(r["written"] for r in rs)
+            sec = sum(r["seconds"] for r in rs)
+            tok = sum(r["tokens"] for r in rs)
+            out.append(f"- {name}, {threads} threads: {n} problems in {sec / 3600:.2f} h over "
+                       f"{len(rs)} rounds: {n / (sec / 3600):.1f} problems per hour, "
+                       f"{tok / sec:.1f} generated tokens/s (finished samples; llama.cpp, "
+                       f"{rs[-1]['slots']} slots, nice 19, beside other work or idle)")
+    return out + ["", "From `clear_learn/data/generation-log.jsonl` (`clear-learn rollouts "
+                  "--log`: one line per problem written).", ""]
 
 
 def audit_section() -> list[str]:

@@ -7,7 +7,7 @@
 # Resumable: rerun after any interruption; finished problems are kept, none is duplicated.
 # Response texts go to a side file under runs/texts/ for `clear-learn regrade`; the default's
 # are packed into clear_learn/data/texts/ (committed) by `python train/pack_texts.py`.
-# Each round's summary (problems, tokens, seconds) is appended to
+# Every problem written appends a line (run, id, tokens, seconds since the run began) to
 # clear_learn/data/generation-log.jsonl, from which the data card computes the rate.
 # Beside another job (one core left), run it with THREADS=1: llama.cpp's two threads on a
 # shared core made 5.5 tokens/s, one thread 11.8 (2026-12-01, 32 slots, a training job beside).
@@ -20,13 +20,11 @@ THREADS="${THREADS:-2}"
 DATA=clear_learn/data
 LOG="$DATA/generation-log.jsonl"
 
-run() {  # run NAME [extra args]: generate or resume one data set, log its summary
+run() {  # run NAME [extra args]: generate or resume one data set, logging every problem
     local name=$1; shift
-    local summary
-    summary=$(clear-learn rollouts "$DATA/problems-$name.jsonl" -o "$DATA/rollouts-$name.jsonl" \
-        --texts "runs/texts/rollouts-$name.texts.jsonl" --slots "$SLOTS" --threads "$THREADS" "$@")
-    echo "{\"date\": \"$(date -u +%FT%TZ)\", \"set\": \"$name\", \"slots\": $SLOTS," \
-         "\"threads\": $THREADS, \"summary\": $summary}" >> "$LOG"
+    clear-learn rollouts "$DATA/problems-$name.jsonl" -o "$DATA/rollouts-$name.jsonl" \
+        --texts "runs/texts/rollouts-$name.texts.jsonl" --slots "$SLOTS" --threads "$THREADS" \
+        --log "$LOG" "$@"
 }
 
 lines() { [ -f "$1" ] && grep -c . "$1" || echo 0; }

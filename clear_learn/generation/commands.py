@@ -62,7 +62,9 @@ def cmd_rollouts(args) -> int:
                                 max_new_tokens=args.max_new_tokens, seed=args.seed)
     summary = generate_rollouts(problems, backend, args.output, settings,
                                 keep_text=args.keep_text, texts_path=args.texts,
-                                limit=args.limit)
+                                limit=args.limit, log_path=args.log,
+                                log_fields={"backend": args.backend, "slots": args.slots,
+                                            "threads": args.threads})
     print(json.dumps(summary))
     return 0
 
@@ -134,6 +136,8 @@ def add_generation_commands(sub: argparse._SubParsersAction) -> None:
                    help="llama.cpp: wait for a whole batch (no continuous batching)")
     p.add_argument("--limit", type=nonnegative_int, help="at most this many new problems")
     p.add_argument("--keep-text", action="store_true", help="store each response's text")
+    p.add_argument("--log", help="append one line per problem written (run, id, tokens, "
+                   "seconds since the run began) to this file: the generation rate")
     p.add_argument("--texts", help="also append every response's text to this side file "
                                    "(one line per problem), so the rollouts can be re-graded")
     p.set_defaults(func=cmd_rollouts)

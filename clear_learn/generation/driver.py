@@ -16,8 +16,9 @@ import json
 import os
 import time
 from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterable, Iterator, Protocol, Sequence
+from typing import Iterable, Iterator, Mapping, Protocol, Sequence
 
 from ..errors import DataError
 from .graders import grade
@@ -116,6 +117,20 @@ def _append_line(fh, obj: dict) -> None:
     os.fsync(fh.fileno())
 
 
+def _now() -> str:
+    """UTC now, to the millisecond (a run's start names it in the generation log)."""
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def _log_line(run: str, out_path: Path, rec: dict, elapsed: float,
+              fields: Mapping[str, object] | None) -> dict:
+    """One problem's line of the generation log: when its run started, which file it went
+    to, its id and generated tokens, and the seconds from the run's start to its write."""
+    return {"run": run, "date": _now(), "output": out_path.name, "id": rec["id"],
+            "tokens": sum(r["tokens"] for r in rec["rollouts"]),
+            "elapsed": round(elapsed, 1), **(fields or {})}
+
+
 def _generator_info(backend: Backend, settings: SamplingSettings) -> dict:
     s = asdict(settings)
     return {"backend": backend.name, "model": backend.model_id, **s}
@@ -124,13 +139,18 @@ def _generator_info(backend: Backend, settings: SamplingSettings) -> dict:
 def generate_rollouts(problems: Iterable[dict], backend: Backend, out_path: str | Path,
                       settings: SamplingSettings = SamplingSettings(), *,
                       keep_text: bool = False, texts_path: str | Path | None = None,
-                      progress: bool = True, limit: int | None = None) -> dict:
+                      progress: bool = True, limit: int | None = None,
+                      log_path: str | Path | None = None,
+                      log_fields: Mapping[str, object] | None = None) -> dict:
     """Sample, grade and append rollouts for every problem not yet in ``out_path``.
 
     ``texts_path``, if given, receives every problem's response texts (one line
     ``{"id", "texts"}`` per problem, appended before its record), so the compact rollout file
-    can be re-graded later (``regrade``) without sampling again. Returns a summary: problems
-    written now, already present, generated tokens, seconds, tokens per second.
+    can be re-graded later (``regrade``) without sampling again. ``log_path``, if given,
+    receives one line per problem written (the run's start, the output file's name, the id,
+    its generated tokens, the seconds since the run began, and ``log_fields``), so that the
+    rate is known even of a run that is killed. Returns a summary: problems written now,
+    already present, generated tokens, seconds, tokens per second.
     """
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -160,11 +180,15 @@ def generate_rollouts(problems: Iterable[dict], backend: Backend, out_path: str 
     if progress:
         from tqdm.auto import tqdm
         bar = tqdm(total=len(todo), desc=f"rollouts ({backend.name})", unit="problem")
-    n_tokens, t0, written = 0, time.perf_counter(), 0
+    n_tokens, t0, written, run = 0, time.perf_counter(), 0, _now()
     with contextlib.ExitStack() as stack:
         fh = stack.enter_context(open(out_path, "ab"))
         if text_fh is not None:
             stack.enter_context(text_fh)
+        log_fh = None
+        if log_path is not None:
+            Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+            log_fh = stack.enter_context(open(log_path, "ab"))
         for comps in backend.generate(prompts, settings, seeds):
             p = todo[comps[0].problem]
             comps = sorted(comps, key=lambda c: c.sample)
@@ -185,6 +209,9 @@ def generate_rollouts(problems: Iterable[dict], backend: Backend, out_path: str 
             rec = strip_shared_texts([rec])[0]  # shared benchmark texts never land in a file
             _append_line(fh, rec)
             written += 1
+            if log_fh is not None:
+                _append_line(log_fh, _log_line(run, out_path, rec, time.perf_counter() - t0,
+                                               log_fields))
             if bar is not None:
                 dt = time.perf_counter() - t0
                 # count tokens of unfinished samples too where the backend tracks them
