@@ -121,7 +121,8 @@ def test_study_diagnostic_ranks_curves_against_the_rollouts():
 def test_study_measures_once_and_reads_a_measured_run_back(tmp_path, monkeypatch):
     """train/study.py end to end on SIMULATED rollouts (a tiny frozen recipe, 3 groups, 2
     seeds): the tables and study.json; a rerun trains and pools nothing (cross_family.py is
-    not called) and gives the same figures; the ensemble is measured once and cached."""
+    not called) and gives the same figures; the ensemble is measured once and cached; later
+    runs of other variants add to study.json, of other settings start it afresh."""
     import json
     import sys
     from pathlib import Path
@@ -157,6 +158,23 @@ def test_study_measures_once_and_reads_a_measured_run_back(tmp_path, monkeypatch
     monkeypatch.setattr(study, "measure", refuse)
     assert study.main(argv) == 0
     assert json.loads((tmp_path / "study" / "study.json").read_text()) == first
+    # a run of another variant keeps tiny's entries; tiny measured again replaces its own
+    monkeypatch.setitem(study.VARIANTS, "other", study.VARIANTS["tiny"])
+    measured = json.loads((tmp_path / "study" / "tiny-s0" / "measure.json").read_text())
+    monkeypatch.setattr(study, "run", lambda v, s, a, b: (b, None, None, None))
+    monkeypatch.setattr(study, "cached_measure", lambda *a, **k: measured["result"])
+    assert study.main([*argv[:1], "other@3", *argv[2:]]) == 0
+    merged = json.loads((tmp_path / "study" / "study.json").read_text())
+    assert list(merged["variants"]) == [*first["variants"], "other"]
+    assert merged["variants"]["other"]["seeds"] == [3]
+    text = (tmp_path / "study" / "STUDY.md").read_text()
+    assert "--variants tiny@0+1,other@3 " in text and "### tiny, ensemble of 2 seeds" in text
+    assert study.main([*argv[:1], "tiny@1", *argv[2:]]) == 0
+    merged = json.loads((tmp_path / "study" / "study.json").read_text())
+    assert list(merged["variants"]) == ["other", "tiny"]  # its old ensemble gone
+    assert study.main([*argv[:1], "tiny@1", *argv[2:-1], "threads=2"]) == 0  # other --set
+    assert list(json.loads((tmp_path / "study" / "study.json").read_text())["variants"]) \
+        == ["tiny"]
 
 
 def test_fold_config_check_ignores_new_null_options_only(tmp_path):

@@ -9,7 +9,8 @@ fixed groups of families (drawn once, group seed 0, the same for every variant a
 ``OUT/VARIANT-sSEED`` (resumable fold by fold; a finished run is only re-pooled). Then, per run,
 the stages' ablation re-pools the same folds without training (batch context off), and the
 diagnostic compares the held-out curves with what the rollouts show. Writes ``OUT/study.json``
-and ``OUT/STUDY.md``:
+and ``OUT/STUDY.md`` (keeping the variants measured by earlier runs on the same groups, data
+and ``--set``; the command at its top reads all of them back):
 
 - the share of the uniform-to-oracle gap closed on unseen families, pooled as one batch and
   with each family its own batch: mean and sd over seeds, and the mean sd over rollout
@@ -193,9 +194,9 @@ def cached_measure(out: Path, sets: list[str], records: list[dict], folds, curve
     return result
 
 
-def summarise(results: dict) -> tuple[dict, list[str]]:
-    """Mean and sd over seeds of every figure, and the Markdown tables."""
-    summary, lines = {}, []
+def summarise(results: dict) -> dict:
+    """Mean and sd over seeds of every figure, per variant (and ensemble)."""
+    summary = {}
     for variant, by_seed in results.items():
         seeds = sorted(by_seed)
         rows = {}
@@ -213,11 +214,18 @@ def summarise(results: dict) -> tuple[dict, list[str]]:
         diag = {k: float(np.mean([by_seed[s]["diagnostic"][k] for s in seeds]))
                 for k in by_seed[seeds[0]]["diagnostic"]}
         summary[variant] = {"seeds": seeds, "ablation": rows, "diagnostic": diag}
+    return summary
 
-        def fmt(c):
-            sd = f" ± {c['sd_seeds']:.3f}" if c["sd_seeds"] is not None else ""
-            return f"{c['mean']:.3f}{sd}"
 
+def tables(summary: dict) -> list[str]:
+    """The Markdown tables of a :func:`summarise` summary."""
+    def fmt(c):
+        sd = f" ± {c['sd_seeds']:.3f}" if c["sd_seeds"] is not None else ""
+        return f"{c['mean']:.3f}{sd}"
+
+    lines = []
+    for variant, entry in summary.items():
+        seeds, rows = entry["seeds"], entry["ablation"]
         named = "" if seeds == ["all"] else f" (seeds {', '.join(map(str, seeds))})"
         lines += [f"### {variant}{named}", "",
                   "| stages | gap closed, one batch | each family its own batch |",
@@ -229,9 +237,26 @@ def summarise(results: dict) -> tuple[dict, list[str]]:
                   f"{halv['pooled']['sd_halvings'] or float('nan'):.3f} (one batch) and "
                   f"{halv['family_batches']['sd_halvings'] or float('nan'):.3f} (family "
                   "batches).", "", "| diagnostic (Spearman) | value |", "|---|---:|"]
-        lines += [f"| {k} | {v:.2f} |" for k, v in diag.items()]
+        lines += [f"| {k} | {v:.2f} |" for k, v in entry["diagnostic"].items()]
         lines.append("")
-    return summary, lines
+    return lines
+
+
+def merge_study(old: dict | None, new: dict) -> dict:
+    """``study.json`` after a run: ``new`` (``{groups, data, set, variants}``) with the
+    variants of ``old`` that it did not measure, kept where ``old`` was measured on the same
+    groups, data and ``--set`` (else ``new`` alone). A variant measured again replaces its
+    old entry and its old ensemble."""
+    same = old is not None and all(old.get(k) == new[k] for k in ("groups", "data", "set"))
+    kept = {k: v for k, v in (old["variants"].items() if same else ())
+            if k.split(", ensemble of ")[0] not in new["variants"]}
+    return {**new, "variants": {**kept, **new["variants"]}}
+
+
+def variants_arg(summary: dict) -> str:
+    """The ``--variants`` value that reads every variant of ``summary`` back (own seeds)."""
+    return ",".join(f"{v}@{'+'.join(map(str, e['seeds']))}" for v, e in summary.items()
+                    if ", ensemble of " not in v)
 
 
 def main(argv=None) -> int:
@@ -272,17 +297,21 @@ def main(argv=None) -> int:
             results[f"{v}, ensemble of {len(seeds)} seeds"] = {"all": cached_measure(
                 ens, sets, records, folds, ensemble_curves([r[3] for r in runs.values()]),
                 runs=[resolve(args.out) / f"{v}-s{s}" for s in seeds])}
-    summary, lines = summarise(results)
     out = resolve(args.out)
-    write_text(out / "study.json", json.dumps({"groups": args.groups, "data": args.data,
-                                              "variants": summary}, indent=1) + "\n")
+    path = out / "study.json"
+    study = merge_study(json.loads(path.read_text()) if path.is_file() else None,
+                        {"groups": args.groups, "data": args.data, "set": args.set,
+                         "variants": summarise(results)})
+    write_text(path, json.dumps(study, indent=1) + "\n")
+    sets = "".join(f" --set {s}" for s in args.set)
     head = ["# Generalisation study", "",
-            f"`python train/study.py --variants {args.variants} --seeds {args.seeds} "
-            f"--groups {args.groups} --data \"{args.data}\"`: {args.groups} fixed groups of "
-            "families (a permutation seeded 0), each held out once; early stopping on the "
+            f"`python train/study.py --variants {variants_arg(study['variants'])} "
+            f"--groups {args.groups} --data \"{args.data}\"{sets}`: {args.groups} fixed groups "
+            "of families (a permutation seeded 0), each held out once; early stopping on the "
             "first family of the next group. Gap closed: the mean share of the "
             "uniform-to-oracle gap over the budgets where the oracle beats uniform by 0.02.",
             ""]
+    lines = tables(study["variants"])
     write_text(out / "STUDY.md", "\n".join(head + lines) + "\n")
     print("\n".join(lines))
     print(f"wrote {out / 'STUDY.md'} and {out / 'study.json'}")
