@@ -109,7 +109,7 @@ def test_generation_log_times_every_problem_and_makes_the_data_cards_rate(tmp_pa
     assert new[1]["tokens"] == sum(x["tokens"] for x in lines[2:])
     assert new[1]["seconds"] == lines[4]["elapsed"]
     text = "\n".join(rate_section([legacy, *lines]))
-    assert "benchmark, 2 threads: 8 problems in 1.00 h over 1 rounds: 8.0 problems per hour, " \
+    assert "benchmark, 2 threads: 8 problems in 1.00 h over 1 round: 8.0 problems per hour, " \
            "1.0 generated tokens/s" in text
     assert "default, 1 threads: 5 problems" in text
 

@@ -88,9 +88,10 @@ def rate_section(log: list[dict]) -> list[str]:
             sec = sum(r["seconds"] for r in rs)
             tok = sum(r["tokens"] for r in rs)
             out.append(f"- {name}, {threads} threads: {n} problems in {sec / 3600:.2f} h over "
-                       f"{len(rs)} rounds: {n / (sec / 3600):.1f} problems per hour, "
-                       f"{tok / sec:.1f} generated tokens/s (finished samples; llama.cpp, "
-                       f"{rs[-1]['slots']} slots, nice 19, beside other work or idle)")
+                       f"{len(rs)} round{'s' * (len(rs) != 1)}: {n / (sec / 3600):.1f} "
+                       f"problems per hour, {tok / sec:.1f} generated tokens/s (finished "
+                       f"samples; llama.cpp, {rs[-1]['slots']} slots, nice 19, beside other "
+                       "work or idle)")
     return out + ["", "From `clear_learn/data/generation-log.jsonl` (`clear-learn rollouts "
                   "--log`: one line per problem written).", ""]
 
