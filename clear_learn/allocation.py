@@ -142,7 +142,8 @@ def proportional_budgets(weights, total_budget: int, max_tokens=None) -> np.ndar
     free = w > 0
     left = float(total_budget)
     while left > 0 and free.any():  # each round either fits every budget or caps one more
-        share = left * w / w[free].sum()
+        share = np.zeros_like(w)
+        share[free] = left * (w[free] / w[free].sum())  # the free ones' only: no overflow
         over = free & (b + share >= caps)
         if not over.any():
             b[free] += share[free]
