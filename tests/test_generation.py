@@ -82,36 +82,54 @@ def test_driver_resumes_without_loss_or_duplicates(tmp_path):
                           progress=False)
 
 
-def test_generation_log_times_every_problem_and_makes_the_data_cards_rate(tmp_path):
-    """``log_path``: one line per problem written (tokens summed over its samples, seconds
-    from the run's start), two runs appending to one log; the data card makes one round of
-    each run and still reads a line of the older per-round format."""
-    sys.path.insert(0, str(ROOT / "train"))
-    from datacard import log_rounds, rate_section
-
+def test_generation_log_has_a_line_per_problem_written(tmp_path):
+    """``log_path``: one line per problem written (its tokens summed over its samples, the
+    output file's name, ``log_fields``), each call of the writer a run of its own."""
     out, log = tmp_path / "rollouts-default.jsonl", tmp_path / "log.jsonl"
-    s = SamplingSettings(n=3)
-    generate_rollouts(problems(2), FakeBackend(delay=0.1), out, s, progress=False, log_path=log,
-                      log_fields={"threads": 1, "slots": 4})
-    generate_rollouts(problems(5), FakeBackend(delay=0.1), out, s, progress=False,
-                      log_path=log, log_fields={"threads": 1, "slots": 4})
+    s, fields = SamplingSettings(n=3), {"threads": 1, "slots": 4}
+    generate_rollouts(problems(2), FakeBackend(), out, s, progress=False, log_path=log,
+                      log_fields=fields)
+    generate_rollouts(problems(5), FakeBackend(), out, s, progress=False, log_path=log,
+                      log_fields=fields)
     lines = [json.loads(x) for x in log.read_text().splitlines()]
     recs = {r["id"]: r for r in map(json.loads, out.read_text().splitlines())}
     assert [x["id"] for x in lines] == [f"p{i}" for i in range(5)]
     assert all(x["tokens"] == sum(r["tokens"] for r in recs[x["id"]]["rollouts"])
                for x in lines)
-    assert lines[2]["run"] != lines[1]["run"] and lines[2]["elapsed"] <= lines[4]["elapsed"]
+    assert all(x["output"] == out.name and x.items() >= fields.items()
+               and isinstance(x["elapsed"], float) for x in lines)
+    assert len({x["run"] for x in lines[:2]}) == len({x["run"] for x in lines[2:]}) == 1
+    assert lines[2]["run"] != lines[1]["run"]
+
+
+def test_data_cards_rate_makes_a_round_of_each_logged_run():
+    """train/datacard.py: each run's lines are one round (its problems, tokens, and seconds
+    to its last problem), per set and thread count; a line of the older per-round format is
+    one round as it stands."""
+    sys.path.insert(0, str(ROOT / "train"))
+    from datacard import log_rounds, rate_section
+
+    def line(run, i, elapsed, output="rollouts-default.jsonl", threads=1):
+        return {"run": run, "output": output, "id": f"p{i}", "tokens": 1000,
+                "elapsed": elapsed, "threads": threads, "slots": 32}
+
     legacy = {"date": "x", "set": "benchmark", "slots": 32, "threads": 2,
               "summary": {"written": 8, "tokens": 3600, "seconds": 3600.0}}
-    rounds = log_rounds([legacy, *lines])
-    new = [r for r in rounds if r["set"] == "default"]
-    assert [r["written"] for r in new] == [2, 3]
-    assert new[1]["tokens"] == sum(x["tokens"] for x in lines[2:])
-    assert new[1]["seconds"] == lines[4]["elapsed"]
-    text = "\n".join(rate_section([legacy, *lines]))
-    assert "benchmark, 2 threads: 8 problems in 1.00 h over 1 round: 8.0 problems per hour, " \
-           "1.0 generated tokens/s" in text
-    assert "default, 1 threads: 5 problems" in text
+    log = [legacy, line("a", 0, 600.0), line("a", 1, 1200.0), line("b", 2, 1800.0),
+           line("b", 3, 2400.0), line("b", 4, 3600.0), line("c", 5, 900.0, threads=2),
+           line("d", 6, 100.0, output="rollouts-benchmark.jsonl")]
+    rounds = log_rounds(log)
+    default = [r for r in rounds if r["set"] == "default"]
+    assert [(r["written"], r["seconds"], r["tokens"], r["threads"]) for r in default] == [
+        (2, 1200.0, 2000, 1), (3, 3600.0, 3000, 1), (1, 900.0, 1000, 2)]
+    assert sorted(r["written"] for r in rounds if r["set"] == "benchmark") == [1, 8]
+    text = "\n".join(rate_section(log))
+    assert "- default, `--threads 1`: 5 problems in 1.33 h over 2 rounds: 3.8 problems per " \
+           "hour, 1.0 generated tokens/s" in text
+    assert "- default, `--threads 2`: 1 problems in 0.25 h over 1 round: 4.0 problems per hour" \
+        in text
+    assert "- benchmark, `--threads 2`: 8 problems in 1.00 h over 1 round: 8.0 problems per " \
+           "hour, 1.0 generated tokens/s" in text
 
 
 KILL_SCRIPT = """

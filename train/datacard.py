@@ -87,7 +87,7 @@ def rate_section(log: list[dict]) -> list[str]:
             n = sum(r["written"] for r in rs)
             sec = sum(r["seconds"] for r in rs)
             tok = sum(r["tokens"] for r in rs)
-            out.append(f"- {name}, {threads} threads: {n} problems in {sec / 3600:.2f} h over "
+            out.append(f"- {name}, `--threads {threads}`: {n} problems in {sec / 3600:.2f} h over "
                        f"{len(rs)} round{'s' * (len(rs) != 1)}: {n / (sec / 3600):.1f} "
                        f"problems per hour, {tok / sec:.1f} generated tokens/s (finished "
                        f"samples; llama.cpp, {rs[-1]['slots']} slots, nice 19, beside other "
