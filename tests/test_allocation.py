@@ -71,6 +71,27 @@ def test_matches_grid_optimum_and_beats_uniform():
     assert res.expected_correct >= 10 * uni
 
 
+def test_small_batches_reach_the_exact_optimum():
+    # At the price where both budgets would fit, the first query is insolvent: the
+    # Lagrangian funds it alone at its cap and revives the second with the rest, [1000, 200]
+    # (0.774 expected correct answers); the optimum funds both, [694, 506] (0.925).
+    curves = Curves([324.0, 117.5], [0.80, 0.892], [1 / 160.8, 1 / 261.8])
+    res = allocate(curves, 1200, max_tokens=1000)
+    assert res.expected_correct >= 0.999 * grid_optimum(curves, 1200, grid=1,
+                                                        max_tokens=1000).best(1200)
+    # random batches of 2 to 11 queries against the exact integer optimum
+    worst = 1.0
+    for seed in range(40):
+        rng = np.random.default_rng(seed)
+        n = int(rng.integers(2, 12))
+        curves = random_curves(n, seed=seed)
+        cap, total = int(rng.choice([512, 1000, 4000])), int(rng.choice([100, 200, 400])) * n
+        best = grid_optimum(curves, total, grid=1, max_tokens=cap).best(total)
+        got = allocate(curves, total, max_tokens=cap).expected_correct
+        worst = min(worst, got / best if best > 0 else 1.0)
+    assert worst >= 0.99
+
+
 def test_greedy_fill_revives_an_abandoned_query():
     # Two identical hard queries: at B=1500 the Lagrangian funds one; the leftover is too
     # small for the second at its stationary budget, the jump fill spends it.
@@ -237,8 +258,8 @@ def test_proportional_budgets_share_by_weight_within_caps(rows, total):
         assert b.sum() >= total - w.size
         uncapped = live & (b < caps)
         # the same proportion for all below their cap (weights scaled: subnormal ones too)
-        ratio = b[uncapped] / (w[uncapped] / w[uncapped].max())
         if uncapped.sum() > 1 and np.all(b[uncapped] > 10):
+            ratio = b[uncapped] / (w[uncapped] / w[uncapped].max())
             assert ratio.max() / ratio.min() < 1.2
 
 
