@@ -536,11 +536,27 @@ def test_failed_save_keeps_the_old_predictor(trained, tmp_path, monkeypatch):
     (tmp_path / "p" / "config.json").chmod(0o640)
     stale = tmp_path / ".p.999999999.abcd.tmp"  # no such process
     stale.mkdir()
+    sibling = tmp_path / ".p.5.999999999.abcd.tmp"  # a save of p.5 (not p's): kept
+    sibling.mkdir()
     pred.save_pretrained(tmp_path / "p")
     assert (tmp_path / "p").stat().st_mode & 0o777 == 0o750
     assert {f.stat().st_mode & 0o777 for f in (tmp_path / "p").rglob("*") if f.is_file()} \
         == {0o640}
-    assert [p.name for p in tmp_path.iterdir()] == ["p"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [sibling.name, "p"]
+    sibling.rmdir()
+
+    # a save never replaces what is not a predictor: a folder of other files, a file
+    (tmp_path / "thesis").mkdir()
+    (tmp_path / "thesis" / "thesis.tex").write_text("keep me")
+    (tmp_path / "notes.txt").write_text("keep me too")
+    for target in ("thesis", "notes.txt"):
+        with pytest.raises(ValueError, match="refusing"):
+            pred.save_pretrained(tmp_path / target)
+    assert (tmp_path / "thesis" / "thesis.tex").read_text() == "keep me"
+    assert (tmp_path / "notes.txt").read_text() == "keep me too"
+    (tmp_path / "empty").mkdir()
+    pred.save_pretrained(tmp_path / "empty")  # an empty folder is fine
+    ClearPredictor.from_pretrained(tmp_path / "empty")
 
 
 def test_predict_rejects_bad_texts(trained, tmp_path):

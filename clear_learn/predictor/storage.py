@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import stat
 import tempfile
@@ -26,7 +27,7 @@ from pathlib import Path
 from ..atomic import pid_alive
 from .config import ConfigError, PredictorConfig
 
-__all__ = ["PredictorLoadError", "save", "load", "load_into"]
+__all__ = ["PredictorLoadError", "save", "check_replaceable", "load", "load_into"]
 
 _REQUIRED = ("config.json", "head.safetensors")
 
@@ -47,6 +48,7 @@ def save(pred, path: str | os.PathLike, *, merged: bool = False, card: str | Non
     from .card import model_card
 
     path = Path(path)
+    check_replaceable(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     clean_stale(path)
     dir_mode, file_mode = _modes(path)
@@ -81,6 +83,23 @@ def save(pred, path: str | os.PathLike, *, merged: bool = False, card: str | Non
     return path
 
 
+def check_replaceable(path: str | os.PathLike) -> None:
+    """Raise ``ValueError`` unless a save may write ``path``: it is absent, an empty folder,
+    or an exported predictor (a save replaces the whole folder, so anything else there, a
+    file or another project's folder, would be lost)."""
+    path = Path(path)
+    if not path.exists():
+        return
+    if not path.is_dir():
+        raise ValueError(f"{path}: exists and is a file, not a predictor folder; refusing to "
+                         "replace it")
+    missing = [f for f in _REQUIRED if not (path / f).is_file()]
+    if missing and any(path.iterdir()):
+        raise ValueError(f"{path}: exists, is not empty and is not an exported predictor "
+                         f"(no {' or '.join(missing)}); a save replaces the whole folder, so "
+                         "refusing to: choose another folder, or remove it first")
+
+
 def _modes(path: Path) -> tuple[int, int]:
     """The directory and file modes to give a predictor saved at ``path``: those of the one
     it replaces, else 0755 / 0644."""
@@ -95,12 +114,12 @@ def clean_stale(path: Path) -> list[Path]:
     """Remove the temp directories beside ``path`` of saves whose process is gone (a save
     killed mid-write); returns them. A live save's directory is left alone."""
     gone = []
+    own = re.compile(rf"\.{re.escape(path.name)}\.(\d+)\.[^.]+\.tmp")  # mkdtemp's name
     for d in path.parent.glob(f".{path.name}.*.tmp"):
-        parts = d.name[len(path.name) + 2:].split(".")
-        try:
-            pid = int(parts[0])
-        except (ValueError, IndexError):
-            continue
+        m = own.fullmatch(d.name)
+        if m is None:
+            continue  # another name's (a sibling called NAME.123 has .NAME.123.PID.X.tmp)
+        pid = int(m.group(1))
         if pid != os.getpid() and not pid_alive(pid):
             shutil.rmtree(d, ignore_errors=True)
             gone.append(d)

@@ -97,10 +97,9 @@ def check_output(base_dir: str | os.PathLike, out: str | os.PathLike) -> Path:
     if path in base.parents or base in path.parents:
         raise ValueError(f"{out}: holds or lies inside the base predictor {base_dir}; write "
                          "the recalibrated predictor to a folder of its own")
-    if path.exists() and not (path / "config.json").is_file() and (
-            not path.is_dir() or any(path.iterdir())):
-        raise ValueError(f"{out}: exists and is not an exported predictor; refusing to "
-                         "replace it")
+    from ..predictor.storage import check_replaceable
+
+    check_replaceable(out)
     for parent in path.parents:
         if parent.exists():
             if not parent.is_dir():
