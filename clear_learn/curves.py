@@ -103,7 +103,9 @@ def tangent_point(tau: np.ndarray, p: np.ndarray, k: np.ndarray,
     ``U(b)/b`` is unimodal, so when the unconstrained point lies beyond ``cap`` the best
     budget is ``cap`` itself.
     """
-    tau, p, k = (np.asarray(a, dtype=np.float64) for a in (tau, p, k))
+    tau, p, k = np.broadcast_arrays(*(np.asarray(a, dtype=np.float64) for a in (tau, p, k)))
+    shape = tau.shape  # () for scalars: computed on 1-d arrays, returned in this shape
+    tau, p, k = (np.atleast_1d(a) for a in (tau, p, k))
     c = k * tau
     y = np.interp(np.log1p(c), _TANGENT_GRID_LOGC, _TANGENT_GRID_Y)
     for _ in range(2):
@@ -121,7 +123,7 @@ def tangent_point(tau: np.ndarray, p: np.ndarray, k: np.ndarray,
         bo = b_star[over]
         with np.errstate(divide="ignore", invalid="ignore"):
             rate[over] = np.where(bo > 0, utility(bo, tau[over], p[over], k[over]) / bo, 0.0)
-    return b_star, rate
+    return b_star.reshape(shape), rate.reshape(shape)
 
 
 def widen_threshold(tau: np.ndarray, k: np.ndarray, spread: np.ndarray | float

@@ -318,7 +318,15 @@ def _budgets(name: str, policy: Policy, idx: np.ndarray, total: int, caps: np.nd
         res = allocate(policy[idx], total, max_tokens=caps, fallback_tokens=fallback_tokens)
         b, gave_up = res.budgets, res.abandoned
     else:
-        b = np.asarray(policy(idx, total), dtype=np.int64)
+        raw = np.asarray(policy(idx, total))
+        if raw.shape != idx.shape:
+            raise ValueError(f"policy {name!r} returned budgets of shape {raw.shape} for a "
+                             f"batch of {idx.size} queries")
+        if raw.size and not (np.all(np.isfinite(raw)) and np.all(raw == np.floor(raw))
+                             and raw.min() >= 0):
+            raise ValueError(f"policy {name!r} returned budgets that are not whole numbers "
+                             f">= 0 (e.g. {raw.flat[0]!r})")
+        b = raw.astype(np.int64)
         gave_up = b <= fallback_tokens
     if b.sum() > total or np.any(b > caps):
         raise AssertionError(f"policy {name!r} broke the budget at B={total}")

@@ -242,6 +242,9 @@ def rollout_nll(curves: Curves, rollouts: list[dict] | RolloutArrays,
     """Mean negative log-likelihood per rollout of each query under given curves
     (``runaway`` as in :class:`FitPrior`)."""
     data = rollouts if isinstance(rollouts, RolloutArrays) else to_arrays(rollouts)
+    if len(curves) != len(data):
+        raise ValueError(f"rollout_nll: {len(curves)} curves for {len(data)} queries (give "
+                         "one curve per query, in the rollouts' order)")
     M = data.max_new_tokens.astype(np.float64)
     tau = np.maximum(curves.tau, 1e-300 * M)
     p = np.clip(curves.p, 1e-12, 1 - 1e-12)

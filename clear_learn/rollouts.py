@@ -201,6 +201,9 @@ def _check_record(rec: Any, lineno: int, seen: dict[str, int]) -> list[Problem]:
         bad("text", "must be a non-empty string")
     if "task" in rec and (not isinstance(rec["task"], str) or not rec["task"]):
         bad("task", "must be a non-empty string")
+    gen = rec.get("generator")
+    if gen is not None and not (isinstance(gen, dict) and isinstance(gen.get("model", ""), str)):
+        bad("generator", "must be an object (with model a string), got " + _short(gen))
     cap = rec.get("max_new_tokens")
     cap_ok = _is_int(cap) and 0 < cap <= MAX_TOKENS
     if "max_new_tokens" in rec and not cap_ok:

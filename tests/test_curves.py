@@ -95,6 +95,14 @@ def test_tangent_point_is_the_best_average_gain(rng):
     assert np.all(r_c <= rate)
 
 
+def test_tangent_point_of_scalars_with_a_cap():
+    b, r = tangent_point(100.0, 0.5, 0.01, cap=50.0)  # a cap below tau: nothing pays
+    assert b.shape == () and float(b) == 50.0 and float(r) == 0.0
+    b, r = tangent_point(100.0, 0.5, 0.01, cap=250.0)
+    bb, rr = tangent_point(np.array([100.0]), np.array([0.5]), np.array([0.01]), cap=250.0)
+    assert float(b) == bb[0] and float(r) == rr[0]
+
+
 def test_tangent_point_extremes_stay_finite():
     b, r = tangent_point(np.array([0.0, 0.0, 1e6]), np.array([1.0, 1.0, 1.0]),
                          np.array([1e6, 1e-9, 1e-9]))

@@ -318,6 +318,16 @@ def test_two_step_queries_have_known_answers():
     assert uni[2]["abandoned"] == 0
 
 
+def test_broken_policies_are_named():
+    recs = _step_records({"easy": 10, "hard": 100})
+    bad = {"short": lambda idx, total: np.zeros(idx.size + 1),
+           "negative": lambda idx, total: np.full(idx.size, -50),
+           "fractional": lambda idx, total: np.full(idx.size, 2.5)}
+    for name, policy in bad.items():
+        with pytest.raises(ValueError, match=f"policy '{name}' returned"):
+            evaluate_policies(recs, {name: policy}, [20], oracle=False)
+
+
 def test_step_queries_with_an_oracle_and_clear():
     """With an oracle fitted on half the rollouts (all alike here), CLEAR on the oracle's
     curves funds the easy query before the hard one and never beats the exact optimum; the gap

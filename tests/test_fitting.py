@@ -88,6 +88,8 @@ def test_rollout_nll_prefers_the_true_curves():
     recs = sample_rollouts(truth, 16, 4000, seed=5)
     wrong = Curves(truth.tau * 2, truth.p, truth.k)
     assert rollout_nll(truth, recs).mean() < rollout_nll(wrong, recs).mean()
+    with pytest.raises(ValueError, match="1 curves for 300 queries"):
+        rollout_nll(truth[:1], recs)
 
 
 def test_fit_rejects_queries_without_rollouts():

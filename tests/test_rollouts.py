@@ -44,6 +44,8 @@ def test_round_trip_plain_and_gzip(tmp_path):
     (rec(0, rollouts=[{"tokens": 5, "correct": True, "finished": 1}]), "rollouts[0].finished",
      "true or false"),
     (rec(0, id=None), "id", "non-empty"),
+    (rec(0, generator="qwen"), "generator", "must be an object"),
+    (rec(0, generator={"model": 3}), "generator", "model a string"),
 ])
 def test_validator_names_line_and_field(tmp_path, bad, field, words):
     path = tmp_path / "bad.jsonl"

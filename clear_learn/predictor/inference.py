@@ -225,14 +225,14 @@ class ClearPredictor:
 
         every = records if all_records is None else all_records
         caps = {int(r["max_new_tokens"]) for r in every}
-        models = {r.get("generator", {}).get("model", "unknown") for r in every}
+        models = {(r.get("generator") or {}).get("model", "unknown") for r in every}
         if len(models) != 1:
             raise ValueError(f"training data mixes generating models {sorted(models)}: a "
                              "predictor's curves belong to one model")
         if len(caps) != 1:
             raise ValueError(f"training data mixes generation caps {sorted(caps)}: a "
                              "predictor's curves belong to one cap")
-        gen = records[0].get("generator", {}) if records else {}
+        gen = (records[0].get("generator") or {}) if records else {}
         name = gen.get("model", "unknown")
         n_tok = [len(x) for x in tokenizer([r["text"] for r in records], truncation=False,
                                            verbose=False)["input_ids"]] if records else []
