@@ -46,12 +46,13 @@ queries the price is the batch (Lagrangian) price of the queries seen so far (ke
 of that fixed size, then dropped), and it estimates ``eps`` on them.
 
 Hard cap. ``cap_tokens`` per ``cap_window`` is a separate guard, checked before each grant:
-a budget that would break it is trimmed to what is left (when the trimmed budget still pays at
-the price, else the query is abandoned), so the cap is never exceeded. Over queries the window
-is exact (any ``cap_window`` consecutive queries); over seconds the window is split into
-``cap_buckets`` buckets and the check spans one bucket more than the window, so every interval
-of ``cap_window`` seconds is covered (conservative by up to one bucket). A trimmed grant feeds
-back its untrimmed demand (anti-windup: a binding cap does not drive the price down).
+a budget that would break it is trimmed to what is left (split evenly over a query's
+``copies``; when the trimmed budget still pays at the price, else the query is abandoned), so
+the cap is never exceeded. Over queries the window is exact (any ``cap_window`` consecutive
+queries); over seconds the window is split into ``cap_buckets`` buckets and the check spans
+one bucket more than the window, so every interval of ``cap_window`` seconds is covered
+(conservative by up to one bucket). A trimmed grant feeds back its untrimmed demand
+(anti-windup: a binding cap does not drive the price down).
 
 State. A few scalars, the cap's ring of fixed length and the bootstrap buffer of fixed length:
 nothing grows with the stream. Elapsed time credited per event is at most ``h`` (an idle server
@@ -80,8 +81,8 @@ __all__ = ["StreamController", "Grant", "GrantBatch", "budgets_at_price", "batch
 class Grant:
     """One query's grant.
 
-    budget : tokens granted (``max_tokens`` to forward); ``fallback_tokens`` when abandoned
-        (0 when even that would break the hard cap).
+    budget : tokens granted (``max_tokens`` to forward), per copy; ``fallback_tokens`` when
+        abandoned (0 when even that would break the hard cap).
     abandoned : the query is not worth its cost at this price (or did not fit the cap).
     trimmed : the hard cap cut the budget (or refused it).
     price : the price it was granted at.
@@ -259,27 +260,31 @@ class StreamController:
     def from_reference(cls, curves: Curves, *, tokens_per_query: float | None = None,
                        tokens_per_second: float | None = None,
                        queries_per_second: float | None = None, max_tokens=None,
-                       **kwargs: Any) -> "StreamController":
+                       price: float | None = None, **kwargs: Any) -> "StreamController":
         """A controller warm-started on reference traffic.
 
-        The starting price is :func:`batch_price` of ``curves`` at the target per query
-        (``tokens_per_second / queries_per_second`` for a rate target), raised to the lower
-        price bound; ``elasticity`` is measured there (:func:`demand_elasticity`). Other
-        keyword arguments go to the constructor.
+        The starting price is ``price`` when given, else :func:`batch_price` of ``curves`` at
+        the target per query (``tokens_per_second / queries_per_second`` for a rate target),
+        raised to the lower price bound; ``elasticity`` is measured at the starting price
+        (:func:`demand_elasticity`). Other keyword arguments go to the constructor.
         """
-        if tokens_per_second is not None:
-            if queries_per_second is None:
-                raise ValueError("from_reference with tokens_per_second needs "
-                                 "queries_per_second (the reference traffic's arrival rate)")
-            per_query = (_positive("tokens_per_second", tokens_per_second)
-                         / _positive("queries_per_second", queries_per_second))
-        elif tokens_per_query is None:
-            raise ValueError("from_reference needs tokens_per_query or tokens_per_second")
-        else:
-            per_query = tokens_per_query
         cap = max_tokens
-        lo, hi = _bounds(kwargs.get("price_bounds", (1e-12, 1.0)))
-        price = min(max(batch_price(curves, per_query, cap), lo), hi)
+        if price is None:
+            if tokens_per_second is not None:
+                if queries_per_second is None:
+                    raise ValueError("from_reference with tokens_per_second needs "
+                                     "queries_per_second (the reference traffic's arrival "
+                                     "rate), or a starting price")
+                per_query = (_positive("tokens_per_second", tokens_per_second)
+                             / _positive("queries_per_second", queries_per_second))
+            elif tokens_per_query is None:
+                raise ValueError("from_reference needs tokens_per_query or tokens_per_second")
+            else:
+                per_query = tokens_per_query
+            lo, hi = _bounds(kwargs.get("price_bounds", (1e-12, 1.0)))
+            price = min(max(batch_price(curves, per_query, cap), lo), hi)
+        else:
+            price = _positive("price", price)
         kwargs.setdefault("elasticity", demand_elasticity(curves, price, cap))
         return cls(tokens_per_query=tokens_per_query, tokens_per_second=tokens_per_second,
                    price=price, max_tokens=cap, **kwargs)
@@ -313,14 +318,20 @@ class StreamController:
         return self._boot is not None and self._boot_n < self._boot_size
 
     def grant(self, tau: float, p: float, k: float, *, max_tokens: int | None = None,
-              now: float | None = None) -> Grant:
+              now: float | None = None, copies: int = 1) -> Grant:
         """Grant one arriving query its budget at the current price, then update the price.
 
         ``tau, p, k`` is its predicted curve; ``max_tokens`` its own cap (default the
         controller's); ``now`` the time in seconds (needed for a rate target or a cap over
-        seconds; never decreasing). The grant never breaks the hard cap.
+        seconds; never decreasing). ``copies``: how many completions the query generates
+        (an OpenAI ``n``), each up to the budget: the returned budget is per copy, chosen as
+        for one at the price, and everything else (the hard cap, ``granted_``, the price's
+        feedback) counts it ``copies`` times. The grant never breaks the hard cap.
         """
         tau, p, k = _curve(tau, p, k)
+        if isinstance(copies, bool) or not isinstance(copies, (int, np.integer)) or copies < 1:
+            raise ValueError(f"copies must be a whole number >= 1, got {copies!r}")
+        copies = int(copies)
         cap = self.max_tokens if max_tokens is None else max_tokens
         cap = math.inf if cap is None else float(_whole("max_tokens", cap))
         now = self._tick(now)
@@ -331,24 +342,25 @@ class StreamController:
             lp = self.log_price_ + np.array([0.0, -ELASTICITY_STEP, ELASTICITY_STEP])
             d0, d_lo, d_hi = _best_budgets(tau, p, k, lp, cap)
             demand = int(d0)
-            self._track_elasticity(d0, d_lo - d_hi)
+            self._track_elasticity(d0 * copies, (d_lo - d_hi) * copies)
         else:
             demand = _best_budget(tau, p, k, lam, cap)
         budget, trimmed = demand, False
         headroom = self._headroom(now)
-        if demand > headroom:
+        if demand * copies > headroom:
             trimmed = True
-            budget = _best_budget(tau, p, k, lam, min(cap, float(headroom)))
+            budget = _best_budget(tau, p, k, lam, min(cap, float(headroom // copies)))
         abandoned = budget == 0
         if abandoned:
-            budget = self._fallback if self._fallback <= min(headroom, cap) else 0
-        self._record(budget)
+            fits = self._fallback <= cap and self._fallback * copies <= headroom
+            budget = self._fallback if fits else 0
+        self._record(budget * copies)
         self.n_queries_ += 1
-        self.granted_ += budget
+        self.granted_ += budget * copies
         self.n_abandoned_ += abandoned
         self.n_trimmed_ += trimmed
         if self.target == "granted":
-            fed = max(demand, self._fallback) if trimmed else budget
+            fed = (max(demand, self._fallback) if trimmed else budget) * copies
         else:
             fed = 0
         if not self._per_second:

@@ -69,6 +69,35 @@ def test_the_rate_identity_holds_exactly():
                                                 rel=1e-9, abs=1e-6)
 
 
+def test_the_rate_identity_counts_copies():
+    """A query of n copies is granted n times its budget, in granted_ and in the feedback."""
+    ctl = StreamController(tokens_per_query=100, price=1e-3, elasticity=1.5, horizon=25,
+                           max_tokens=CAP)
+    lp0 = ctl.log_price_
+    copies = np.random.default_rng(4).integers(1, 4, 300)
+    b = np.array([ctl.grant(MIX.tau[i], MIX.p[i], MIX.k[i], copies=int(n)).budget
+                  for i, n in enumerate(copies)])
+    assert ctl.granted_ == int((b * copies).sum())
+    assert ctl.granted_ - 100 * 300 == pytest.approx(100 * 25 * 1.5 * (ctl.log_price_ - lp0),
+                                                     rel=1e-9, abs=1e-6)
+    # the budget per copy is the one-copy budget at the same price
+    one = StreamController(tokens_per_query=100, price=1e-3, horizon=1e12, max_tokens=CAP)
+    three = StreamController(tokens_per_query=100, price=1e-3, horizon=1e12, max_tokens=CAP)
+    g1, g3 = one.grant(60, 0.9, 0.05), three.grant(60, 0.9, 0.05, copies=3)
+    assert g1.budget == g3.budget > 0 and three.granted_ == 3 * one.granted_
+
+
+def test_from_reference_starts_at_a_given_price():
+    ctl = StreamController.from_reference(MIX[:300], tokens_per_query=64, max_tokens=CAP,
+                                          price=2e-3)
+    assert ctl.price_ == pytest.approx(2e-3)
+    assert ctl.elasticity_ == pytest.approx(demand_elasticity(MIX[:300], 2e-3, CAP))
+    # a rate target needs no arrival rate when the price is given
+    ctl = StreamController.from_reference(MIX[:300], tokens_per_second=500, price=2e-3,
+                                          max_tokens=CAP)
+    assert ctl.price_ == pytest.approx(2e-3)
+
+
 @pytest.mark.parametrize("target", [48, 128])
 def test_recovers_after_a_sudden_change_of_mix(target):
     easy_heavy = shuffled(concat(EASY[400:1100], MEDIUM[400:600]), 1)
@@ -144,6 +173,24 @@ def test_hard_cap_over_queries_is_never_exceeded(n, cap, window, fallback, targe
     assert sums.max(initial=0) <= cap
     assert np.all(b <= CAP) and np.all(b >= 0)
     assert np.all(b[g.abandoned] <= fallback)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.integers(1, 5), min_size=1, max_size=60), st.integers(0, 3000),
+       st.integers(1, 20), st.integers(0, 8), st.sampled_from(["granted", "consumed"]),
+       st.integers(0, 10_000))
+def test_hard_cap_with_copies_is_never_exceeded(copies, cap, window, fallback, target, seed):
+    """A query of n copies generates n times its budget: the cap counts all of them."""
+    n = len(copies)
+    c = MIX[np.random.default_rng(seed).integers(0, len(MIX), n)]
+    ctl = StreamController(tokens_per_query=64, price=1e-4, cap_tokens=cap, cap_window=window,
+                           fallback_tokens=fallback, max_tokens=CAP, target=target)
+    b = np.array([ctl.grant(c.tau[i], c.p[i], c.k[i], copies=copies[i]).budget
+                  for i in range(n)])
+    spent = b * np.array(copies)
+    assert np.convolve(spent, np.ones(window, dtype=np.int64)).max(initial=0) <= cap
+    assert ctl.granted_ == spent.sum()
+    assert np.all(b <= CAP) and np.all(b >= 0)
 
 
 @settings(max_examples=30, deadline=None)
@@ -247,6 +294,9 @@ def test_bad_calls_are_named():
         ctl.grant(100, 1.5, 0.01, now=6.0)
     with pytest.raises(ValueError, match="tokens"):
         ctl.report_consumed(-1)
+    for bad in (0, 1.5, True):
+        with pytest.raises(ValueError, match="copies"):
+            ctl.grant(100, 0.5, 0.01, now=7.0, copies=bad)
 
 
 def test_adaptive_elasticity_tracks_the_stream_and_keeps_the_rate():

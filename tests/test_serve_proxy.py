@@ -18,7 +18,8 @@ import pytest
 
 from clear_learn.controller import StreamController
 from clear_learn.serve.app import create_app
-from clear_learn.serve.budget import BudgetService, MicroBatcher
+from clear_learn.serve.app import _UsageFilter
+from clear_learn.serve.budget import NO_TEXT, BudgetService, MicroBatcher
 from clear_learn.serve.config import ServeConfig
 from clear_learn.serve.testing import free_port, serve_in_thread, stub_upstream_app
 from serve_support import FakePredictor, stub_process
@@ -38,10 +39,10 @@ def stub():
 
 
 @contextlib.contextmanager
-def proxy(upstream: str, predictor=None, **settings):
+def proxy(upstream: str, predictor=None, transport=None, **settings):
     cfg = ServeConfig(upstream=upstream, **{"tokens_per_query": 100, "price": PRICE,
                                             "horizon": 1e9, **settings}).validate()
-    app = create_app(cfg, predictor=predictor or FakePredictor())
+    app = create_app(cfg, predictor=predictor or FakePredictor(), transport=transport)
     with serve_in_thread(app) as s:
         s.proxy = app.state.proxy
         yield s
@@ -54,6 +55,25 @@ def client(px, **kw) -> openai.OpenAI:
 
 def forwarded(raw) -> dict:
     return json.loads(raw.headers["x-stub-request"])
+
+
+def sse(body: bytes) -> list[dict]:
+    """The JSON events of an SSE body (``[DONE]`` left out)."""
+    return [json.loads(line[5:]) for line in body.splitlines()
+            if line.startswith(b"data:") and line[5:].strip() != b"[DONE]"]
+
+
+def read_stream(px, path: str, body: dict) -> tuple[httpx.Response, bytes]:
+    """POST a streamed request and read its whole body (so the proxy's relay has ended)."""
+    with httpx.stream("POST", px.url + path, json={**body, "stream": True}, timeout=20) as r:
+        return r, r.read()
+
+
+def in_flight(px) -> float:
+    """The proxy's ``clear_in_flight`` gauge, read from /metrics."""
+    text = httpx.get(px.url + "/metrics").text
+    return float(next(ln.split()[1] for ln in text.splitlines()
+                      if ln.startswith("clear_in_flight ")))
 
 
 def test_budget_headers_and_the_smaller_of_the_clients_limit(stub):
@@ -73,7 +93,7 @@ def test_budget_headers_and_the_smaller_of_the_clients_limit(stub):
         assert forwarded(raw)["max_tokens"] == 100
         raw = c.chat.completions.with_raw_response.create(model="stub", messages=EASY,
                                                           max_completion_tokens=90)
-        fw = forwarded(raw)
+        fw = forwarded(raw)  # both fields: the budget binds whichever the upstream reads
         assert fw["max_tokens"] == 90 and fw["max_completion_tokens"] == 90
         # a larger client limit is lowered to the budget
         raw = c.chat.completions.with_raw_response.create(model="stub", messages=EASY,
@@ -88,15 +108,93 @@ def test_streaming_passes_the_stream_through_with_headers(stub):
     with proxy(stub.url + "/v1") as px:
         c = client(px)
         with c.chat.completions.with_streaming_response.create(
-                model="stub", messages=EASY, stream=True, max_tokens=105) as resp:
+                model="stub", messages=EASY, stream=True, max_tokens=105,
+                stream_options={"include_usage": True}) as resp:
             assert resp.headers["x-clear-max-tokens"] == "105"
             assert resp.headers["content-type"].startswith("text/event-stream")
             chunks = list(resp.parse())
         text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
         assert text.split() == [f"w{i}" for i in range(8)]
-        # the whole body was read, so the proxy's stream (and its usage report) has ended
+        assert chunks[-1].usage.completion_tokens == 8 and not chunks[-1].choices
+        # target granted: a stream is forwarded as the client sent it
+        r, body = read_stream(px, "/v1/chat/completions", {"model": "stub", "messages": EASY})
+        assert "stream_options" not in forwarded(r) and all(e["choices"] for e in sse(body))
+        # the whole body was read, so the proxy's relay (and its usage report) has ended:
+        # the usage of the first stream was counted, even though the openai client hangs up
+        # at "[DONE]" before the stream's very end
         metrics = httpx.get(px.url + "/metrics").text
         assert "clear_tokens_consumed_total 8.0" in metrics  # usage read from the stream
+
+
+def test_consumed_target_asks_every_stream_for_its_usage(stub):
+    with proxy(stub.url + "/v1", target="consumed") as px:
+        ctl = px.proxy.budget.controller
+        r, body = read_stream(px, "/v1/chat/completions", {"model": "stub", "messages": EASY})
+        assert forwarded(r)["stream_options"] == {"include_usage": True}
+        # the usage-only event the proxy asked for is not relayed; its tokens are counted
+        events = sse(body)
+        assert len(events) == 9 and all(e["choices"] for e in events)
+        assert body.endswith(b"data: [DONE]\n\n") and ctl.consumed_ == 8
+        # a client that asked for usage itself gets it (its other options kept)
+        r, body = read_stream(px, "/v1/completions", {
+            "model": "stub", "prompt": "2 + 2 =",
+            "stream_options": {"include_usage": True, "continuous_usage_stats": False}})
+        assert forwarded(r)["stream_options"] == {"include_usage": True,
+                                                  "continuous_usage_stats": False}
+        assert sse(body)[-1] == {"id": "s", "object": "chunk", "choices": [], "usage": {
+            "prompt_tokens": 5, "completion_tokens": 8, "total_tokens": 13}}
+        assert ctl.consumed_ == 16
+        r, body = read_stream(px, "/v1/completions", {
+            "model": "stub", "prompt": "2 + 2 =", "stream_options": {"include_usage": False}})
+        assert forwarded(r)["stream_options"] == {"include_usage": True}
+        assert all(e["choices"] for e in sse(body)) and ctl.consumed_ == 24
+        r = httpx.post(px.url + "/v1/chat/completions", json={
+            "model": "stub", "messages": EASY, "stream": True, "stream_options": "usage"})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "stream_options"
+
+
+def test_the_usage_event_is_dropped_whole_however_the_stream_is_cut():
+    events = [b'data: {"choices": [{"index": 0, "delta": {"content": "a"}}]}\n\n',
+              b'data: {"choices": [{"index": 0, "delta": {}}], "usage": null}\r\n\r\n',
+              b'data: {"choices": [], "usage": {"completion_tokens": 3}}\n\n',
+              b"data: [DONE]\n\n"]
+    raw = b"".join(events)
+    kept = raw.replace(events[2], b"")
+    for cut in range(1, len(raw)):  # every split into two raw chunks
+        f = _UsageFilter()
+        assert f.feed(raw[:cut]) + f.feed(raw[cut:]) + f.flush() == kept, cut
+    f = _UsageFilter()  # byte by byte; each piece given back is whole events
+    pieces = [f.feed(raw[i:i + 1]) for i in range(len(raw))] + [f.flush()]
+    assert b"".join(pieces) == kept
+    assert [x for x in pieces if x] == [events[0], events[1], events[3]]
+
+
+def test_split_sse_events_through_the_proxy():
+    """An upstream whose events arrive cut into 7-byte raw chunks (httpx MockTransport)."""
+    usage = b'data: {"id": "s", "choices": [], "usage": {"completion_tokens": 3}}\n\n'
+    body = (b'data: {"id": "s", "choices": [{"index": 0, "delta": {"content": "a b c"}}]}'
+            b"\n\n" + usage + b"data: [DONE]\n\n")
+    sent = []
+
+    async def pieces():
+        for i in range(0, len(body), 7):
+            yield body[i:i + 7]
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent.append((request.url, json.loads(request.content)))
+        return httpx.Response(200, headers={"content-type": "text/event-stream"},
+                              content=pieces())
+
+    with proxy("http://upstream.test/v1", target="consumed",
+               transport=httpx.MockTransport(handler)) as px:
+        with httpx.stream("POST", px.url + "/v1/chat/completions?x=1", timeout=10,
+                          json={"model": "m", "messages": EASY, "stream": True}) as r:
+            got = r.read()
+        assert got == body.replace(usage, b"")
+        assert px.proxy.budget.controller.consumed_ == 3
+    url, fw = sent[0]
+    assert str(url) == "http://upstream.test/v1/chat/completions?x=1"
+    assert fw["stream_options"] == {"include_usage": True} and fw["max_tokens"] == 150
 
 
 def test_budget_field_for_a_thinking_budget(stub):
@@ -144,7 +242,8 @@ def test_abandoned_query_policies(stub, policy):
      "max_completion_tokens"),
     ({"model": "stub", "messages": EASY, "stream": "yes"}, "stream"),
     ({"model": 3, "messages": EASY}, "model"),
-    ({"model": "stub", "messages": [{"role": "system", "content": "be brief"}]}, "messages"),
+    ({"model": "stub", "messages": EASY, "n": 0}, "n"),
+    ({"model": "stub", "messages": EASY, "n": 2.5}, "n"),
 ])
 def test_malformed_requests_get_a_400_naming_the_field(stub, body, param):
     with proxy(stub.url + "/v1") as px:
@@ -152,6 +251,91 @@ def test_malformed_requests_get_a_400_naming_the_field(stub, body, param):
         assert r.status_code == 400
         assert r.json()["error"]["param"] == param
         assert r.json()["error"]["message"].startswith(param)
+
+
+def test_chat_without_user_text_is_budgeted(stub):
+    pred = FakePredictor()
+    system_only = [{"role": "system", "content": "be brief"}]
+    image_only = [{"role": "user", "content": [{"type": "image_url",
+                                                "image_url": {"url": "data:,"}}]}]
+    with proxy(stub.url + "/v1", predictor=pred) as px:
+        for msgs in (system_only, image_only):
+            r = httpx.post(px.url + "/v1/chat/completions", timeout=10,
+                           json={"model": "stub", "messages": msgs})
+            assert r.status_code == 200 and r.headers["x-clear-max-tokens"] == "150"
+    # no user text: all messages' text; no text at all: the predictor's input for none
+    assert [t for batch in pred.batches for t in batch] == ["be brief", NO_TEXT]
+
+
+@pytest.mark.parametrize("value, param", [("NaN", None), ("Infinity", None),
+                                          ("-Infinity", None), ("1e999", "max_tokens")])
+@pytest.mark.parametrize("field", ["max_tokens", "max_completion_tokens"])
+def test_non_finite_numbers_are_a_400(stub, field, value, param):
+    raw = ('{"model": "stub", "messages": [{"role": "user", "content": "hi"}], '
+           f'"{field}": {value}}}').encode()
+    with proxy(stub.url + "/v1") as px:
+        r = httpx.post(px.url + "/v1/chat/completions", content=raw, timeout=10,
+                       headers={"content-type": "application/json"})
+    assert r.status_code == 400
+    err = r.json()["error"]
+    if param is None:  # not JSON at all
+        assert err["param"] is None and f"{value.lstrip('-')} is not a JSON number" in \
+            err["message"]
+    else:  # JSON, but infinite
+        assert err["param"] == field and err["message"].startswith(f"{field}: must be")
+
+
+def test_trailing_slash_and_query_string_on_budgeted_routes(stub):
+    with proxy(stub.url + "/v1") as px:
+        r = httpx.post(px.url + "/v1/chat/completions/?api-version=2024-10-21", timeout=10,
+                       json={"model": "stub", "messages": EASY})
+        assert r.status_code == 200 and r.headers["x-clear-max-tokens"] == "150"
+        assert forwarded(r)["max_tokens"] == 150
+        assert r.headers["x-stub-query"] == "api-version=2024-10-21"
+        r = httpx.post(px.url + "/v1/completions/", timeout=10,
+                       json={"model": "stub", "prompt": "2 + 2 ="})
+        assert r.headers["x-clear-max-tokens"] == "150" and forwarded(r)["max_tokens"] == 150
+        assert r.headers["x-stub-query"] == ""
+
+
+def test_upstream_errors_that_are_not_json_are_relayed_as_they_are(stub):
+    with proxy(stub.url + "/v1") as px:
+        for stream in (False, True):
+            r = httpx.post(px.url + "/v1/chat/completions", timeout=10,
+                           json={"model": "ratelimit", "messages": EASY, "stream": stream})
+            assert r.status_code == 429 and r.text == "slow down"
+            assert r.headers["retry-after"] == "7"
+            assert r.headers["content-type"].startswith("text/plain")
+            assert r.headers["x-clear-max-tokens"] == "150"
+
+
+def test_n_completions_are_counted_n_times(stub):
+    with proxy(stub.url + "/v1") as px:
+        c = client(px)
+        ctl = px.proxy.budget.controller
+        raw = c.chat.completions.with_raw_response.create(model="stub", messages=EASY, n=3)
+        assert raw.headers["x-clear-max-tokens"] == "150" and ctl.granted_ == 450
+        # best_of generates best_of completions and returns the best n
+        raw = c.completions.with_raw_response.create(model="stub", prompt="2 + 2 =", n=2,
+                                                     best_of=4)
+        assert forwarded(raw)["max_tokens"] == 150 and ctl.granted_ == 450 + 600
+        assert "clear_tokens_granted_total 1050.0" in httpx.get(px.url + "/metrics").text
+        r = httpx.post(px.url + "/v1/completions", json={"model": "stub", "best_of": 0,
+                                                         "prompt": "x"})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "best_of"
+        # several prompts in one request would share one max_tokens: a 400
+        r = httpx.post(px.url + "/v1/completions", json={"model": "stub", "prompt": ["a", "b"]})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "prompt"
+        assert "one request per prompt" in r.json()["error"]["message"]
+        assert httpx.post(px.url + "/v1/completions",
+                          json={"model": "stub", "prompt": ["a"]}).status_code == 200
+    # with a hard cap, n copies share it: 3 x 150 would break 300, so each gets 100
+    with proxy(stub.url + "/v1", cap_tokens=300, cap_window=1000) as px:
+        raw = client(px).chat.completions.with_raw_response.create(model="stub",
+                                                                   messages=EASY, n=3)
+        assert raw.headers["x-clear-max-tokens"] == "100"
+        assert forwarded(raw)["max_tokens"] == 100
+        assert px.proxy.budget.controller.granted_ == 300
 
 
 def test_invalid_json_from_the_client_and_from_the_upstream(stub):
@@ -231,6 +415,26 @@ def test_client_disconnecting_mid_stream_closes_the_upstream_stream(stub):
     assert len(stub.app.state.requests) == opened + 2
 
 
+def test_in_flight_counts_a_stream_until_its_relay_ends(stub):
+    stub.app.state.stall_closed.clear()
+    with proxy(stub.url + "/v1", timeout=30.0) as px:
+        with httpx.stream("POST", px.url + "/v1/chat/completions", timeout=10,
+                          json={"model": "stall", "messages": EASY, "stream": True}) as r:
+            it = r.iter_raw()  # held: a dropped iterator would close the connection
+            assert b"w0" in next(it)
+            assert in_flight(px) == 1.0  # the stream is still being relayed
+            it.close()
+        # the proxy closes the upstream's stream as its relay ends, after the gauge drops
+        assert stub.app.state.stall_closed.wait(60), "the proxy kept the upstream stream open"
+        assert in_flight(px) == 0.0
+        client(px).chat.completions.create(model="stub", messages=EASY)
+        with client(px).chat.completions.with_streaming_response.create(
+                model="stub", messages=EASY, stream=True) as resp:
+            list(resp.parse())
+        httpx.post(px.url + "/v1/chat/completions", json={"model": "stub"})  # a 400
+        assert in_flight(px) == 0.0  # each counted down exactly once
+
+
 def test_api_key_passed_through_and_never_logged(stub, caplog, capfd, monkeypatch):
     caplog.set_level(logging.DEBUG)
     monkeypatch.setenv("UPSTREAM_KEY", "sk-from-env-987654")
@@ -306,6 +510,23 @@ def test_micro_batcher_keeps_order_and_propagates_errors():
     out = asyncio.run(main())
     assert [o[0] for o in out] == [40.0, 400.0, 40.0, 40.0, 400.0, 40.0]
     assert [len(c) for c in calls[:2]] == [4, 2]
+
+
+def test_a_failing_on_batch_does_not_stop_the_micro_batcher(caplog):
+    def on_batch(size, seconds):
+        raise RuntimeError("the metrics broke")
+
+    async def main():
+        mb = MicroBatcher(FakePredictor().predict, on_batch=on_batch)
+        # wait_for only turns a hang (a dead worker) into a failure
+        first = await asyncio.wait_for(mb.predict("a"), 60)
+        second = await asyncio.wait_for(mb.predict("hard b"), 60)
+        await mb.aclose()
+        return first, second
+
+    first, second = asyncio.run(main())
+    assert first[0] == 40.0 and second[0] == 400.0  # results delivered, worker still up
+    assert "on_batch failed" in caplog.text
 
 
 def test_passthrough_of_other_routes(stub):

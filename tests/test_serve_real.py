@@ -176,9 +176,9 @@ def test_chat_through_litellm_with_the_hook(stack):
     # a malformed request: the hook's 400 names the field
     r = httpx.post(stack["litellm"] + "/v1/chat/completions", timeout=60,
                    headers={"authorization": f"Bearer {LITELLM_KEY}"},
-                   json={"model": "smol", "max_tokens": 5,
-                         "messages": [{"role": "system", "content": "no user here"}]})
-    assert r.status_code == 400 and "messages" in r.text
+                   json={"model": "smol", "max_tokens": 5, "n": 0,
+                         "messages": [{"role": "user", "content": "Name a colour."}]})
+    assert r.status_code == 400 and "n: must be an integer" in r.text
 
 
 def test_upstream_killed_then_clean_shutdown(stack):

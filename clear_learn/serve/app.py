@@ -1,18 +1,23 @@
 """The OpenAI-compatible proxy: a FastAPI app in front of any OpenAI-compatible upstream.
 
-Routes: ``POST /v1/chat/completions`` and ``POST /v1/completions`` (streaming or not) get a
-budget from :class:`~clear_learn.serve.budget.BudgetService` written into the configured
-field; any other ``/v1/*`` route is passed through; ``GET /health``; ``GET /metrics``
-(Prometheus). Every budgeted answer is the upstream's, unchanged, with the headers
-``x-clear-max-tokens`` (the budget forwarded; empty when the request went unchanged),
-``x-clear-price`` and ``x-clear-abandoned``.
+Routes: ``POST /v1/chat/completions`` and ``POST /v1/completions`` (with or without a
+trailing slash, streaming or not, the query string kept) get a budget from
+:class:`~clear_learn.serve.budget.BudgetService` written into the configured field, counted
+``n`` times (``best_of`` when larger); any other ``/v1/*`` route is passed through;
+``GET /health``; ``GET /metrics`` (Prometheus). Every budgeted answer is the upstream's, with
+the headers ``x-clear-max-tokens`` (the budget forwarded, per completion; empty when the
+request went unchanged), ``x-clear-price`` and ``x-clear-abandoned``. It is unchanged but for
+one case: with ``target: consumed`` the proxy asks a stream for its usage
+(``stream_options.include_usage``) and, when the client did not ask for it, drops the
+usage-only last event (``choices`` empty) from what it relays.
 
-Failures are answered, never hung: the upstream unreachable or answering garbage gives a
-502, too slow a 504 (within ``timeout`` seconds; between chunks once a stream has begun, when
-the stream is ended with an SSE ``error`` event), a malformed request a 400 naming the field,
-all as OpenAI-style JSON errors. The client's ``Authorization`` header is passed to the
-upstream (or the key from ``upstream_api_key_env`` when the client sends none); no header is
-ever logged.
+Failures are answered, never hung: the upstream unreachable, or answering a 200 that is not
+JSON, gives a 502; too slow a 504 (``timeout`` seconds to the headers, and again for the rest
+of the body; between chunks once a stream has begun, when the stream is ended with an SSE
+``error`` event); a malformed request a 400 naming the field; all as OpenAI-style JSON errors.
+The upstream's own error answers (JSON or not) are relayed with their headers. The client's
+``Authorization`` header is passed to the upstream (or the key from ``upstream_api_key_env``
+when the client sends none); no header is ever logged.
 """
 
 from __future__ import annotations
@@ -20,9 +25,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import time
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable
 
 import anyio
 import httpx
@@ -33,7 +39,8 @@ from .budget import BudgetService, Decision, Predictor
 from .config import ServeConfig
 from .metrics import CONTENT_TYPE_LATEST, Metrics
 from .payloads import (BadRequest, apply_budget, chat_query_text, client_cap,
-                       completion_query_text, is_stream, parse_body)
+                       completion_query_text, is_stream, n_copies, parse_body,
+                       with_stream_usage)
 
 __all__ = ["create_app", "Proxy"]
 
@@ -63,6 +70,37 @@ class UpstreamError(Exception):
 
     def response(self) -> JSONResponse:
         return _error(self.status, str(self), self.kind)
+
+
+def _once(fn: Callable[[], None]) -> Callable[[], None]:
+    """``fn``, run on the first call only."""
+    done = False
+
+    def call() -> None:
+        nonlocal done
+        if not done:
+            done = True
+            fn()
+    return call
+
+
+class _Streamed(StreamingResponse):
+    """A relayed upstream stream: however the answer ends (even before its body starts), the
+    upstream response is closed and ``on_end`` has run (make it safe to call twice)."""
+
+    def __init__(self, content: AsyncIterator[bytes], upstream: httpx.Response,
+                 on_end: Callable[[], None] | None = None, **kwargs: Any) -> None:
+        super().__init__(content, **kwargs)
+        self._upstream, self._on_end = upstream, on_end
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            if self._on_end is not None:
+                self._on_end()
+            with anyio.CancelScope(shield=True):
+                await self._upstream.aclose()
 
 
 class Proxy:
@@ -178,29 +216,38 @@ class Proxy:
                                 f"not JSON ({len(content)} bytes)") from None
 
     def _report_usage(self, answer: Any) -> None:
+        """Count an answer's ``usage.completion_tokens`` (if any) and feed it back; never
+        raises (the answer goes to the client whatever happens here)."""
         try:
             used = answer["usage"]["completion_tokens"]
         except (KeyError, TypeError, IndexError):
             return
-        if isinstance(used, int) and used >= 0:
+        if isinstance(used, int) and not isinstance(used, bool) and used >= 0:
             self.metrics.tokens_consumed.inc(used)
             assert self.budget is not None
-            self.budget.report_consumed(used)
+            try:
+                self.budget.report_consumed(used)
+            except Exception:
+                log.exception("reporting %d consumed tokens failed", used)
 
     # ---------------------------------------------------------------- handlers
     async def completion(self, request: Request, route: str) -> Response:
-        """A budgeted ``/v1/chat/completions`` or ``/v1/completions`` request."""
-        status = 500
+        """A budgeted ``/v1/chat/completions`` or ``/v1/completions`` request; it counts in
+        ``in_flight`` until its answer has been relayed (a stream: until the relay ends)."""
         self.metrics.in_flight.inc()
+        done = _once(self.metrics.in_flight.dec)
+        resp: Response | None = None
         try:
-            resp = await self._completion(request, route)
-            status = resp.status_code
+            resp = await self._completion(request, route, done)
             return resp
         finally:
-            self.metrics.in_flight.dec()
+            if not isinstance(resp, _Streamed):
+                done()
+            status = 500 if resp is None else resp.status_code
             self.metrics.requests.labels(route, str(status)).inc()
 
-    async def _completion(self, request: Request, route: str) -> Response:
+    async def _completion(self, request: Request, route: str,
+                          on_end: Callable[[], None]) -> Response:
         cfg = self.config
         assert self.budget is not None
         try:
@@ -208,16 +255,22 @@ class Proxy:
             text = (chat_query_text(body, cfg.query) if route == "/v1/chat/completions"
                     else completion_query_text(body))
             cap = client_cap(body, cfg.budget_field)
+            copies = n_copies(body)
+            stream = is_stream(body)
+            strip_usage = False
+            if stream and cfg.target == "consumed":  # the price needs every stream's usage
+                body, asked = with_stream_usage(body)
+                strip_usage = not asked
         except BadRequest as err:
             return JSONResponse(err.payload(), status_code=400)
         try:
-            d = await self.budget.decide(text, cap)
+            d = await self.budget.decide(text, cap, copies=copies)
         except Exception as err:  # the predictor failed: say so, do not hang
             log.exception("budget decision failed")
             return _error(500, f"could not predict a budget ({type(err).__name__})",
                           "budget_error")
-        self.metrics.record_decision(d.budget, d.abandoned, d.refused, d.price,
-                                     d.predict_seconds)
+        self.metrics.record_decision(None if d.budget is None else d.budget * d.copies,
+                                     d.abandoned, d.refused, d.price, d.predict_seconds)
         headers = self._clear_headers(d)
         log.debug("%s budget=%s price=%.3g abandoned=%s", route, d.budget, d.price, d.abandoned)
         if d.refused:
@@ -228,39 +281,46 @@ class Proxy:
                           "budget_refused", {**headers, "x-should-retry": "false"})
         out = body if d.budget is None else apply_budget(body, d.budget, cfg.budget_field)
         assert self.client is not None
-        req = self.client.build_request("POST", self._url(route),
+        req = self.client.build_request("POST", self._url(route, request.url.query),
                                         content=json.dumps(out).encode(),
                                         headers={**self._upstream_headers(request),
                                                  "content-type": "application/json"})
-        stream = is_stream(body)
         try:
             resp = await self._send(req, route, stream=True)
             ctype = resp.headers.get("content-type", "")
             if not (stream and resp.status_code == 200 and "text/event-stream" in ctype):
                 content = await self._read(resp)
-                answer = self._checked_json(resp, content)
-                if resp.status_code == 200:
-                    self._report_usage(answer)
+                if resp.status_code == 200:  # an answer must be JSON; errors go back as is
+                    self._report_usage(self._checked_json(resp, content))
                 return Response(content, status_code=resp.status_code,
                                 headers={**self._copy_headers(resp), **headers})
         except UpstreamError as err:
             r = err.response()
             r.headers.update(headers)
             return r
-        return StreamingResponse(self._relay(resp, request), status_code=resp.status_code,
-                                 headers={**self._copy_headers(resp), **headers})
+        return _Streamed(self._relay(resp, strip_usage=strip_usage, on_end=on_end),
+                         upstream=resp, on_end=on_end, status_code=resp.status_code,
+                         headers={**self._copy_headers(resp), **headers})
 
-    async def _relay(self, resp: httpx.Response, request: Request) -> AsyncIterator[bytes]:
-        """The upstream's stream, chunk by chunk; ended with an SSE error event when the
-        upstream stalls past ``timeout`` or breaks off; the upstream connection is closed
-        however it ends (the client disconnecting included)."""
+    async def _relay(self, resp: httpx.Response, *, strip_usage: bool = False,
+                     on_end: Callable[[], None] | None = None) -> AsyncIterator[bytes]:
+        """The upstream's stream, chunk by chunk (``strip_usage``: event by event, less the
+        usage-only event); ended with an SSE error event when the upstream stalls past
+        ``timeout`` or breaks off. However it ends (the client disconnecting included), the
+        usage it carried is reported, then ``on_end`` is called and the upstream connection
+        closed."""
         tail = b""
         finished = False
         aborted = False
+        events = _UsageFilter() if strip_usage else None
         try:
             async for chunk in resp.aiter_raw():
                 tail = (tail + chunk)[-8192:]
-                yield chunk
+                out = chunk if events is None else events.feed(chunk)
+                if out:
+                    yield out
+            if events is not None and (rest := events.flush()):
+                yield rest
             finished = True
         except httpx.TimeoutException:
             aborted = True
@@ -275,10 +335,13 @@ class Proxy:
         finally:
             if not finished and not aborted:  # cancelled or closed: the client went away
                 self.metrics.stream_aborts.labels("client_disconnected").inc()
+            # the usage the upstream sent, even if the client hung up right after it (at
+            # "[DONE]", as the openai client does)
+            self._report_usage(_last_usage(tail))
+            if on_end is not None:
+                on_end()
             with anyio.CancelScope(shield=True):
                 await resp.aclose()
-        if finished:
-            self._report_usage(_last_usage(tail))
 
     async def passthrough(self, request: Request, path: str) -> Response:
         """Any other ``/v1/*`` request, forwarded as is; the answer streamed back."""
@@ -296,8 +359,8 @@ class Proxy:
                 status = err.status
                 return err.response()
             status = resp.status_code
-            return StreamingResponse(self._relay(resp, request), status_code=resp.status_code,
-                                     headers=self._copy_headers(resp))
+            return _Streamed(self._relay(resp), upstream=resp, status_code=resp.status_code,
+                             headers=self._copy_headers(resp))
         finally:
             self.metrics.requests.labels(route, str(status)).inc()
 
@@ -312,6 +375,48 @@ class Proxy:
 def _sse_error(message: str) -> bytes:
     return ("data: " + json.dumps({"error": {"message": message, "type": "upstream_error"}})
             + "\n\n").encode()
+
+
+#: The end of an SSE event: a blank line.
+_EVENT_END = re.compile(rb"\r?\n\r?\n")
+
+
+def _usage_only(event: bytes) -> bool:
+    """Whether an SSE event is the usage-only one (``choices`` empty, ``usage`` set)."""
+    if b'"usage"' not in event:
+        return False
+    data = b"\n".join(line[5:] for line in event.splitlines() if line.startswith(b"data:"))
+    try:
+        obj = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return False
+    return isinstance(obj, dict) and obj.get("choices") == [] and obj.get("usage") is not None
+
+
+class _UsageFilter:
+    """An SSE stream, fed in raw chunks cut anywhere, given back whole event by whole event,
+    byte for byte, less the usage-only event."""
+
+    def __init__(self) -> None:
+        self._buf = b""
+
+    def feed(self, chunk: bytes) -> bytes:
+        """The events that ``chunk`` completes (an unfinished one waits for its end)."""
+        seen = max(0, len(self._buf) - 3)  # no event ends before the old tail
+        self._buf += chunk
+        out, start = [], 0
+        for m in _EVENT_END.finditer(self._buf, seen):
+            event = self._buf[start:m.end()]
+            if not _usage_only(event):
+                out.append(event)
+            start = m.end()
+        self._buf = self._buf[start:]
+        return b"".join(out)
+
+    def flush(self) -> bytes:
+        """What is left at the end of the stream (an event without its blank line)."""
+        rest, self._buf = self._buf, b""
+        return b"" if _usage_only(rest) else rest
 
 
 def _last_usage(tail: bytes) -> Any:
@@ -350,11 +455,14 @@ def create_app(config: ServeConfig, *, budget: BudgetService | None = None,
                   redoc_url=None, openapi_url=None)
     app.state.proxy = proxy
 
+    # the trailing-slash spellings too: else the catch-all would pass them through unbudgeted
     @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions/")
     async def chat_completions(request: Request) -> Response:
         return await proxy.completion(request, "/v1/chat/completions")
 
     @app.post("/v1/completions")
+    @app.post("/v1/completions/")
     async def completions(request: Request) -> Response:
         return await proxy.completion(request, "/v1/completions")
 

@@ -29,9 +29,14 @@ from ..controller import StreamController
 from ..curves import Curves
 from .config import ConfigError, ServeConfig
 
-__all__ = ["Predictor", "MicroBatcher", "BudgetService", "Decision", "load_predictor"]
+__all__ = ["Predictor", "MicroBatcher", "BudgetService", "Decision", "load_predictor",
+           "NO_TEXT"]
 
 log = logging.getLogger("clear_learn.serve")
+
+#: What the predictor is given for a query with no text (an image-only question): a
+#: predictor takes non-empty texts only, and this one gives a curve for "nothing to go on".
+NO_TEXT = "(no text)"
 
 
 class Predictor(Protocol):
@@ -50,6 +55,7 @@ class Decision:
     price : the price it was granted at.
     curve : its predicted ``(tau, p, k)``.
     predict_seconds : time from arrival to its curve (queueing and the encoder).
+    copies : completions the request generates, each up to ``budget`` (its ``n``).
     """
 
     budget: int | None
@@ -58,6 +64,7 @@ class Decision:
     price: float
     curve: tuple[float, float, float]
     predict_seconds: float
+    copies: int = 1
 
 
 def load_predictor(path: str | Path, runtime: str = "onnx") -> Predictor:
@@ -87,7 +94,8 @@ class MicroBatcher:
     A batch starts when the worker is free and a text is waiting; it takes what has arrived
     within ``max_wait`` seconds, at most ``max_batch`` texts. Under load the queue fills
     while the encoder runs, so batches grow by themselves; alone, a text waits ``max_wait``.
-    ``on_batch(size, seconds)`` is called after each batch.
+    ``on_batch(size, seconds)`` is called after each batch (an error it raises is logged;
+    the batch's results are delivered and the worker goes on).
     """
 
     def __init__(self, predict: Callable[[list[str]], Curves], *, max_batch: int = 64,
@@ -152,7 +160,10 @@ class MicroBatcher:
                         f.set_exception(err)
                 continue
             if self._on_batch is not None:
-                self._on_batch(len(texts), time.perf_counter() - t0)
+                try:
+                    self._on_batch(len(texts), time.perf_counter() - t0)
+                except Exception:  # a metric hook must not stop the predictions
+                    log.exception("on_batch failed after a batch of %d", len(texts))
             for (_, f), row in zip(batch, rows):
                 if not f.done():
                     f.set_result((float(row[0]), float(row[1]), float(row[2])))
@@ -182,7 +193,7 @@ class BudgetService:
     ``abandon_policy`` one of ``fallback`` (forward with the controller's
     ``fallback_tokens``, or the request's own limit if smaller; refused when even that would
     break the hard cap), ``refuse`` or ``passthrough`` (forward unchanged; the controller
-    counts 0 tokens for it).
+    counts 0 tokens for it, so it cannot go with a hard cap: a ``ValueError``).
     ``clock`` gives the seconds passed to the controller (monotonic).
     """
 
@@ -194,6 +205,10 @@ class BudgetService:
         if abandon_policy not in ("fallback", "refuse", "passthrough"):
             raise ValueError(f"abandon_policy must be fallback, refuse or passthrough, got "
                              f"{abandon_policy!r}")
+        if abandon_policy == "passthrough" and controller.cap_tokens is not None:
+            raise ValueError("abandon_policy passthrough cannot go with the controller's "
+                             "cap_tokens: it forwards abandoned queries with no limit, which "
+                             "the hard cap cannot count")
         self.predictor = predictor
         self.controller = controller
         self.max_tokens = max_tokens
@@ -226,12 +241,11 @@ class BudgetService:
                 if not texts:
                     raise ConfigError(f"reference: {cfg.reference} holds no texts")
                 curves = _predict_fn(predictor)(texts)
-                if cfg.price is not None:
-                    ctl_kwargs["price"] = cfg.price
                 controller = StreamController.from_reference(
                     curves, tokens_per_query=cfg.tokens_per_query,
                     tokens_per_second=cfg.tokens_per_second,
-                    queries_per_second=cfg.queries_per_second, max_tokens=cap, **ctl_kwargs)
+                    queries_per_second=cfg.queries_per_second, max_tokens=cap,
+                    price=cfg.price, **ctl_kwargs)
             else:
                 controller = StreamController(
                     tokens_per_query=cfg.tokens_per_query,
@@ -244,21 +258,25 @@ class BudgetService:
         return cls(predictor, controller, max_tokens=cap, abandon_policy=cfg.abandon_policy,
                    batch_size=cfg.batch_size, batch_wait=cfg.batch_wait_ms / 1000.0, **kwargs)
 
-    async def decide(self, text: str, client_cap: int | None = None) -> Decision:
+    async def decide(self, text: str, client_cap: int | None = None, *,
+                     copies: int = 1) -> Decision:
         """Predict ``text``'s curve, grant it a budget at the live price, apply the policy.
 
         ``client_cap`` is the request's own limit; the budget never exceeds it (nor
-        ``max_tokens``).
+        ``max_tokens``). ``copies``: completions the request generates (its ``n``), each up
+        to the budget; the controller and its hard cap count the budget that many times. A
+        text that is empty (or only spaces) is predicted as :data:`NO_TEXT`.
         """
         t0 = time.perf_counter()
-        tau, p, k = await self.batcher.predict(text)
+        tau, p, k = await self.batcher.predict(text if text.strip() else NO_TEXT)
         waited = time.perf_counter() - t0
         caps = [c for c in (client_cap, self.max_tokens) if c is not None]
         cap = min(caps) if caps else None
         # a limit below the fallback still gets the fallback, trimmed to the limit (the
         # controller counts the whole fallback: conservative for the hard cap)
         ctl_cap = cap if cap is None else max(cap, self.controller.fallback_tokens)
-        g = self.controller.grant(tau, p, k, max_tokens=ctl_cap, now=self.clock() - self._t0)
+        g = self.controller.grant(tau, p, k, max_tokens=ctl_cap, now=self.clock() - self._t0,
+                                  copies=copies)
         budget: int | None = g.budget if cap is None else min(g.budget, cap)
         refused = False
         if g.abandoned:
@@ -268,7 +286,7 @@ class BudgetService:
             elif self.abandon_policy == "passthrough":
                 budget = None
         return Decision(budget=budget, refused=refused, abandoned=g.abandoned, price=g.price,
-                        curve=(tau, p, k), predict_seconds=waited)
+                        curve=(tau, p, k), predict_seconds=waited, copies=copies)
 
     def report_consumed(self, tokens: int) -> None:
         """Feed back the completion tokens a response used (moves the price only with

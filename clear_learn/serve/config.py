@@ -64,7 +64,7 @@ class ServeConfig:
     abandon_policy: Literal["fallback", "refuse", "passthrough"] = field(
         default="fallback", metadata={
             "help": "abandoned queries: forward with fallback_tokens, refuse with "
-                    "refuse_status, or forward unchanged"})
+                    "refuse_status, or forward unchanged (passthrough; not with cap_tokens)"})
     fallback_tokens: int = field(default=16, metadata={
         "help": "budget of an abandoned query under the fallback policy"})
     refuse_status: int = field(default=429, metadata={
@@ -79,14 +79,15 @@ class ServeConfig:
     horizon: float = field(default=25.0, metadata={
         "help": "the controller's time constant, in queries (or seconds)"})
     target: Literal["granted", "consumed"] = field(default="granted", metadata={
-        "help": "what the rate counts: tokens granted, or consumed as reported in usage"})
+        "help": "what the rate counts: tokens granted, or consumed as reported in usage "
+                "(streams are then asked for their usage)"})
     cap_tokens: int | None = field(default=None, metadata={
         "help": "hard cap: never more than this many tokens granted per cap_window"})
     cap_window: float | None = field(default=None, metadata={
         "help": "window of the hard cap (queries, or seconds with tokens_per_second)"})
     timeout: float = field(default=60.0, metadata={
-        "help": "seconds to wait for the upstream (whole answer; between chunks when "
-                "streaming) before a 504"})
+        "help": "seconds to wait for the upstream before a 504: to the headers, and again "
+                "for the rest of the body (between chunks when streaming)"})
     connect_timeout: float = field(default=5.0, metadata={
         "help": "seconds to connect to the upstream before a 502"})
     batch_size: int = field(default=64, metadata={
@@ -124,6 +125,10 @@ class ServeConfig:
                 raise ConfigError(f"{name}: must be >= 1, got {v!r}")
         if self.fallback_tokens < 0:
             raise ConfigError(f"fallback_tokens: must be >= 0, got {self.fallback_tokens!r}")
+        if self.abandon_policy == "fallback" and self.fallback_tokens == 0:
+            raise ConfigError("fallback_tokens: must be >= 1 with abandon_policy fallback (0 "
+                              "would refuse every abandoned query; say abandon_policy: refuse "
+                              "for that)")
         if self.batch_wait_ms < 0:
             raise ConfigError(f"batch_wait_ms: must be >= 0, got {self.batch_wait_ms!r}")
         if not 1 <= self.port <= 65535:
@@ -135,6 +140,10 @@ class ServeConfig:
             raise ConfigError(f"budget_field: must be a field name, got {self.budget_field!r}")
         if (self.cap_tokens is None) != (self.cap_window is None):
             raise ConfigError("cap_tokens / cap_window: give both or neither")
+        if self.abandon_policy == "passthrough" and self.cap_tokens is not None:
+            raise ConfigError("abandon_policy / cap_tokens: passthrough forwards abandoned "
+                              "queries with no limit, which the hard cap cannot count; use "
+                              "fallback or refuse with cap_tokens")
         if self.tokens_per_second is not None and self.price is None and (
                 self.reference is None or self.queries_per_second is None):
             raise ConfigError("tokens_per_second: needs price, or reference with "

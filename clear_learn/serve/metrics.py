@@ -23,7 +23,9 @@ class Metrics:
                                 "Requests that went through the budget (completions)",
                                 registry=r)
         self.tokens_granted = Counter("clear_tokens_granted",
-                                      "Tokens written into the budget field", registry=r)
+                                      "Tokens granted: each budget written into the budget "
+                                      "field, times the request's completions (n)",
+                                      registry=r)
         self.tokens_consumed = Counter("clear_tokens_consumed",
                                        "Completion tokens reported in upstream usage",
                                        registry=r)
@@ -53,7 +55,8 @@ class Metrics:
 
     def record_decision(self, budget: int | None, abandoned: bool, refused: bool,
                         price: float, predict_seconds: float) -> None:
-        """Account one request's budget decision."""
+        """Account one request's budget decision (``budget``: the tokens granted, all of
+        its completions together)."""
         self.budgeted.inc()
         if budget:
             self.tokens_granted.inc(budget)

@@ -7,12 +7,13 @@ upstream validates the rest and its answer is passed back as is).
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from .config import STANDARD_BUDGET_FIELDS
 
 __all__ = ["BadRequest", "parse_body", "chat_query_text", "completion_query_text",
-           "client_cap", "apply_budget", "is_stream"]
+           "client_cap", "n_copies", "apply_budget", "is_stream", "with_stream_usage"]
 
 
 class BadRequest(ValueError):
@@ -33,7 +34,7 @@ def parse_body(raw: bytes) -> dict[str, Any]:
     if not raw.strip():
         raise BadRequest(None, "request body is empty; expected a JSON object")
     try:
-        body = json.loads(raw)
+        body = json.loads(raw, parse_constant=_no_constant)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise BadRequest(None, f"request body is not valid JSON ({err})") from None
     if not isinstance(body, dict):
@@ -46,8 +47,26 @@ def parse_body(raw: bytes) -> dict[str, Any]:
     return body
 
 
+def _no_constant(name: str) -> Any:
+    """``json.loads``' hook for ``NaN``, ``Infinity`` and ``-Infinity``: not JSON, a 400."""
+    raise BadRequest(None, f"request body is not valid JSON ({name} is not a JSON number)")
+
+
 def is_stream(body: dict[str, Any]) -> bool:
+    """Whether the request asks for a streamed (SSE) answer."""
     return bool(body.get("stream"))
+
+
+def with_stream_usage(body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    """``(copy of body asking for usage in its stream, whether the client asked itself)``:
+    ``stream_options.include_usage`` set to true, the client's other stream options kept."""
+    opts = body.get("stream_options")
+    if opts is not None and not isinstance(opts, dict):
+        raise BadRequest("stream_options", "must be an object")
+    opts = dict(opts or {})
+    asked = opts.get("include_usage") is True
+    opts["include_usage"] = True
+    return {**body, "stream_options": opts}, asked
 
 
 def _content_text(content: Any, where: str) -> str:
@@ -60,7 +79,7 @@ def _content_text(content: Any, where: str) -> str:
         for j, part in enumerate(content):
             if not isinstance(part, dict) or not isinstance(part.get("type"), str):
                 raise BadRequest(f"{where}[{j}]", "must be a content part with a 'type'")
-            if part["type"] == "text":
+            if part["type"] in ("text", "input_text"):
                 if not isinstance(part.get("text"), str):
                     raise BadRequest(f"{where}[{j}].text", "must be a string")
                 parts.append(part["text"])
@@ -69,8 +88,9 @@ def _content_text(content: Any, where: str) -> str:
 
 
 def chat_query_text(body: dict[str, Any], source: str = "last_user") -> str:
-    """The query text of a chat request: the last (or first, or every) user message, or all
-    messages (``source``)."""
+    """The query text of a chat request: the last (or first, or every) user message with
+    text, or all messages (``source``); with no user text, the text of all messages; with no
+    text at all (an image-only question), the empty string."""
     msgs = body.get("messages")
     if msgs is None:
         raise BadRequest("messages", "required")
@@ -83,58 +103,70 @@ def chat_query_text(body: dict[str, Any], source: str = "last_user") -> str:
         if not isinstance(m.get("role"), str):
             raise BadRequest(f"messages[{i}].role", "required, a string")
         texts.append((m["role"], _content_text(m.get("content"), f"messages[{i}].content")))
-    user = [t for r, t in texts if r == "user" and t.strip()]
-    if source == "all":
-        text = "\n\n".join(t for _, t in texts if t.strip())
-    elif not user:
-        raise BadRequest("messages", "no user message with text to budget")
-    elif source == "last_user":
-        text = user[-1]
-    elif source == "first_user":
-        text = user[0]
-    elif source == "all_user":
-        text = "\n\n".join(user)
-    else:
+    if source not in ("last_user", "first_user", "all_user", "all"):
         raise ValueError(f"unknown query source {source!r}")
-    if not text.strip():
-        raise BadRequest("messages", "no text to budget")
-    return text
+    user = [t for r, t in texts if r == "user" and t.strip()]
+    if source == "all" or not user:
+        return "\n\n".join(t for _, t in texts if t.strip())
+    if source == "last_user":
+        return user[-1]
+    if source == "first_user":
+        return user[0]
+    return "\n\n".join(user)
 
 
 def completion_query_text(body: dict[str, Any]) -> str:
-    """The query text of a legacy completion request: its prompt (a list of strings joined)."""
+    """The query text of a legacy completion request: its prompt, a string or a list of one
+    string (a list of several is a batch sharing one ``max_tokens``: a 400, as are token-id
+    prompts)."""
     prompt = body.get("prompt")
     if prompt is None:
         raise BadRequest("prompt", "required")
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+        prompt = prompt[0]
     if isinstance(prompt, str):
-        text = prompt
-    elif isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
-        text = "\n\n".join(prompt)
-    else:
-        raise BadRequest("prompt", "must be a string or a non-empty list of strings "
-                                   "(token-id prompts cannot be budgeted)")
-    if not text.strip():
-        raise BadRequest("prompt", "must not be empty")
-    return text
+        return prompt
+    if isinstance(prompt, list) and len(prompt) > 1 and all(isinstance(p, str) for p in prompt):
+        raise BadRequest("prompt", f"a list of {len(prompt)} prompts is a batch sharing one "
+                                   "max_tokens, which cannot be budgeted per prompt: send one "
+                                   "request per prompt")
+    raise BadRequest("prompt", "must be a string or a list of one string (token-id prompts "
+                               "cannot be budgeted)")
+
+
+def _whole_field(body: dict[str, Any], name: str) -> int | None:
+    """``body[name]`` as an int, ``None`` when absent; a 400 unless an integer >= 1."""
+    v = body.get(name)
+    if v is None:
+        return None
+    if (isinstance(v, bool) or not isinstance(v, (int, float))
+            or (isinstance(v, float) and not math.isfinite(v)) or v != int(v) or v < 1):
+        raise BadRequest(name, f"must be an integer >= 1, got {v!r}")
+    return int(v)
 
 
 def client_cap(body: dict[str, Any], budget_field: str) -> int | None:
     """The smallest of the request's own limits (``max_tokens``, ``max_completion_tokens``,
     the budget field), or ``None``; each must be an integer >= 1 when given."""
-    caps = []
-    for f in dict.fromkeys((*STANDARD_BUDGET_FIELDS, budget_field)):
-        v = body.get(f)
-        if v is None:
-            continue
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or v != int(v) or v < 1:
-            raise BadRequest(f, f"must be an integer >= 1, got {v!r}")
-        caps.append(int(v))
+    caps = [_whole_field(body, f) for f in dict.fromkeys((*STANDARD_BUDGET_FIELDS,
+                                                          budget_field))]
+    caps = [c for c in caps if c is not None]
     return min(caps) if caps else None
+
+
+def n_copies(body: dict[str, Any]) -> int:
+    """How many completions the request generates, each up to the budget: ``n``, or
+    ``best_of`` when larger (it generates that many and returns the best ``n``); each an
+    integer >= 1 when given."""
+    return max(_whole_field(body, "n") or 1, _whole_field(body, "best_of") or 1)
 
 
 def apply_budget(body: dict[str, Any], budget: int, budget_field: str) -> dict[str, Any]:
     """A copy of ``body`` with ``budget`` in ``budget_field``; when that field is a standard
-    limit, any other standard limit the client set is lowered to the budget too."""
+    limit, any other standard limit the client set is lowered to the budget too (so the
+    budget binds whichever field the upstream reads: llama.cpp's server reads only
+    ``max_tokens``; for an upstream that rejects ``max_tokens``, such as OpenAI's reasoning
+    models, set ``budget_field: max_completion_tokens``)."""
     out = dict(body)
     out[budget_field] = int(budget)
     if budget_field in STANDARD_BUDGET_FIELDS:

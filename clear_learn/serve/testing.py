@@ -2,11 +2,13 @@
 
 The stub answers ``/v1/chat/completions`` and ``/v1/completions`` (streaming or not) with a
 fixed text of ``min(max_tokens, 8)`` words, echoing what it received in the
-``x-stub-request`` header, so that tests can see what the proxy forwarded. The ``model``
-field picks a behaviour: ``stub`` (fast), ``slow`` (sleeps ``delay`` seconds first),
-``garbage`` (200 with a body that is not JSON), ``error`` (a JSON 503), ``stall`` (a stream
-that stops after one chunk and never ends). ``python -m clear_learn.serve.testing --port P``
-runs it alone.
+``x-stub-request`` header (and its query string in ``x-stub-query``), so that tests can see
+what the proxy forwarded. A stream carries usage, as OpenAI's does, only when asked
+(``stream_options.include_usage``: a last event with empty ``choices``). The ``model`` field
+picks a behaviour: ``stub`` (fast), ``slow`` (sleeps ``delay`` seconds first), ``garbage``
+(200 with a body that is not JSON), ``error`` (a JSON 503), ``ratelimit`` (a plain-text 429
+with ``retry-after: 7``), ``stall`` (a stream that stops after one chunk and never ends).
+``python -m clear_learn.serve.testing --port P`` runs it alone.
 """
 
 import argparse
@@ -51,13 +53,17 @@ def stub_upstream_app(delay: float = 5.0, words: int = 8):
         app.state.requests.append(body)
         app.state.auth.append(request.headers.get("authorization"))
         model = body.get("model", "stub")
-        echo = {"x-stub-request": json.dumps(body)[:4000]}
+        echo = {"x-stub-request": json.dumps(body)[:4000],
+                "x-stub-query": request.url.query}
         if model == "slow":
             await asyncio.sleep(delay)
         if model == "garbage":
             return Response(b"<html>not json", media_type="application/json", headers=echo)
         if model == "error":
             return JSONResponse({"error": {"message": "overloaded"}}, status_code=503)
+        if model == "ratelimit":
+            return Response(b"slow down", status_code=429, media_type="text/plain",
+                            headers={"retry-after": "7"})
         n = budget_of(body)
         toks = [f"w{i}" for i in range(n)]
         usage = {"prompt_tokens": 5, "completion_tokens": n, "total_tokens": 5 + n}
@@ -74,9 +80,13 @@ def stub_upstream_app(delay: float = 5.0, words: int = 8):
                         finally:  # cancelled: whoever read the stream closed it
                             app.state.stall_closed.set()
                     await asyncio.sleep(0)
-                last = {"id": "s", "object": "chunk", "usage": usage,
+                last = {"id": "s", "object": "chunk",
                         "choices": [{"delta": {}, "index": 0, "finish_reason": "length"}]}
                 yield ("data: " + json.dumps(last) + "\n\n").encode()
+                opts = body.get("stream_options")
+                if isinstance(opts, dict) and opts.get("include_usage"):
+                    yield ("data: " + json.dumps({"id": "s", "object": "chunk", "choices": [],
+                                                  "usage": usage}) + "\n\n").encode()
                 yield b"data: [DONE]\n\n"
             return StreamingResponse(events(), media_type="text/event-stream", headers=echo)
         text = " ".join(toks)
