@@ -80,6 +80,19 @@ def test_driver_resumes_without_loss_or_duplicates(tmp_path):
     with pytest.raises(ValueError, match="other settings"):
         generate_rollouts(problems(7), FakeBackend(), out, SamplingSettings(n=3),
                           progress=False)
+    # a problem set made again under the same ids is refused, not mixed in
+    changed = [{**p, "text": "compute = 99"} if p["id"] == "p2" else p for p in problems(7)]
+    with pytest.raises(ValueError, match="'p2' has another text"):
+        generate_rollouts(changed, FakeBackend(), out, s, progress=False)
+    # a file whose line endings became CRLF resumes whole (nothing cut)
+    crlf = tmp_path / "crlf.jsonl"
+    crlf.write_bytes(out.read_bytes().replace(b"\n", b"\r\n"))
+    assert len(recover(crlf)) == 6 and crlf.read_bytes().endswith(b"}\r\n")
+    # an id written twice (two runs at once) is named
+    dup = tmp_path / "dup.jsonl"
+    dup.write_bytes(out.read_bytes() + out.read_bytes().splitlines(keepends=True)[0])
+    with pytest.raises(ValueError, match="line 7: id 'p0' again"):
+        recover(dup)
 
 
 def test_generation_log_has_a_line_per_problem_written(tmp_path):
@@ -175,7 +188,7 @@ def test_saved_texts_regrade_labels(tmp_path):
     assert [json.loads(x) for x in out.read_text().splitlines()] == new
 
 
-def test_generation_killed_midway_resumes(tmp_path):
+def test_generation_killed_midway_resumes(tmp_path, capsys):
     out = tmp_path / "r.jsonl"
     code = KILL_SCRIPT.format(tests=str(ROOT / "tests"), out=str(out))
     proc = subprocess.Popen([sys.executable, "-c", code])
@@ -184,6 +197,14 @@ def test_generation_killed_midway_resumes(tmp_path):
         if out.exists() and out.read_text().count("\n") >= 5:
             break
         time.sleep(0.02)
+    # while it holds the file, a second run and an in-place regrade are refused at once
+    with pytest.raises(ValueError, match="another process is writing it"):
+        generate_rollouts(problems(40), FakeBackend(), out, SamplingSettings(n=3),
+                          progress=False)
+    from clear_learn.cli import main
+
+    assert main(["regrade", str(out), "--texts", str(out), "--problems", str(out)]) == 2
+    assert "another process is writing it" in capsys.readouterr().err
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert len(recover(out)) == 5

@@ -27,7 +27,7 @@ run() {  # run NAME [extra args]: generate or resume one data set, logging every
         --log "$LOG" "$@"
 }
 
-lines() { [ -f "$1" ] && grep -c . "$1" || echo 0; }
+lines() { if [ -f "$1" ]; then grep -c . "$1" || true; else echo 0; fi; }  # grep -c prints 0 (and fails) on an empty file
 done_count() { echo $(( $(lines "$DATA/rollouts-default.jsonl") + $(lines "$DATA/rollouts-benchmark.jsonl") )); }
 
 clear-learn model

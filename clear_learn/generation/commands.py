@@ -9,6 +9,7 @@ rollout file by :func:`~clear_learn.rollouts.read_rollouts`, response texts by
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 from pathlib import Path
 
@@ -70,6 +71,16 @@ def cmd_rollouts(args) -> int:
 
 
 def cmd_regrade(args) -> int:
+    from .driver import exclusive
+
+    # a generation run appending to the file would write into the replaced copy: refuse
+    write = not args.dry_run and Path(args.rollouts).is_file()
+    lock = exclusive(args.rollouts) if write else contextlib.nullcontext()
+    with lock:
+        return _regrade(args)
+
+
+def _regrade(args) -> int:
     from ..rollouts import iter_jsonl, read_rollouts, write_jsonl
     from .driver import regrade
     from .problems import join_shared_texts, read_problems

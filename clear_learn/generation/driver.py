@@ -25,7 +25,7 @@ from .graders import grade
 from .problems import strip_shared_texts
 
 __all__ = ["SamplingSettings", "Completion", "Backend", "generate_rollouts", "recover",
-           "regrade", "QWEN_SYSTEM_PROMPT", "BOXED_SUFFIX", "sample_seed"]
+           "exclusive", "regrade", "QWEN_SYSTEM_PROMPT", "BOXED_SUFFIX", "sample_seed"]
 
 QWEN_SYSTEM_PROMPT = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
 BOXED_SUFFIX = "\nPlease reason step by step, and put your final answer within \\boxed{}."
@@ -80,19 +80,24 @@ def sample_seed(base: int, problem_id: str, j: int) -> int:
     return int.from_bytes(h[:4], "little") & 0x7FFFFFFF
 
 
-def recover(path: Path) -> dict[str, dict]:
-    """Records already in ``path`` by id; a torn or invalid last line is cut off in place."""
+def recover(path: Path, *, unique: bool = True) -> dict[str, dict]:
+    """Records already in ``path`` by id; a torn or invalid last line is cut off in place.
+
+    Lines may end in ``\\r\\n`` (a checkout that rewrote line endings). ``unique``: an id that
+    appears twice is an error (two runs appended to one file), else the later copy wins."""
     path = Path(path)
     if not path.exists():
         return {}
     data = path.read_bytes()
     keep = data.rfind(b"\n") + 1  # everything after the last newline is torn
-    lines = data[:keep].splitlines()
+    lines = data[:keep].split(b"\n")[:-1]
     done: dict[str, dict] = {}
+    first: dict[str, int] = {}
     good_end = 0
     offset = 0
-    for i, line in enumerate(lines):
-        offset += len(line) + 1
+    for i, raw in enumerate(lines):
+        offset += len(raw) + 1
+        line = raw.rstrip(b"\r")
         if not line.strip():
             good_end = offset
             continue
@@ -102,12 +107,52 @@ def recover(path: Path) -> dict[str, dict]:
             if i == len(lines) - 1:
                 break  # a torn final line (e.g. killed while the disk buffered it)
             raise ValueError(f"{path}: line {i + 1} is not JSON; refusing to append") from None
-        done[str(rec["id"])] = rec
+        rid = str(rec["id"])
+        if unique and rid in first:
+            raise ValueError(f"{path}: line {i + 1}: id {rid!r} again (first on line "
+                             f"{first[rid]}); was it written by two runs at once?")
+        first.setdefault(rid, i + 1)
+        done[rid] = rec
         good_end = offset
     if good_end != len(data):
         with open(path, "r+b") as fh:
             fh.truncate(good_end)
     return done
+
+
+@contextlib.contextmanager
+def exclusive(path: str | Path) -> Iterator[None]:
+    """Hold an advisory lock on ``path`` (created empty if absent) while writing it; a
+    ``ValueError`` at once if another process holds it (a generation run appending to it).
+    Where the system has no ``fcntl`` (Windows), nothing is locked."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    path = Path(path)
+    with open(path, "rb" if path.exists() else "ab") as fh:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ValueError(f"{path}: another process is writing it (a clear-learn rollouts "
+                             "run?); let it finish or stop it first") from None
+        yield
+
+
+def _check_same_problems(out_path: Path, done: dict[str, dict], problems: list[dict]) -> None:
+    """A record already written must be of the problem that now has its id (the same text,
+    answer and source where both name one): else the problem set changed under the file."""
+    by_id = {str(p["id"]): p for p in problems}
+    for rid, rec in done.items():
+        p = by_id.get(rid)
+        if p is None:
+            continue
+        for field in ("text", "answer", "source"):
+            if field in rec and field in p and rec[field] != p[field]:
+                raise ValueError(f"{out_path}: record {rid!r} has another {field} than the "
+                                 f"problem {rid!r} of the problem file (was the problem set "
+                                 "made again with other settings?); use another output file")
 
 
 def _append_line(fh, obj: dict) -> None:
@@ -151,16 +196,22 @@ def generate_rollouts(problems: Iterable[dict], backend: Backend, out_path: str 
     its generated tokens, the seconds since the run began, and ``log_fields``), so that the
     rate is known even of a run that is killed. Returns a summary: problems written now,
     already present, generated tokens, seconds, tokens per second.
+
+    The output is locked while the run writes it (:func:`exclusive`): a second run on the
+    same file is refused at once, and so is a record of another problem under an id.
     """
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
+    with exclusive(out_path):
+        return _generate(problems, backend, out_path, settings, keep_text=keep_text,
+                         texts_path=texts_path, progress=progress, limit=limit,
+                         log_path=log_path, log_fields=log_fields)
+
+
+def _generate(problems, backend, out_path: Path, settings, *, keep_text, texts_path, progress,
+              limit, log_path, log_fields) -> dict:
+    """:func:`generate_rollouts` on a locked output."""
     done = recover(out_path)
-    text_fh = None
-    if texts_path is not None:
-        texts_path = Path(texts_path)
-        texts_path.parent.mkdir(parents=True, exist_ok=True)
-        recover(texts_path)  # cut a torn last line; duplicates of an id are harmless
-        text_fh = open(texts_path, "ab")
     info = _generator_info(backend, settings)
     for rid, rec in done.items():
         if rec.get("generator") != info:
@@ -170,6 +221,13 @@ def generate_rollouts(problems: Iterable[dict], backend: Backend, out_path: str 
     ids = [str(p["id"]) for p in problems]
     if len(set(ids)) != len(ids):
         raise ValueError("problem ids are not unique")
+    _check_same_problems(out_path, done, problems)
+    text_fh = None
+    if texts_path is not None:
+        texts_path = Path(texts_path)
+        texts_path.parent.mkdir(parents=True, exist_ok=True)
+        recover(texts_path, unique=False)  # cut a torn last line; a repeated id is harmless
+        text_fh = open(texts_path, "ab")
     todo = [p for p in problems if str(p["id"]) not in done]
     if limit is not None:
         todo = todo[:limit]
