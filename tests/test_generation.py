@@ -235,6 +235,16 @@ def test_seeds_are_stable_and_distinct():
     (r"\boxed{\text{x}}", "18", False),
     (r"\boxed{\text{18} \text{ dollars}}", "18", True),  # one unit stripped at a time
     (r"\boxed{18 \text{ square } \text{cm}}", "18", True),
+    # a review's probes: right although graded wrong ...
+    (r"\boxed{1{,}000}", "1000", True), (r"\boxed{(-5)}", "-5", True),
+    (r"\boxed{\approx 5}", "5", True), (r"\boxed{x\approx 5}", "5", True),
+    (r"\boxed{2\frac{1}{2}}", "2.5", True), (r"\boxed{\frac12}", "0.5", True),
+    (r"\boxed{18 \text{ cm}^2}", "18", True), (r"\boxed{18 km/h}", "18", True),
+    (r"\boxed{\text{\$}18}", "18", True),
+    # ... and wrong although graded right (several answers, an expression, a power)
+    (r"\boxed{x = 5, y = 3}", "3", False), (r"\boxed{x=-5 \text{ or } x=18}", "18", False),
+    (r"\boxed{5x}", "5", False), (r"\boxed{18^2}", "18", False),
+    (r"\boxed{3 \times 6 = 18}", "18", True),
 ])
 def test_numeric_grader_spellings(response, reference, right):
     assert grade_numeric(response, reference) is right
@@ -414,6 +424,29 @@ def test_shared_problems_join_back(shared_rollouts):
     assert join_shared_texts(stripped) == full[:5]
     gsm = shared_problems("gsm8k", limit=3)
     assert gsm[0]["answer"] == "18"
+
+
+def test_benchmark_records_regrade_without_their_texts_in_the_file(shared_rollouts, tmp_path):
+    """A benchmark file holds no problem texts; regrade joins them from ../shared to validate
+    and writes the records back without them."""
+    from clear_learn.cli import main
+    from clear_learn.generation.problems import shared_problems, strip_shared_texts
+
+    prob = shared_problems("gsm8k", limit=1)[0]  # answer 18
+    rec = {"id": prob["id"], "task": prob["task"], "max_new_tokens": 64,
+           "source": prob["source"], "grader": "numeric",
+           "rollouts": [{"tokens": 9, "correct": True, "finished": True},
+                        {"tokens": 9, "correct": False, "finished": True}]}
+    out, texts, probs = tmp_path / "r.jsonl", tmp_path / "t.jsonl", tmp_path / "p.jsonl"
+    out.write_text(json.dumps(rec) + "\n")
+    texts.write_text(json.dumps({"id": prob["id"], "texts": [r"\boxed{1{,}8}",
+                                                             r"\boxed{(18)}"]}) + "\n")
+    probs.write_text(json.dumps(strip_shared_texts([prob])[0]) + "\n")
+    assert main(["regrade", str(out), "--texts", str(texts), "--problems", str(probs)]) == 0
+    (new,) = [json.loads(x) for x in out.read_text().splitlines()]
+    assert new == {**rec, "rollouts": [{**rec["rollouts"][0], "correct": False},
+                                       {**rec["rollouts"][1], "correct": True}]}
+    assert "text" not in new and "answer" not in new
 
 
 def _smollm2_gguf():

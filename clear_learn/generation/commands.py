@@ -81,13 +81,19 @@ def cmd_regrade(args) -> int:
 
 
 def _regrade(args) -> int:
-    from ..rollouts import iter_jsonl, read_rollouts, write_jsonl
+    from ..rollouts import (RolloutValidationError, iter_jsonl, read_objects,
+                            validate_rollouts, write_jsonl)
     from .driver import regrade
-    from .problems import join_shared_texts, read_problems
+    from .problems import join_shared_texts, read_problems, strip_shared_texts
     from .texts import load_texts
 
-    # every line a valid record, or an error naming it: a bad line is never dropped
-    records = read_rollouts(args.rollouts)
+    # every line a valid record, or an error naming it: a bad line is never dropped; records
+    # of a shared benchmark set get their texts from ../shared for that, and lose them again
+    records, _ = read_objects(args.rollouts, "records")
+    records = join_shared_texts(records)
+    bad = validate_rollouts(records)
+    if bad:
+        raise RolloutValidationError(str(args.rollouts), bad)
     lines = [n for n, _, _ in iter_jsonl(args.rollouts)]
     problems = {str(p["id"]): p for p in join_shared_texts(read_problems(args.problems))}
     texts = load_texts(args.texts)  # the last copy of an id wins
@@ -96,7 +102,7 @@ def _regrade(args) -> int:
     with_texts = sum(str(r["id"]) in texts for r in records)
     out = args.output or args.rollouts
     if not args.dry_run:
-        write_jsonl(new, out)
+        write_jsonl(strip_shared_texts(new), out)
     n = sum(len(r["rollouts"]) for r in new)
     print(json.dumps({"records": len(new), "records_with_texts": with_texts,
                       "rollouts": n, "labels_changed": changed,

@@ -79,27 +79,65 @@ def scientific_to_e(answer: str) -> str:
 
 
 _SPACES = re.compile(r"\\[,;:!> ]|~|\\quad|\\qquad|\s")
-_UNIT_TAIL = re.compile(r"(?:\\(?:text|mathrm|textrm|mbox)\{[^{}]*\}|\^\{?\\circ\}?|\\circ|"
+_UNIT_TAIL = re.compile(r"(?:(?:\\(?:text|mathrm|textrm|mbox)\{[^{}]*\}|[A-Za-z]+)\^\{?[23]\}?|"
+                        r"[A-Za-z]+(?:/[A-Za-z]+)+\.?|"  # cm^2, \text{m}^3, km/h
+                        r"\\(?:text|mathrm|textrm|mbox)\{[^{}]*\}|\^\{?\\circ\}?|\\circ|"
                         r"\\%|%|[A-Za-z]+\.?)$")
+#: a trailing letter that names a variable, not a unit: "5x" is an expression
+_VARIABLE_TAIL = re.compile(r"\d[xyzn]$")
 _DECIMAL = re.compile(r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)")
 _THOUSANDS = re.compile(r"([-+]?)(\d{1,3}(?:,\d{3})+)(\.\d+)?")
-_FRACTION = re.compile(r"([-+]?)\\[dt]?frac\{([-+]?\d+)\}\{(\d+)\}|([-+]?)(\d+)/(\d+)")
+_FRACTION = re.compile(r"([-+]?)\\[dt]?frac(?:\{([-+]?\d+)\}\{(\d+)\}|(\d)(\d))|"
+                       r"([-+]?)(\d+)/(\d+)")
+_MIXED = re.compile(r"([-+]?)(\d+)\\[dt]?frac\{(\d+)\}\{(\d+)\}")  # 2\frac{1}{2} = 2.5
+#: more than one answer on the left of the last "=": "x = 5, y = 3", "x = -5 or x = 18"
+_SEVERAL = re.compile(r",|;|\\text\{(?:or|and)\}|\\(?:lor|vee)|\bor\b|\band\b")
+
+
+def _fraction(s: str) -> float | None:
+    m = _MIXED.fullmatch(s)
+    if m:
+        whole, num, den = float(m.group(2)), float(m.group(3)), float(m.group(4))
+        value = whole + num / den if den else None
+        return None if value is None else (-value if m.group(1) == "-" else value)
+    m = _FRACTION.fullmatch(s)
+    if not m:
+        return None
+    groups = m.groups()
+    if groups[1] is not None:
+        sign, num, den = groups[0], groups[1], groups[2]
+    elif groups[3] is not None:
+        sign, num, den = groups[0], groups[3], groups[4]
+    else:
+        sign, num, den = groups[5], groups[6], groups[7]
+    if float(den) == 0:
+        return None
+    value = float(num) / float(den)
+    return -value if sign == "-" else value
 
 
 def _to_number(s: str) -> float | None:
     """The number a short answer spells, or None when it is not exactly one number.
 
-    Accepts wrappers (``\\text{18}``, ``\\mathbf{18}``), a leading ``x =``, signs, ``.5``,
-    LaTeX spaces (``1\\,000``), thousands separators in groups of three (``1,234``; ``3,5`` is
-    not a number), ``$`` and ``%``, trailing units (``18 \\text{ dollars}``, ``cm``, degrees)
-    and fractions (``-\\frac{1}{2}``, ``3/4``)."""
+    Accepts wrappers (``\\text{18}``, ``\\mathbf{18}``), a leading ``x =`` (or ``\\approx``),
+    signs, ``.5``, outer parentheses, LaTeX spaces (``1\\,000``), thousands separators in
+    groups of three (``1,234``, ``1{,}000``; ``3,5`` is not a number), ``$`` and ``%``,
+    trailing units (``18 \\text{ dollars}``, ``cm^2``, ``km/h``, degrees) and fractions
+    (``-\\frac{1}{2}``, ``\\frac12``, ``3/4``, ``2\\frac{1}{2}``). Not one number: several
+    answers (``x = 5, y = 3``), an expression (``5x``)."""
     s = unwrap(str(s))
-    s = s.replace("\\$", "").replace("$", "").replace("−", "-")
+    s = s.replace("\\$", "").replace("$", "").replace("−", "-").replace("{,}", ",")
+    s = s.replace("\\approx", "=")
+    s = re.sub(r"\\(?:text|mathrm|mbox)\{\s*\}", "", s)  # what is left of \text{\$}
     s = _SPACES.sub("", s)
     if "=" in s:  # "x = 18": the right-hand side
-        s = s.rsplit("=", 1)[1]
+        lhs, s = s.rsplit("=", 1)
+        if _SEVERAL.search(lhs):
+            return None
     s = unwrap(s)
     s = s.rstrip(".")
+    if _VARIABLE_TAIL.search(s):
+        return None
     t = s
     for _ in range(3):  # units, one at a time: "18\\text{dollars}", "90^\\circ", "12cm", "50\\%"
         t = _UNIT_TAIL.sub("", t)
@@ -107,19 +145,14 @@ def _to_number(s: str) -> float | None:
             s = t
             break
     s = unwrap(s)
+    if len(s) > 2 and s[0] == "(" and s[-1] == ")":  # "(-5)"
+        s = s[1:-1]
     if _DECIMAL.fullmatch(s):
         return float(s)
     m = _THOUSANDS.fullmatch(s)
     if m:
         return float(m.group(1) + m.group(2).replace(",", "") + (m.group(3) or ""))
-    m = _FRACTION.fullmatch(s)
-    if m:
-        sign, num, den = (m.group(1), m.group(2), m.group(3)) if m.group(2) is not None else (
-            m.group(4), m.group(5), m.group(6))
-        if float(den) != 0:
-            value = float(num) / float(den)
-            return -value if sign == "-" else value
-    return None
+    return _fraction(s)
 
 
 def grade_numeric(response: str, answer: str) -> bool:
