@@ -176,7 +176,7 @@ def main(argv=None) -> int:
         from clear_learn.predictor import ClearPredictor
 
         pred = ClearPredictor.from_pretrained(args.predictor)
-        predicted = pred.predict([r["text"] for r in records], batch_context=False)
+        predicted = pred.predict([r["text"] for r in records], use_batch_context=False)
     sources = ["oracle"] + (["predicted"] if predicted is not None else [])
     print(f"{len(records)} queries ({len({r['task'] for r in records})} families), "
           f"{int(data.counts.sum())} rollouts, {args.splits} halvings; curves: "

@@ -1,7 +1,7 @@
 """The project's embedded rollout data sets (real rollouts of a real LLM).
 
 - ``default``: reasoning-gym problems (texts included), ``clear_learn/data/rollouts-default.jsonl``;
-- ``benchmark``: GSM8K test and MATH-500 levels 1-3 problems, whose texts are not in the
+- ``benchmark``: GSM8K test and MATH-500 problems (levels 1-3, then 40 of levels 4-5), whose texts are not in the
   repository: records are keyed by the shared file's name and line and the loader joins the
   texts from ``../shared`` (or ``$CLEAR_LEARN_SHARED``).
 

@@ -20,7 +20,13 @@ DATA = ROOT / "clear_learn" / "data"
 def load(path: Path) -> list[dict]:
     if not path.is_file():
         return []
-    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+    from clear_learn.rollouts import iter_jsonl
+
+    rows = list(iter_jsonl(path))
+    for i, (lineno, _, err) in enumerate(rows):
+        if err is not None and i < len(rows) - 1:  # only the last may be torn (a run writing)
+            raise SystemExit(f"{path}, line {lineno}: {err}")
+    return [obj for _, obj, err in rows if err is None]
 
 
 def stats_table(recs: list[dict], planned: dict[tuple[str, str], int]) -> list[str]:

@@ -74,7 +74,8 @@ class TransformersBackend:
                 # greedy over the sampler's one-hot scores: the draw is the sampler's
                 out = self.model.generate(
                     **enc, do_sample=False, num_beams=1, temperature=None, top_p=None,
-                    top_k=None, max_new_tokens=settings.max_new_tokens,
+                    top_k=None, repetition_penalty=1.0,  # not the model's: the settings only
+                    max_new_tokens=settings.max_new_tokens,
                     pad_token_id=self.pad_id, eos_token_id=self.stop_ids,
                     logits_processor=LogitsProcessorList([sampler]))
             gen = out[:, enc["input_ids"].shape[1]:].tolist()

@@ -122,9 +122,9 @@ def add_generation_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("problems", help="build a problem file for rollout generation",
                        description="'default': reasoning-gym problems over the default "
                                    "families and difficulty settings (texts included); "
-                                   "'benchmark': GSM8K test and MATH-500 levels 1-3 from "
-                                   "../shared, keyed by file and line (texts left out unless "
-                                   "--with-texts).")
+                                   "'benchmark': GSM8K test and MATH-500 (levels 1-3, "
+                                   "then 4-5) from ../shared, keyed by file and line "
+                                   "(texts left out unless --with-texts).")
     p.add_argument("source", choices=["default", "benchmark"])
     p.add_argument("-o", "--output", required=True, type=output_file)
     p.add_argument("--seed", type=int, default=2026)
