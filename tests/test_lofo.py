@@ -117,6 +117,31 @@ def test_study_diagnostic_ranks_curves_against_the_rollouts():
     assert study.diagnostic(recs, bad)["p ~ accuracy (predicted)"] == pytest.approx(-1.0)
 
 
+def test_study_cache_key_follows_the_configs_pooling_sections(tmp_path, monkeypatch):
+    """An edit of configs/default.yaml's pooling sections (the threshold spread here) is a
+    new measurement, not the cached one; the folds themselves are the same."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "train"))
+    import study
+
+    from clear_learn.training.lofo import Fold
+
+    run = tmp_path / "run"
+    (run / "folds").mkdir(parents=True)
+    (run / "folds" / "group-0.jsonl").write_text("{}\n")
+    folds = [Fold("group-0", ("a",), "b")]
+    key = study.measure_key([run], ["threads=1"], folds)
+    assert study.measure_key([run], ["threads=1"], folds) == key
+    edited = tmp_path / "default.yaml"
+    text = study.DEFAULT_CONFIG.read_text()
+    assert "tau_spread: 0.6" in text
+    edited.write_text(text.replace("tau_spread: 0.6", "tau_spread: 0.3"))
+    monkeypatch.setattr(study, "DEFAULT_CONFIG", edited)
+    assert study.measure_key([run], ["threads=1"], folds) != key
+
+
 @requires_base_encoder
 def test_study_measures_once_and_reads_a_measured_run_back(tmp_path, monkeypatch):
     """train/study.py end to end on SIMULATED rollouts (a tiny frozen recipe, 3 groups, 2

@@ -994,3 +994,20 @@ def test_pass_size_changes_no_curve(trained, tmp_path):
     texts = [r["text"] for r in trained[1].split_records("test")][:40]
     a, b = pred.predict_raw(texts, batch_size=64), pred.predict_raw(texts, batch_size=3)
     assert np.allclose(a.p, b.p, atol=1e-5) and np.allclose(a.tau, b.tau, rtol=1e-5)
+
+
+def test_resume_refuses_other_settings_than_the_run_was_trained_with(tmp_path):
+    """--resume: other data, split, seed or model would put test queries into weights
+    already trained (or not load); more epochs may be asked for."""
+    from clear_learn.training.recipe import check_resumable
+
+    cfg = {"seed": 0, "data": {"data": "default", "split": "query"}, "model": {"lora_r": 8},
+           "early_stopping": {"patience": 5}, "trainer": {"max_epochs": 3}}
+    check_resumable(cfg, tmp_path, resuming=False)
+    assert (tmp_path / "recipe.json").is_file()
+    check_resumable({**cfg, "trainer": {"max_epochs": 9}}, tmp_path, resuming=True)
+    for other, named in (({"seed": 1}, r"\(seed\)"),
+                         ({"data": {"data": "default", "split": "task"}}, r"\(data\.split\)"),
+                         ({"model": {"lora_r": 4}}, r"\(model\.lora_r\)")):
+        with pytest.raises(SystemExit, match=named):
+            check_resumable({**cfg, **other}, tmp_path, resuming=True)

@@ -122,11 +122,17 @@ def run(variant: str, seed: int, args, base_sets: list[str]):
 
 
 def measure_key(runs: list[Path], sets: list[str], folds) -> str:
-    """What a cached measurement depends on: the settings, the ablation rows and the saved
+    """What a cached measurement depends on: the settings, the pooling sections of the config
+    they resolve to (``configs/default.yaml`` edited counts), the ablation rows and the saved
     folds of ``runs`` (one run, or the seeds of an ensemble)."""
     import hashlib
 
-    h = hashlib.sha256(json.dumps([sets, [a[:2] for a in ABLATION]]).encode())
+    from clear_learn.training.lofo import POOLING_ONLY
+
+    cfg = load_config(DEFAULT_CONFIG, sets)
+    pooling = {k: cfg.get(k) for k in POOLING_ONLY}
+    h = hashlib.sha256(json.dumps([sets, pooling, [a[:2] for a in ABLATION]],
+                                  default=str).encode())
     for out in runs:
         for fold in folds:
             h.update((out / "folds" / f"{fold.name}.jsonl").read_bytes())

@@ -167,12 +167,13 @@ def train_predictor(cfg: dict, *, resume: bool = False):
     from clear_learn.predictor.lightning import CurveLightningModule
 
     run_dir = resolve(cfg["run_dir"])
+    last = run_dir / "checkpoints" / "last.ckpt"
+    resuming = resume and last.exists()
+    check_resumable(cfg, run_dir, resuming)
     dm, module = build_modules(cfg)
     trainer, ckpt = build_trainer(cfg, run_dir)
-    last = run_dir / "checkpoints" / "last.ckpt"
     t0 = time.perf_counter()
-    trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resume and last.exists()
-                else None)
+    trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resuming else None)
     train_s = time.perf_counter() - t0
     if trainer.global_rank != 0:
         return None, dm, {}
@@ -185,6 +186,37 @@ def train_predictor(cfg: dict, *, resume: bool = False):
                else None, "epochs": trainer.current_epoch,
                "best_epochs": best_epochs(best) if best else trainer.current_epoch}
     return predictor_from_run(module, dm, cfg, metrics), dm, metrics
+
+
+#: What a run's weights depend on: a resumed run must have the same (``trainer.max_epochs``,
+#: the stages after the network, the export and the evaluation may change).
+RESUME_KEYS = ("seed", "data", "model", "early_stopping")
+
+
+def check_resumable(cfg: dict, run_dir: Path, resuming: bool) -> None:
+    """Record the settings a run's weights depend on (``run_dir/recipe.json``) when it starts;
+    when it resumes, refuse other settings (other data, split or seed would put test queries
+    into the weights already trained; another model would not load), naming the keys."""
+    from clear_learn.atomic import write_text
+
+    now = json.loads(json.dumps({k: cfg.get(k) for k in RESUME_KEYS}, default=str))
+    path = run_dir / "recipe.json"
+    if resuming and path.is_file():
+        was = json.loads(path.read_text())
+        diff = []
+        for k in RESUME_KEYS:
+            a, b = now.get(k), was.get(k)
+            if isinstance(a, dict) and isinstance(b, dict):
+                diff += [f"{k}.{f}" for f in sorted(set(a) | set(b)) if a.get(f) != b.get(f)]
+            elif a != b:
+                diff.append(k)
+        if diff:
+            raise SystemExit(f"--resume: {run_dir} was trained with other settings "
+                             f"({', '.join(diff)}); resume with those, or train afresh in "
+                             "another run_dir")
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_text(path, json.dumps(now, indent=1) + "\n")
 
 
 def best_epochs(ckpt_path: str | Path) -> int:
