@@ -250,3 +250,25 @@ def test_training_nll_is_the_fitting_likelihood(runaway):
                     t(arr.tokens), t(arr.correct), t(arr.cutoff), t(arr.mask),
                     t(arr.max_new_tokens), smooth_floor=False, runaway=runaway).numpy()
     np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+def test_training_nll_has_finite_gradients_far_past_the_cap():
+    """A threshold far past the cap (the smooth floor underflows in float32 there) leaves a
+    finite loss and finite gradients, for correct, wrong, cut-off and padded rollouts; a
+    correct rollout below tau still pulls tau down."""
+    torch = pytest.importorskip("torch")
+    from clear_learn.predictor.nll import rollout_nll as torch_nll
+
+    tokens = torch.tensor([[100, 512, 40, 0]])
+    cutoff = torch.tensor([[False, True, False, False]])
+    mask = torch.tensor([[True, True, True, False]])
+    for correct in ([False, False, False, False], [True, False, False, False]):
+        tau = torch.tensor([7680.0], requires_grad=True)
+        p_logit = torch.tensor([0.0], requires_grad=True)
+        k = torch.tensor([1 / 512], requires_grad=True)
+        loss = torch_nll(tau, p_logit, k, tokens, torch.tensor([correct]), cutoff, mask,
+                         torch.tensor([512])).sum()
+        loss.backward()
+        grads = torch.cat([tau.grad, p_logit.grad, k.grad])
+        assert torch.isfinite(loss) and torch.all(torch.isfinite(grads))
+    assert tau.grad.item() > 0  # lowering tau raises the likelihood of the correct one

@@ -42,13 +42,17 @@ def rollout_nll(tau: torch.Tensor, p_logit: torch.Tensor, k: torch.Tensor,
     M = cap.to(tau.dtype)
     x = tokens - tau[:, None]
     kc = k[:, None]
-    kx = kc * x.clamp(min=0.0)
-    f = kc * kx * torch.exp(-kx)
+    # in logs throughout: a density that underflows (a floor far past tau, at a padded or a
+    # wrong rollout too) would give log(0) and, through torch.where, NaN gradients
+    pos = x > 0
+    kx = torch.where(pos, kc * x, torch.ones_like(x))  # 1: any finite value off the support
+    log_f = torch.where(pos, torch.log(kc) + torch.log(kx) - kx,
+                        torch.full_like(x, -math.inf))
     if smooth_floor:
-        g = 2.0 * torch.sigmoid(x / (M[:, None] / 8.0)) / M[:, None]
+        log_g = math.log(2.0) - torch.log(M)[:, None] + F.logsigmoid(x / (M[:, None] / 8.0))
     else:
-        g = 1.0 / M[:, None]
-    log_q = torch.log((1.0 - eps) * f + eps * g)
+        log_g = -torch.log(M)[:, None].expand_as(x)
+    log_q = torch.logaddexp(math.log1p(-eps) + log_f, math.log(eps) + log_g)
     logp = F.logsigmoid(p_logit)[:, None]
     log1mp = F.logsigmoid(-p_logit)[:, None]
     y = (k * (M - tau)).clamp(min=0.0)
