@@ -1011,3 +1011,22 @@ def test_resume_refuses_other_settings_than_the_run_was_trained_with(tmp_path):
                          ({"model": {"lora_r": 4}}, r"\(model\.lora_r\)")):
         with pytest.raises(SystemExit, match=named):
             check_resumable({**cfg, **other}, tmp_path, resuming=True)
+
+
+def test_the_cards_claim_says_what_was_held_out_and_whose_curves():
+    from types import SimpleNamespace
+
+    from clear_learn.predictor.card import ORACLE, UNIFORM, _measured_claim
+    from clear_learn.predictor.pipeline import LEARNED
+
+    m = {"gap_closed": {LEARNED: [0.5]}, "budgets_per_query": [64], "test_queries": 9,
+         "mean_accuracy": {UNIFORM: [0.1], ORACLE: [0.3], LEARNED: [0.2]}}
+    seen = _measured_claim(m, SimpleNamespace(split="query", held_out_split=None,
+                                              refit_all=False))
+    assert "9 held-out queries (families seen in training), CLEAR on these curves" in seen
+    unseen = _measured_claim(m, SimpleNamespace(split="task", held_out_split=None,
+                                                refit_all=False))
+    assert "(families it never saw)" in unseen
+    refit = _measured_claim(m, SimpleNamespace(split="all", held_out_split="task",
+                                               refit_all=True))
+    assert "(families it never saw), CLEAR on the held-out run's curves" in refit

@@ -94,7 +94,7 @@ def model_card(cfg: PredictorConfig) -> str:
               "families listed in its training data. Pass each query's own problem text, as "
               "in training (no system prompt, few-shot examples or retrieved context): the "
               "encoder reads only the first max_length tokens.", "",
-              _measured_claim(m), ""]
+              _measured_claim(m, t), ""]
     return "\n".join(lines)
 
 
@@ -121,8 +121,9 @@ def _or(v) -> str:
     return "?" if v is None else str(v)
 
 
-def _measured_claim(m: dict) -> str:
-    """What the recorded held-out figures say about where to trust the allocations."""
+def _measured_claim(m: dict, t=None) -> str:
+    """What the recorded held-out figures say about where to trust the allocations
+    (``t``: the training record, which says what was held out and what the weights are)."""
     gaps, budgets = m.get("gap_closed", {}).get(LEARNED), m.get("budgets_per_query")
     if not gaps or not budgets:
         return ("No allocation figures were recorded at export; measure them before relying "
@@ -136,8 +137,13 @@ def _measured_claim(m: dict) -> str:
              and (u is None or o is None or o - u >= MIN_GAP)]
     noisy = [b for b, x, u, o, _ in rows if u is not None and o is not None and o - u < MIN_GAP]
     worse = [b for b, _, u, _, a in rows if a is not None and u is not None and a < u]
-    text = (f"On its {m.get('test_queries', '?')} held-out queries (families seen in "
-            "training), CLEAR on these curves closed "
+    split = (getattr(t, "held_out_split", None) or getattr(t, "split", None)) if t else None
+    where = {"task": "families it never saw", "query": "families seen in training"}.get(
+        split, "see the training section")
+    whose = ("the held-out run's curves (these weights are the same recipe refitted on every "
+             "query)" if t is not None and getattr(t, "refit_all", False) else "these curves")
+    text = (f"On its {m.get('test_queries', '?')} held-out queries ({where}), CLEAR on "
+            f"{whose} closed "
             + ", ".join(f"{x:.2f} at {b:g}" for b, x in shown)
             + " tokens per query of the gap between an even split and CLEAR on oracle curves.")
     if noisy:
