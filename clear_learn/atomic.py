@@ -35,7 +35,7 @@ except ImportError:  # pragma: no cover - Windows
     fcntl = None
 
 __all__ = ["atomic_write", "write_bytes", "write_text", "check_target", "clean_stale_temps",
-           "pid_alive"]
+           "exclusive", "pid_alive"]
 
 #: Temp files whose process id cannot be read (older versions) are stale after this long.
 STALE_AFTER_S = 3600.0
@@ -87,6 +87,24 @@ def _unlocked(path: Path) -> bool:
     finally:
         os.close(fd)  # closing drops the probe's lock
     return True
+
+
+@contextlib.contextmanager
+def exclusive(path: str | os.PathLike) -> Iterator[None]:
+    """Hold an advisory lock on ``path`` (created empty if absent) while appending to it in
+    place; a ``ValueError`` at once if another process holds it (a generation run appending
+    to it). Where ``fcntl`` is missing (Windows), nothing is locked."""
+    if fcntl is None:  # pragma: no cover - Windows
+        yield
+        return
+    path = Path(path)
+    with open(path, "rb" if path.exists() else "ab") as fh:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ValueError(f"{path}: another process is writing it (a clear-learn rollouts "
+                             "run?); let it finish or stop it first") from None
+        yield
 
 
 def _temp_pattern(name: str) -> re.Pattern:

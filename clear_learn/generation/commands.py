@@ -71,7 +71,7 @@ def cmd_rollouts(args) -> int:
 
 
 def cmd_regrade(args) -> int:
-    from .driver import exclusive
+    from ..atomic import exclusive
 
     # a generation run appending to the file would write into the replaced copy: refuse
     write = not args.dry_run and Path(args.rollouts).is_file()

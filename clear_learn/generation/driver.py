@@ -20,12 +20,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping, Protocol, Sequence
 
+from ..atomic import exclusive
 from ..errors import DataError
 from .graders import grade
 from .problems import strip_shared_texts
 
 __all__ = ["SamplingSettings", "Completion", "Backend", "generate_rollouts", "recover",
-           "exclusive", "regrade", "QWEN_SYSTEM_PROMPT", "BOXED_SUFFIX", "sample_seed"]
+           "regrade", "QWEN_SYSTEM_PROMPT", "BOXED_SUFFIX", "sample_seed"]
 
 QWEN_SYSTEM_PROMPT = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
 BOXED_SUFFIX = "\nPlease reason step by step, and put your final answer within \\boxed{}."
@@ -120,26 +121,6 @@ def recover(path: Path, *, unique: bool = True) -> dict[str, dict]:
     return done
 
 
-@contextlib.contextmanager
-def exclusive(path: str | Path) -> Iterator[None]:
-    """Hold an advisory lock on ``path`` (created empty if absent) while writing it; a
-    ``ValueError`` at once if another process holds it (a generation run appending to it).
-    Where the system has no ``fcntl`` (Windows), nothing is locked."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - not POSIX
-        yield
-        return
-    path = Path(path)
-    with open(path, "rb" if path.exists() else "ab") as fh:
-        try:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise ValueError(f"{path}: another process is writing it (a clear-learn rollouts "
-                             "run?); let it finish or stop it first") from None
-        yield
-
-
 def _check_same_problems(out_path: Path, done: dict[str, dict], problems: list[dict]) -> None:
     """A record already written must be of the problem that now has its id (the same text,
     answer and source where both name one): else the problem set changed under the file."""
@@ -197,7 +178,7 @@ def generate_rollouts(problems: Iterable[dict], backend: Backend, out_path: str 
     rate is known even of a run that is killed. Returns a summary: problems written now,
     already present, generated tokens, seconds, tokens per second.
 
-    The output is locked while the run writes it (:func:`exclusive`): a second run on the
+    The output is locked while the run writes it (:func:`clear_learn.atomic.exclusive`): a second run on the
     same file is refused at once, and so is a record of another problem under an id.
     """
     out_path = Path(out_path)
