@@ -57,6 +57,7 @@ def test_every_key_is_a_flag_and_flags_override_the_yaml(tmp_path):
      "cap_tokens: 100\ncap_window: 10\n", "abandon_policy / cap_tokens: passthrough"),
     ("upstream: http://x/v1\ntokens_per_query: 64\nfallback_tokens: 0\n",
      "fallback_tokens: .*abandon_policy: refuse"),
+    ("upstream: http://x/v1\ntokens_per_query: 64\nqueue_timeout_ms: 0\n", "queue_timeout_ms"),
     ("- a list\n", "config"),
 ])
 def test_config_errors_name_the_key(tmp_path, yaml_text, key):
@@ -283,6 +284,23 @@ def test_reference_and_price_together_start_at_the_price(tmp_path):
     cfg = ServeConfig(upstream=UP, tokens_per_second=500, reference=str(ref),
                       price=2e-3).validate()
     assert BudgetService.from_config(cfg, FakePredictor()).price == pytest.approx(2e-3)
+
+
+def test_queue_timeout_defaults_on_and_turns_off_from_a_flag_or_yaml(tmp_path):
+    assert parse("--upstream", UP, "--tokens-per-query", "64").queue_timeout_ms == 1000.0
+    cfg = parse("--upstream", UP, "--tokens-per-query", "64", "--queue-timeout-ms", "null")
+    assert cfg.queue_timeout_ms is None
+    y = tmp_path / "serve.yaml"
+    y.write_text(f"upstream: {UP}\ntokens_per_query: 64\nqueue_timeout_ms: null\n")
+    assert ServeConfig.from_yaml(y).validate().queue_timeout_ms is None
+    ref = tmp_path / "ref.txt"
+    ref.write_text("easy one\na hard one\n")
+    svc = BudgetService.from_config(ServeConfig(upstream=UP, tokens_per_query=100,
+                                                reference=str(ref),
+                                                queue_timeout_ms=250).validate(),
+                                    FakePredictor())
+    assert svc.queue_timeout == 0.25
+    assert svc.typical == pytest.approx((220.0, 0.475, 0.05))  # the reference's mean curve
 
 
 def test_passthrough_cannot_go_with_a_hard_cap():

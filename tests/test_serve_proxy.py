@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import threading
 
 import httpx
 import openai
@@ -528,6 +529,94 @@ def test_a_failing_on_batch_does_not_stop_the_micro_batcher(caplog):
     first, second = asyncio.run(main())
     assert first[0] == 40.0 and second[0] == 400.0  # results delivered, worker still up
     assert "on_batch failed" in caplog.text
+
+
+class GatedPredictor(FakePredictor):
+    """A FakePredictor whose batches with a 'slow' text hold the encoder until ``release``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered, self.release = threading.Event(), threading.Event()
+
+    def predict(self, texts, batch_context: bool = True):
+        if any("slow" in t for t in texts):
+            self.entered.set()
+            if not self.release.wait(60):  # a hang guard, not a timing: the test fails
+                raise RuntimeError("never released")
+        return super().predict(texts, batch_context)
+
+
+async def _encoder_busy(pred: GatedPredictor) -> None:
+    """Wait (off the loop) until the encoder holds a 'slow' batch."""
+    assert await asyncio.get_running_loop().run_in_executor(None, pred.entered.wait, 60)
+
+
+def test_micro_batcher_sheds_queued_texts_past_their_deadline():
+    pred = GatedPredictor()
+
+    async def main():
+        mb = MicroBatcher(pred.predict, max_batch=4, max_wait=0.0)
+        slow = asyncio.ensure_future(mb.predict("slow a", deadline=0.01))
+        await _encoder_busy(pred)
+        # queued behind the held batch: given up at its deadline, never predicted
+        assert await mb.predict("hard b", deadline=0.001) is None
+        late = asyncio.ensure_future(mb.predict("c"))  # no deadline: waits its turn
+        await asyncio.sleep(0.05)  # past slow's deadline (taken: it is not shed)
+        pred.release.set()
+        out = await slow, await late
+        await mb.aclose()
+        return out
+
+    slow, late = asyncio.run(main())
+    assert slow[0] == 40.0 and late[0] == 40.0
+    assert pred.batches == [["slow a"], ["c"]]  # the shed text was skipped
+
+
+def test_budget_service_grants_a_shed_query_as_the_typical_one():
+    pred = GatedPredictor()
+    svc = BudgetService(pred, StreamController(tokens_per_query=100, price=PRICE,
+                                               horizon=1e9, fallback_tokens=16),
+                        max_tokens=512, queue_timeout=0.001)
+
+    async def main():
+        first = await svc.decide("slow but easy")  # no typical yet: it waits, no deadline
+        assert svc.typical == (40.0, 0.9, 0.05)
+        pred.entered.clear()
+        pred.release.clear()
+        held = asyncio.ensure_future(svc.decide("slow again"))
+        await _encoder_busy(pred)
+        shed = await svc.decide("a hard one")  # would be abandoned if predicted
+        pred.release.set()
+        await held
+        after = await svc.decide("a hard one")
+        await svc.aclose()
+        return first, shed, after
+
+    pred.release.set()  # the first call passes straight through
+    first, shed, after = asyncio.run(main())
+    assert not first.shed and first.budget == 150
+    assert shed.shed and shed.curve == (40.0, 0.9, 0.05) and shed.budget == 150
+    assert not after.shed and after.abandoned and after.budget == 16
+    assert svc.controller.n_queries_ == 4  # the shed query went through the controller
+
+
+def test_a_query_shed_by_the_proxy_is_budgeted_and_counted(stub):
+    pred = GatedPredictor()
+    pred.release.set()
+    with proxy(stub.url + "/v1", predictor=pred, queue_timeout_ms=1) as px:
+        c = client(px)
+        c.chat.completions.create(model="stub", messages=EASY)  # sets the typical curve
+        pred.release.clear()
+        slow = threading.Thread(target=c.chat.completions.create, kwargs=dict(
+            model="stub", messages=[{"role": "user", "content": "slow"}]))
+        slow.start()
+        assert pred.entered.wait(60)
+        raw = c.chat.completions.with_raw_response.create(model="stub", messages=HARD)
+        pred.release.set()
+        slow.join(60)
+        assert raw.headers["x-clear-max-tokens"] == "150"  # the easy typical, not abandoned
+        assert raw.headers["x-clear-abandoned"] == "false"
+        assert "clear_shed_total 1.0" in httpx.get(px.url + "/metrics").text
 
 
 def test_passthrough_of_other_routes(stub):

@@ -270,7 +270,8 @@ class Proxy:
             return _error(500, f"could not predict a budget ({type(err).__name__})",
                           "budget_error")
         self.metrics.record_decision(None if d.budget is None else d.budget * d.copies,
-                                     d.abandoned, d.refused, d.price, d.predict_seconds)
+                                     d.abandoned, d.refused, d.price, d.predict_seconds,
+                                     d.shed)
         headers = self._clear_headers(d)
         log.debug("%s budget=%s price=%.3g abandoned=%s", route, d.budget, d.price, d.abandoned)
         if d.refused:

@@ -56,6 +56,7 @@ class Decision:
     curve : its predicted ``(tau, p, k)``.
     predict_seconds : time from arrival to its curve (queueing and the encoder).
     copies : completions the request generates, each up to ``budget`` (its ``n``).
+    shed : the encoder did not start on it in time; ``curve`` is the typical one.
     """
 
     budget: int | None
@@ -65,6 +66,7 @@ class Decision:
     curve: tuple[float, float, float]
     predict_seconds: float
     copies: int = 1
+    shed: bool = False
 
 
 def load_predictor(path: str | Path, runtime: str = "onnx") -> Predictor:
@@ -88,6 +90,15 @@ def _predict_fn(predictor: Predictor) -> Callable[[list[str]], Curves]:
     return predictor.predict
 
 
+@dataclass(eq=False)
+class _Pending:
+    """A text waiting for the encoder; ``taken`` once a forming batch holds it."""
+
+    text: str
+    future: asyncio.Future
+    taken: bool = False
+
+
 class MicroBatcher:
     """Batches concurrent :meth:`predict` calls for a predictor running in one thread.
 
@@ -96,6 +107,11 @@ class MicroBatcher:
     while the encoder runs, so batches grow by themselves; alone, a text waits ``max_wait``.
     ``on_batch(size, seconds)`` is called after each batch (an error it raises is logged;
     the batch's results are delivered and the worker goes on).
+
+    Load shedding: ``predict(text, deadline=s)`` gives up on a text that no batch has taken
+    within ``s`` seconds and returns ``None`` at once; the worker then skips it, so beyond
+    the encoder's rate the queue sheds instead of growing and the wait stays bounded (by
+    the deadline plus, for a text taken, ``max_wait`` and one batch).
     """
 
     def __init__(self, predict: Callable[[list[str]], Curves], *, max_batch: int = 64,
@@ -107,31 +123,41 @@ class MicroBatcher:
         self.max_batch = int(max_batch)
         self.max_wait = float(max_wait)
         self._on_batch = on_batch
-        self._queue: asyncio.Queue[tuple[str, asyncio.Future]] | None = None
+        self._queue: asyncio.Queue[_Pending] | None = None
         self._worker: asyncio.Task | None = None
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clear-predict")
         self._closed = False
 
-    async def predict(self, text: str) -> tuple[float, float, float]:
-        """The curve ``(tau, p, k)`` of one text, predicted in some batch."""
+    async def predict(self, text: str, deadline: float | None = None
+                      ) -> tuple[float, float, float] | None:
+        """The curve ``(tau, p, k)`` of one text, predicted in some batch; ``None`` when no
+        batch took it within ``deadline`` seconds (``None``: wait as long as it takes)."""
         if self._closed:
             raise RuntimeError("the micro-batcher is closed")
         if self._queue is None:
             self._queue = asyncio.Queue()
             self._worker = asyncio.create_task(self._run(), name="clear-micro-batcher")
-        fut: asyncio.Future = asyncio.get_running_loop().create_future()
-        await self._queue.put((text, fut))
-        return await fut
+        loop = asyncio.get_running_loop()
+        item = _Pending(text, loop.create_future())
+        self._queue.put_nowait(item)
+        timer = None if deadline is None else loop.call_later(deadline, _shed, item)
+        try:
+            return await item.future
+        finally:
+            if timer is not None:
+                timer.cancel()
 
     async def _run(self) -> None:
         assert self._queue is not None
         loop = asyncio.get_running_loop()
         while True:
-            batch = [await self._queue.get()]
+            batch = _take(await self._queue.get())
+            if not batch:
+                continue
             deadline = loop.time() + self.max_wait
             while len(batch) < self.max_batch:
                 try:
-                    batch.append(self._queue.get_nowait())
+                    batch += _take(self._queue.get_nowait())
                     continue
                 except asyncio.QueueEmpty:
                     pass
@@ -139,13 +165,13 @@ class MicroBatcher:
                 if left <= 0:
                     break
                 try:
-                    batch.append(await asyncio.wait_for(self._queue.get(), left))
+                    batch += _take(await asyncio.wait_for(self._queue.get(), left))
                 except asyncio.TimeoutError:
                     break
-            batch = [(t, f) for t, f in batch if not f.done()]  # callers that gave up
+            batch = [it for it in batch if not it.future.done()]  # callers that gave up
             if not batch:
                 continue
-            texts = [t for t, _ in batch]
+            texts = [it.text for it in batch]
             t0 = time.perf_counter()
             try:
                 curves = await loop.run_in_executor(self._pool, self._predict, texts)
@@ -155,18 +181,18 @@ class MicroBatcher:
                                        f"{len(texts)} texts")
             except Exception as err:  # every waiting request gets the error
                 log.exception("prediction failed for a batch of %d", len(texts))
-                for _, f in batch:
-                    if not f.done():
-                        f.set_exception(err)
+                for it in batch:
+                    if not it.future.done():
+                        it.future.set_exception(err)
                 continue
             if self._on_batch is not None:
                 try:
                     self._on_batch(len(texts), time.perf_counter() - t0)
                 except Exception:  # a metric hook must not stop the predictions
                     log.exception("on_batch failed after a batch of %d", len(texts))
-            for (_, f), row in zip(batch, rows):
-                if not f.done():
-                    f.set_result((float(row[0]), float(row[1]), float(row[2])))
+            for it, row in zip(batch, rows):
+                if not it.future.done():
+                    it.future.set_result((float(row[0]), float(row[1]), float(row[2])))
 
     async def aclose(self) -> None:
         """Stop the worker; requests still waiting get an error. Idempotent."""
@@ -180,10 +206,34 @@ class MicroBatcher:
             self._worker = None
         if self._queue is not None:
             while not self._queue.empty():
-                _, f = self._queue.get_nowait()
+                f = self._queue.get_nowait().future
                 if not f.done():
                     f.set_exception(RuntimeError("the proxy is shutting down"))
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _take(item: _Pending) -> list[_Pending]:
+    """A queued text pulled into a forming batch: ``[item]``, now safe from its deadline,
+    or ``[]`` if it was shed (or its caller gave up) while it waited."""
+    if item.future.done():
+        return []
+    item.taken = True
+    return [item]
+
+
+def _shed(item: _Pending) -> None:
+    """The deadline of a queued text: answer ``None`` unless a batch has taken it."""
+    if not item.taken and not item.future.done():
+        item.future.set_result(None)
+
+
+#: Queries the typical curve (what a shed query is granted as) averages over.
+TYPICAL_SPAN = 500
+
+
+def _mean_curve(curves: Curves) -> tuple[float, float, float]:
+    """The mean ``(tau, p, k)`` of some curves (the typical query of reference traffic)."""
+    return (float(np.mean(curves.tau)), float(np.mean(curves.p)), float(np.mean(curves.k)))
 
 
 class BudgetService:
@@ -195,13 +245,25 @@ class BudgetService:
     break the hard cap), ``refuse`` or ``passthrough`` (forward unchanged; the controller
     counts 0 tokens for it, so it cannot go with a hard cap: a ``ValueError``).
     ``clock`` gives the seconds passed to the controller (monotonic).
+
+    ``queue_timeout`` (seconds; ``None``: wait) bounds the wait for the encoder: a query
+    that no micro-batch has taken by then is granted as the typical query (the running mean
+    of the predicted curves, :attr:`typical`, or of ``typical`` given here) at the live
+    price, through the same controller and hard cap. Until a first curve is known there is
+    no typical query and every query waits.
     """
 
     def __init__(self, predictor: Predictor, controller: StreamController, *,
                  max_tokens: int | None = None, abandon_policy: str = "fallback",
                  batch_size: int = 64, batch_wait: float = 0.002,
+                 queue_timeout: float | None = None,
+                 typical: tuple[float, float, float] | None = None,
                  clock: Callable[[], float] = time.monotonic,
                  on_batch: Callable[[int, float], None] | None = None) -> None:
+        if queue_timeout is not None and not (math.isfinite(queue_timeout)
+                                              and queue_timeout > 0):
+            raise ValueError(f"queue_timeout must be a finite number of seconds > 0, or "
+                             f"None, got {queue_timeout!r}")
         if abandon_policy not in ("fallback", "refuse", "passthrough"):
             raise ValueError(f"abandon_policy must be fallback, refuse or passthrough, got "
                              f"{abandon_policy!r}")
@@ -215,6 +277,10 @@ class BudgetService:
         self.abandon_policy = abandon_policy
         self.clock = clock
         self._t0 = clock()
+        self.queue_timeout = queue_timeout
+        self.typical = None if typical is None else tuple(float(v) for v in typical)
+        # a given typical curve (the reference traffic's) weighs as a full span of queries
+        self._n_predicted = 0 if typical is None else TYPICAL_SPAN
         self.batcher = MicroBatcher(_predict_fn(predictor), max_batch=batch_size,
                                     max_wait=batch_wait, on_batch=on_batch)
 
@@ -241,6 +307,7 @@ class BudgetService:
                 if not texts:
                     raise ConfigError(f"reference: {cfg.reference} holds no texts")
                 curves = _predict_fn(predictor)(texts)
+                kwargs.setdefault("typical", _mean_curve(curves))
                 controller = StreamController.from_reference(
                     curves, tokens_per_query=cfg.tokens_per_query,
                     tokens_per_second=cfg.tokens_per_second,
@@ -256,7 +323,9 @@ class BudgetService:
                 raise
             raise ConfigError(f"controller settings: {err}") from None
         return cls(predictor, controller, max_tokens=cap, abandon_policy=cfg.abandon_policy,
-                   batch_size=cfg.batch_size, batch_wait=cfg.batch_wait_ms / 1000.0, **kwargs)
+                   batch_size=cfg.batch_size, batch_wait=cfg.batch_wait_ms / 1000.0,
+                   queue_timeout=(None if cfg.queue_timeout_ms is None
+                                  else cfg.queue_timeout_ms / 1000.0), **kwargs)
 
     async def decide(self, text: str, client_cap: int | None = None, *,
                      copies: int = 1) -> Decision:
@@ -265,11 +334,20 @@ class BudgetService:
         ``client_cap`` is the request's own limit; the budget never exceeds it (nor
         ``max_tokens``). ``copies``: completions the request generates (its ``n``), each up
         to the budget; the controller and its hard cap count the budget that many times. A
-        text that is empty (or only spaces) is predicted as :data:`NO_TEXT`.
+        text that is empty (or only spaces) is predicted as :data:`NO_TEXT`. Past
+        ``queue_timeout`` it is granted as the typical query (``Decision.shed``).
         """
         t0 = time.perf_counter()
-        tau, p, k = await self.batcher.predict(text if text.strip() else NO_TEXT)
+        deadline = self.queue_timeout if self.typical is not None else None
+        curve = await self.batcher.predict(text if text.strip() else NO_TEXT, deadline)
         waited = time.perf_counter() - t0
+        shed = curve is None
+        if curve is None:
+            assert self.typical is not None
+            curve = self.typical
+        else:
+            self._observe(curve)
+        tau, p, k = curve
         caps = [c for c in (client_cap, self.max_tokens) if c is not None]
         cap = min(caps) if caps else None
         # a limit below the fallback still gets the fallback, trimmed to the limit (the
@@ -286,7 +364,17 @@ class BudgetService:
             elif self.abandon_policy == "passthrough":
                 budget = None
         return Decision(budget=budget, refused=refused, abandoned=g.abandoned, price=g.price,
-                        curve=(tau, p, k), predict_seconds=waited, copies=copies)
+                        curve=(tau, p, k), predict_seconds=waited, copies=copies, shed=shed)
+
+    def _observe(self, curve: tuple[float, float, float]) -> None:
+        """Fold a predicted curve into :attr:`typical` (the mean of the curves so far, then
+        an exponential average over about the last ``TYPICAL_SPAN`` queries)."""
+        self._n_predicted += 1
+        if self.typical is None:
+            self.typical = curve
+            return
+        w = 1.0 / min(self._n_predicted, TYPICAL_SPAN)
+        self.typical = tuple(a + w * (b - a) for a, b in zip(self.typical, curve))
 
     def report_consumed(self, tokens: int) -> None:
         """Feed back the completion tokens a response used (moves the price only with

@@ -95,6 +95,11 @@ class ServeConfig:
     batch_wait_ms: float = field(default=0.0, metadata={
         "help": "how long a micro-batch waits for company once the encoder is free (0: "
                 "none; batches still form from what queued while the encoder ran)"})
+    queue_timeout_ms: float | None = field(default=1000.0, metadata={
+        "help": "longest a query waits for the encoder to start on it; past it, it is "
+                "granted as the typical query (the mean predicted curve) at the live price "
+                "(shed; keep it above a full batch's time, clear_prediction_seconds; null: "
+                "wait)"})
     upstream_api_key_env: str | None = field(default=None, metadata={
         "help": "name of an environment variable holding the upstream's API key, used when "
                 "a client sends no Authorization (never logged)"})
@@ -115,7 +120,8 @@ class ServeConfig:
         if (self.tokens_per_query is None) == (self.tokens_per_second is None):
             raise ConfigError("tokens_per_query / tokens_per_second: give exactly one")
         for name in ("tokens_per_query", "tokens_per_second", "price", "queries_per_second",
-                     "horizon", "timeout", "connect_timeout", "cap_window"):
+                     "horizon", "timeout", "connect_timeout", "cap_window",
+                     "queue_timeout_ms"):
             v = getattr(self, name)
             if v is not None and not (math.isfinite(v) and v > 0):
                 raise ConfigError(f"{name}: must be a finite number > 0, got {v!r}")
@@ -259,7 +265,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _flag(name: str, tp: Any, text: str) -> Any:
     try:
-        base, _, _ = _base(tp)
+        base, optional, _ = _base(tp)
+        if optional and text.strip().lower() in ("none", "null"):  # YAML's null
+            return None
         return _coerce(name, tp, base(text) if base in (int, float) else text)
     except (ConfigError, ValueError) as err:
         raise argparse.ArgumentTypeError(str(err)) from None

@@ -32,6 +32,9 @@ class Metrics:
         self.abandoned = Counter("clear_abandoned", "Queries the controller abandoned",
                                  registry=r)
         self.refused = Counter("clear_refused", "Abandoned queries refused", registry=r)
+        self.shed = Counter("clear_shed", "Queries granted as the typical query because the "
+                            "encoder did not start on them within queue_timeout_ms",
+                            registry=r)
         self.abandoned_share = Gauge("clear_abandoned_share",
                                      "Share of budgeted queries abandoned so far", registry=r)
         self.price = Gauge("clear_price", "The controller's live shadow price", registry=r)
@@ -54,10 +57,12 @@ class Metrics:
         self._n_abandoned = 0
 
     def record_decision(self, budget: int | None, abandoned: bool, refused: bool,
-                        price: float, predict_seconds: float) -> None:
+                        price: float, predict_seconds: float, shed: bool = False) -> None:
         """Account one request's budget decision (``budget``: the tokens granted, all of
         its completions together)."""
         self.budgeted.inc()
+        if shed:
+            self.shed.inc()
         if budget:
             self.tokens_granted.inc(budget)
         if abandoned:
