@@ -42,8 +42,9 @@ Guarantees
 Starting price. :func:`batch_price` on reference curves at the target is the price the loop
 would converge to on such traffic (:meth:`StreamController.from_reference` also measures
 ``eps`` there). Without one, a per-query controller bootstraps: for its first ``bootstrap``
-queries the price is the batch (Lagrangian) price of the queries seen so far (kept in a buffer
-of that fixed size, then dropped), and it estimates ``eps`` on them.
+queries the price is the batch (Lagrangian) price of the queries seen so far, each counted
+``copies`` times (kept in a buffer of that fixed size, then dropped), and it estimates ``eps``
+on them (one copy each).
 
 Hard cap. ``cap_tokens`` per ``cap_window`` is a separate guard, checked before each grant:
 a budget that would break it is trimmed to what is left (split evenly over a query's
@@ -300,7 +301,7 @@ class StreamController:
         self.n_abandoned_ = 0
         self.n_trimmed_ = 0
         self._last_time: float | None = None
-        self._boot = np.zeros((self._boot_size, 4)) if self.price is None else None
+        self._boot = np.zeros((self._boot_size, 5)) if self.price is None else None
         self._boot_n = 0
         if self._cap is not None:
             self._ring = np.zeros(self._span, dtype=np.int64)
@@ -336,7 +337,7 @@ class StreamController:
         cap = math.inf if cap is None else float(_whole("max_tokens", cap))
         now = self._tick(now)
         if self.bootstrapping:
-            self._bootstrap_price(tau, p, k, cap)
+            self._bootstrap_price(tau, p, k, cap, copies)
         lam = math.exp(self.log_price_)
         if self.adapt_elasticity:
             lp = self.log_price_ + np.array([0.0, -ELASTICITY_STEP, ELASTICITY_STEP])
@@ -440,13 +441,15 @@ class StreamController:
         eps = self._ew_secant / (2.0 * ELASTICITY_STEP * max(self._ew_demand, 1.0))
         self.elasticity_ = float(min(max(eps, ELASTICITY_BOUNDS[0]), ELASTICITY_BOUNDS[1]))
 
-    def _bootstrap_price(self, tau: float, p: float, k: float, cap: float) -> None:
-        self._boot[self._boot_n] = (tau, p, k, cap)
+    def _bootstrap_price(self, tau: float, p: float, k: float, cap: float,
+                         copies: int) -> None:
+        """The batch price of the queries seen so far (each counted ``copies`` times)."""
+        self._boot[self._boot_n] = (tau, p, k, cap, copies)
         self._boot_n += 1
         rows = self._boot[:self._boot_n]
         sample = Curves(rows[:, 0], rows[:, 1], rows[:, 2])
         self.log_price_ = _lagrangian_log_price(sample, self._rate * self._boot_n, rows[:, 3],
-                                                self._log_lo, self._log_hi)
+                                                self._log_lo, self._log_hi, copies=rows[:, 4])
         price = math.exp(self.log_price_)
         if self._boot_n == self._boot_size:
             if self.elasticity is None:
@@ -508,6 +511,8 @@ class StreamController:
         self.n_abandoned_, self.n_trimmed_ = int(state["n_abandoned"]), int(state["n_trimmed"])
         self._last_time = state["last_time"]
         self._boot = None if state["boot"] is None else np.array(state["boot"], dtype=float)
+        if self._boot is not None and self._boot.shape[1] == 4:  # saved before copies: one each
+            self._boot = np.column_stack([self._boot, np.ones(len(self._boot))])
         self._boot_n = int(state["boot_n"])
         if self._cap is not None:
             ring = np.array(state["ring"], dtype=np.int64)

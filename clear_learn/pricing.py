@@ -87,10 +87,12 @@ def _best_budget(tau: float, p: float, k: float, lam: float, cap: float) -> int:
 
 
 def _lagrangian_log_price(curves: Curves, total: float, caps: np.ndarray, lo: float,
-                          hi: float, rounds: int = 4, points: int = 33) -> float:
-    """Smallest log-price in ``[lo, hi]`` whose :func:`budgets_at_price` demand fits
-    ``total``, to ``(hi - lo) / (points - 1)^rounds``, by rounds of a grid search (each one
-    broadcast call over grid x queries); ``lo`` when it fits there."""
+                          hi: float, rounds: int = 4, points: int = 33,
+                          copies: np.ndarray | float = 1.0) -> float:
+    """Smallest log-price in ``[lo, hi]`` whose :func:`budgets_at_price` demand (each
+    query's budget times its ``copies``) fits ``total``, to ``(hi - lo) / (points -
+    1)^rounds``, by rounds of a grid search (each one broadcast call over grid x queries);
+    ``lo`` when it fits there."""
     tau, p, k = curves.tau, curves.p, curves.k
     for _ in range(rounds):
         grid = np.linspace(lo, hi, points)
@@ -98,7 +100,7 @@ def _lagrangian_log_price(curves: Curves, total: float, caps: np.ndarray, lo: fl
         b = stationary_budget(lam, tau, p, k)
         c = np.floor(np.minimum(np.nan_to_num(b, nan=0.0), caps))
         pays = utility(c, tau, p, k) - lam * c > 0
-        fits = np.where(pays, c, 0.0).sum(axis=1) <= total
+        fits = (np.where(pays, c, 0.0) * copies).sum(axis=1) <= total
         i = int(np.argmax(fits)) if fits.any() else points - 1
         if i == 0:
             return float(grid[0])

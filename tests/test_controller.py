@@ -87,6 +87,25 @@ def test_the_rate_identity_counts_copies():
     assert g1.budget == g3.budget > 0 and three.granted_ == 3 * one.granted_
 
 
+def test_the_bootstrap_price_counts_copies():
+    """Bootstrapping on queries of 4 copies each at 100 tokens a query prices them as queries
+    of one copy at 25: the sample's demand counts every copy."""
+    four = StreamController(tokens_per_query=100, bootstrap=8, max_tokens=CAP)
+    one = StreamController(tokens_per_query=25, bootstrap=8, max_tokens=CAP)
+    for i in range(8):
+        four.grant(MIX.tau[i], MIX.p[i], MIX.k[i], copies=4)
+        one.grant(MIX.tau[i], MIX.p[i], MIX.k[i])
+        assert four.price_ == pytest.approx(one.price_)
+    # a state saved before the buffer held copies loads as one copy each
+    ctl = StreamController(tokens_per_query=100, bootstrap=8, max_tokens=CAP)
+    ctl.grant(MIX.tau[0], MIX.p[0], MIX.k[0])
+    state = ctl.state_dict()
+    state["boot"] = [row[:4] for row in state["boot"]]
+    ctl.load_state_dict(state)
+    ctl.grant(MIX.tau[1], MIX.p[1], MIX.k[1])
+    assert ctl._boot.shape == (8, 5) and ctl._boot[1, 4] == 1
+
+
 def test_from_reference_starts_at_a_given_price():
     ctl = StreamController.from_reference(MIX[:300], tokens_per_query=64, max_tokens=CAP,
                                           price=2e-3)
