@@ -194,7 +194,8 @@ def evaluate_policies(records: list[dict], policies: Mapping[str, Policy],
     -------
     EvalReport
         For each policy and budget: ``mean_accuracy``, ``allocated_tokens``,
-        ``consumed_tokens``, ``abandoned``, ``ratio_to_uniform`` and (with ``oracle``)
+        ``consumed_tokens``, ``abandoned``, ``ratio_to_uniform`` (``inf`` where only uniform
+        is at 0, ``None`` where both are) and (with ``oracle``)
         ``gap_closed``. ``abandoned`` counts the queries a policy gave up on, whatever
         fallback they then hold: CLEAR's ``AllocationResult.abandoned``, the optimum's queries
         left at the fallback, and for a function policy (``uniform`` included) the budgets of
@@ -298,7 +299,8 @@ def evaluate_policies(records: list[dict], policies: Mapping[str, Policy],
         orc = rows["oracle"][j]["mean_accuracy"] if oracle else None
         for i, name in enumerate(names):
             r = rows[name][j]
-            r["ratio_to_uniform"] = r["mean_accuracy"] / uni if uni > 0 else float("inf")
+            r["ratio_to_uniform"] = (r["mean_accuracy"] / uni if uni > 0 else float("inf")
+                                     if r["mean_accuracy"] > 0 else None)  # 0/0: undefined
             if orc is not None:
                 r["gap_closed"] = gap_closed(r["mean_accuracy"], uni, orc)
             if splits > 1:

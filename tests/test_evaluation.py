@@ -307,6 +307,7 @@ def test_two_step_queries_have_known_answers():
     # 5 tokens each: nothing is reached; the optimum spends 10 on the easy one
     assert uni[0]["mean_accuracy"] == 0.0 and opt[0]["mean_accuracy"] == 0.5
     assert opt[0]["ratio_to_uniform"] == float("inf")
+    assert uni[0]["ratio_to_uniform"] is None  # 0 / 0: undefined, not infinitely better
     # 20 each: uniform reaches the easy one; 40 tokens cannot reach the hard one at all
     assert uni[1]["mean_accuracy"] == 0.5 and opt[1]["mean_accuracy"] == 0.5
     assert uni[1]["consumed_tokens"] == 10 + 20  # the easy one stops at 10, the hard is cut
