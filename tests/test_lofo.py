@@ -66,6 +66,29 @@ def test_task_split_trains_only_on_train_tasks():
         split_records(recs, split="query", train_tasks=[tasks[2]])
 
 
+def test_copies_of_one_text_never_straddle_a_split():
+    recs = simulated_dataset(n_per_task=10, seed=1)
+    before = split_records(recs, seed=3)
+    assert sorted(sum(before, [])) == list(range(len(recs)))
+    tr, va, te = before
+    for a, b in ((tr[0], te[0]), (tr[1], va[0]), (va[1], te[1]), (te[2], tr[2])):
+        recs[b] = {**recs[b], "text": recs[a]["text"]}  # a copy across every pair of parts
+    parts = split_records(recs, seed=3)
+    assert sorted(sum(parts, [])) == list(range(len(recs)))
+    texts = [{recs[i]["text"] for i in part} for part in parts]
+    assert not (texts[0] & texts[1] or texts[0] & texts[2] or texts[1] & texts[2])
+    # the task split's random validation share, likewise
+    fresh = simulated_dataset(n_per_task=10, seed=1)
+    held = {"test_tasks": [fresh[0]["task"]]}
+    tr, va, _ = split_records(fresh, split="task", seed=3, **held)
+    recs = [dict(r) for r in fresh]
+    recs[tr[0]]["text"] = recs[va[0]]["text"]
+    tr, va, te = split_records(recs, split="task", seed=3, **held)
+    assert not {recs[i]["text"] for i in tr} & {recs[i]["text"] for i in va}
+    # without copies the split is the plain one: the same queries, part by part
+    assert split_records(fresh, seed=3) == before
+
+
 def test_fold_is_hashable_and_names_its_families():
     fold = Fold("group-0", ("a", "b"), "c")
     assert fold.trains_on("d") and not fold.trains_on("c") and not fold.trains_on("a")

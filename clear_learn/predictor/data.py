@@ -55,7 +55,8 @@ def split_records(records: list[dict], *, split: str = "query",
                   ) -> tuple[list[int], list[int], list[int]]:
     """Indices of train, validation and test queries.
 
-    ``split="query"``: random queries held out for validation and test. ``split="task"``: the
+    ``split="query"``: random queries held out for validation and test (copies of one text
+    always on the same side, as in the task split's random validation share). ``split="task"``: the
     queries of ``test_tasks`` are the test set (families never seen in training); validation
     is a random share of the rest, or, with ``val_tasks``, those families (so that early
     stopping selects for families the model has not seen either); ``train_tasks``, where
@@ -105,7 +106,8 @@ def split_records(records: list[dict], *, split: str = "query",
         rest = np.array([i for i in range(n) if records[i]["task"] not in set(test_tasks)])
         rest = rest[rng.permutation(rest.size)]
         n_val = int(round(val_fraction * rest.size))
-        return sorted(rest[n_val:].tolist()), sorted(rest[:n_val].tolist()), test
+        train, val = _same_text_together(records, rest, [n_val])
+        return train, val, test
     if split == "all":  # the final refit of a recipe already measured on a held-out split
         return list(range(n)), [], []
     if split != "query":
@@ -113,8 +115,21 @@ def split_records(records: list[dict], *, split: str = "query",
     order = rng.permutation(n)
     n_test = int(round(test_fraction * n))
     n_val = int(round(val_fraction * n))
-    return (sorted(order[n_test + n_val:].tolist()), sorted(order[n_test:n_test + n_val].tolist()),
-            sorted(order[:n_test].tolist()))
+    train, test, val = _same_text_together(records, order, [n_test, n_test + n_val])
+    return train, val, test
+
+
+def _same_text_together(records: list[dict], order: np.ndarray, cuts: list[int]
+                        ) -> list[list[int]]:
+    """The parts of ``order`` after its last cut, then before each cut in turn (each sorted),
+    with every query placed in the part of the first query in ``order`` with its text: two
+    copies of one text never straddle a split. Without copies, plain slices of ``order``."""
+    part = np.searchsorted(np.asarray(cuts), np.arange(order.size), side="right")
+    first: dict[str, int] = {}
+    out: list[list[int]] = [[] for _ in range(len(cuts) + 1)]
+    for pos, i in enumerate(order.tolist()):
+        out[first.setdefault(records[i]["text"], int(part[pos]))].append(i)
+    return [sorted(out[-1])] + [sorted(x) for x in out[:-1]]
 
 
 def encode_texts(tokenizer, texts: list[str], max_length: int) -> dict[str, list]:
