@@ -376,7 +376,8 @@ def test_reasoning_gym_grading_reads_latex_logic_operators():
 
 def test_embedded_problem_files_match_their_generator():
     pytest.importorskip("reasoning_gym")
-    from clear_learn.generation.problems import (BROAD_SETTINGS, DEFAULT_SETTINGS,
+    from clear_learn.generation.problems import (BROAD_COUNTS, BROAD_PER_SETTING,
+                                                 BROAD_SETTINGS, DEFAULT_SETTINGS,
                                                  default_problems)
 
     path = ROOT / "clear_learn" / "data" / "problems-default.jsonl"
@@ -384,13 +385,42 @@ def test_embedded_problem_files_match_their_generator():
     assert rows == default_problems()
     assert len({r["id"] for r in rows}) == len(rows)
     # the original 440 problems first, as published; then every prefix of the broad block is
-    # balanced across its settings
+    # balanced across its settings, in proportion to each one's planned count
     assert [r["task"] for r in rows[:22]] == [s.family for s in DEFAULT_SETTINGS]
     broad = rows[440:]
-    n = len(BROAD_SETTINGS)
-    for start in range(0, len(broad), n):
-        assert [(r["task"], r["difficulty"]) for r in broad[start:start + n]] == [
-            (s.family, s.difficulty) for s in BROAD_SETTINGS]
+    keys = [(r["task"], r["difficulty"]) for r in broad]
+    planned = {(s.family, s.difficulty): keys.count((s.family, s.difficulty))
+               for s in BROAD_SETTINGS}
+    assert planned[("coin_flip", "few")] == BROAD_COUNTS[("coin_flip", "few")] == 13
+    assert planned[("number_format", "few")] == BROAD_PER_SETTING
+    assert planned[("propositional_logic", "small")] == 5  # only 4 distinct in its pool
+    for m in range(1, len(broad) + 1):
+        for key, count in planned.items():
+            assert abs(keys[:m].count(key) - m * count / len(broad)) <= 2, (m, key)
+    # a later item repeats no text of its setting (the first rounds are kept as generated)
+    late = [(k, r["text"]) for k, r in zip(keys, broad) if r["source"]["index"] >= 3]
+    early = {(k, r["text"]) for k, r in zip(keys, broad) if r["source"]["index"] < 3}
+    assert len(set(late)) == len(late) and not set(late) & early
+    # and every problem generated so far is still planned, as it was
+    done = ROOT / "clear_learn" / "data" / "rollouts-default.jsonl"
+    by_id = {r["id"]: r for r in rows}
+    for rec in map(json.loads, done.read_text().splitlines()):
+        assert by_id[rec["id"]]["text"] == rec["text"], rec["id"]
+
+
+def test_a_broad_item_does_not_depend_on_the_dataset_size():
+    """Items 0-7 of a setting were drawn from a dataset of 8, later ones from one of
+    BROAD_POOL: the first 8 are the same in both (so the pool continues the first draw)."""
+    pytest.importorskip("reasoning_gym")
+    from clear_learn.generation.problems import (BROAD_POOL, BROAD_SETTINGS, _dataset,
+                                                 setting_seed)
+
+    for s in BROAD_SETTINGS:
+        seed = setting_seed(s, 2026)
+        small, pool = _dataset(s, seed, 8), _dataset(s, seed, BROAD_POOL)
+        for i in range(8):
+            assert (small[i]["question"], str(small[i]["answer"])) == (
+                pool[i]["question"], str(pool[i]["answer"])), (s, i)
 
 
 def test_broad_setting_seeds_do_not_depend_on_position():

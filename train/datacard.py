@@ -54,6 +54,27 @@ def stats_table(recs: list[dict], planned: dict[tuple[str, str], int]) -> list[s
     return lines
 
 
+def broad_share(problems: list[dict], recs: list[dict]) -> list[str]:
+    """The broad families (those after the original 440 problems): how many, and the share
+    of their problems in settings never solved so far (issue 16: about 15% at most)."""
+    original = {p["task"] for p in problems[:440]}
+    broad = [p for p in problems[440:] if p["task"] not in original]
+    done = {r["id"]: r for r in recs}
+    key = lambda r: (r["task"], r.get("difficulty", "-"))  # noqa: E731
+    solved = {key(done[p["id"]]) for p in broad if p["id"] in done
+              and any(x["correct"] for x in done[p["id"]]["rollouts"])}
+    seen = [p for p in broad if p["id"] in done]
+    never = [p for p in seen if key(p) not in solved]
+    never_planned = [p for p in broad if key(p) not in solved
+                     and any(key(q) == key(p) for q in seen)]
+    fams = {p["task"] for p in broad}
+    per = min(sum(p["task"] == f for p in broad) for f in fams) if fams else 0
+    return [f"- broad families: {len(fams)} (at least {per} problems each planned), "
+            f"{len(seen)} of {len(broad)} problems done; in settings never solved so far: "
+            f"{len(never)} of those done ({len(never) / max(len(seen), 1):.0%}), "
+            f"{len(never_planned)} of those planned ({len(never_planned) / len(broad):.0%})", ""]
+
+
 def n_families(rows: list[dict]) -> int:
     return len({r["task"] for r in rows})
 
@@ -160,17 +181,20 @@ def main() -> None:
         "",
         f"- `problems-default.jsonl`: {len(problems['default'])} reasoning-gym problems of "
         f"{n_families(problems['default'])} families: first the original 440 (22 settings x "
-        "20), then the broad families (`BROAD_SETTINGS`, each setting seeded by its own name), "
-        "each block interleaved so that any prefix is balanced; texts included (generated "
-        "offline by reasoning-gym, Apache-2.0)",
+        "20), then the broad families (`broad_problems`: `BROAD_SETTINGS`, each setting seeded "
+        "by its own name, 8 problems a setting or `BROAD_COUNTS`), each block interleaved so "
+        "that any prefix is balanced (the broad block in proportion to the planned counts); "
+        "texts included (generated offline by reasoning-gym, Apache-2.0)",
         "- `rollouts-default.jsonl`: their rollouts (no response texts)",
-        f"- `rollouts-pilot-dropped.jsonl`: the pilot rollouts of the "
-        f"{n_families(load(DATA / 'rollouts-pilot-dropped.jsonl'))} candidate families dropped "
-        "after it (the first problem of each setting, 0 of 8 right at the easiest one; "
-        "reasons beside `BROAD_SETTINGS` in `clear_learn/generation/problems.py`); their "
-        "texts are in `texts/`",
+        f"- `rollouts-pilot-dropped.jsonl`: the rollouts of the "
+        f"{n_families(load(DATA / 'rollouts-pilot-dropped.jsonl'))} candidate families dropped: "
+        "4 after their pilot (the first problem of each setting, 0 of 8 right at the easiest "
+        "one) and 5 after their first 4-6 problems, never solved (so that never-solved "
+        "settings stay about 15% of the broad problems); reasons beside `BROAD_SETTINGS` in "
+        "`clear_learn/generation/problems.py`; their texts are in `texts/`",
         f"- `texts/default-AAAA-BBBB.jsonl.gz`: the response texts of {n_texts} default "
-        "problems (positions AAAA to BBBB-1 of the problem file), for `clear-learn regrade` "
+        "problems (in chunks named by the positions the problems held in the problem file "
+        "when packed; they moved when the plan changed on 2026-12-02), for `clear-learn regrade` "
         "and audits; rows generated before 2026-12-01 have none (their texts were lost "
         "with the machines that generated them)",
         f"- `problems-benchmark.jsonl`: {len(problems['benchmark'])} problems: 60 GSM8K test + "
@@ -197,6 +221,8 @@ def main() -> None:
                     f"tokens: median {np.median(toks):.0f}, 90th percentile "
                     f"{np.percentile(toks, 90):.0f}; cut off: "
                     f"{np.mean([not x['finished'] for x in rolls]):.3f}", ""]
+        if name == "default":
+            out += broad_share(problems[name], rs)
         out += stats_table(rs, planned) + [""]
     out += rate_section(load(DATA / "generation-log.jsonl")) + audit_section()
     write_text(DATA / "DATACARD.md", "\n".join(out))
