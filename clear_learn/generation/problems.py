@@ -188,6 +188,16 @@ def setting_seed(setting: Setting, seed: int) -> int:
     return seed + zlib.crc32(f"{setting.family}/{setting.difficulty}".encode()) % 1_000_000
 
 
+def _problem(s: Setting, seed: int, size: int, index: int, entry: dict) -> dict:
+    """Item ``index`` of setting ``s``'s dataset (``seed``, ``size``) as a problem row."""
+    return {"id": f"rg-{s.family}-{s.difficulty}-{index}", "text": entry["question"],
+            "task": s.family, "difficulty": s.difficulty, "answer": str(entry["answer"]),
+            "grader": "reasoning_gym",
+            "source": {"generator": "reasoning_gym", "family": s.family,
+                       "config": _jsonable(s.config), "seed": seed, "size": size,
+                       "index": index}}
+
+
 def reasoning_gym_problems(settings: Iterable[Setting] = DEFAULT_SETTINGS, per_setting: int = 20,
                            seed: int = 2026, *, positional_seeds: bool = True) -> list[dict]:
     """Problems from reasoning-gym, ``per_setting`` of each setting, interleaved so that any
@@ -205,18 +215,7 @@ def reasoning_gym_problems(settings: Iterable[Setting] = DEFAULT_SETTINGS, per_s
         ds = _dataset(s, s_seed, per_setting)
         rows = []
         for i in range(per_setting):
-            e = ds[i]
-            rows.append({
-                "id": f"rg-{s.family}-{s.difficulty}-{i}",
-                "text": e["question"],
-                "task": s.family,
-                "difficulty": s.difficulty,
-                "answer": str(e["answer"]),
-                "grader": "reasoning_gym",
-                "source": {"generator": "reasoning_gym", "family": s.family,
-                           "config": _jsonable(s.config), "seed": s_seed,
-                           "size": per_setting, "index": i},
-            })
+            rows.append(_problem(s, s_seed, per_setting, i, ds[i]))
         per.append(rows)
     return [rows[i] for i in range(per_setting) for rows in per]
 
@@ -257,17 +256,7 @@ def broad_problems(seed: int = 2026, settings: Iterable[Setting] = BROAD_SETTING
             if i >= BROAD_FIRST_ROUNDS and e["question"] in seen:
                 continue
             seen.add(e["question"])
-            rows.append({
-                "id": f"rg-{s.family}-{s.difficulty}-{i}",
-                "text": e["question"],
-                "task": s.family,
-                "difficulty": s.difficulty,
-                "answer": str(e["answer"]),
-                "grader": "reasoning_gym",
-                "source": {"generator": "reasoning_gym", "family": s.family,
-                           "config": _jsonable(s.config), "seed": s_seed, "size": size,
-                           "index": i},
-            })
+            rows.append(_problem(s, s_seed, size, i, e))
         keyed += [((r + 0.5) / len(rows), s_i, row) for r, row in enumerate(rows)]
     return [row for _, _, row in sorted(keyed, key=lambda t: t[:2])]
 
