@@ -12,6 +12,7 @@ import contextlib
 import json
 import logging
 import threading
+import time
 
 import httpx
 import openai
@@ -546,9 +547,12 @@ class GatedPredictor(FakePredictor):
         return super().predict(texts, batch_context)
 
 
-async def _encoder_busy(pred: GatedPredictor) -> None:
-    """Wait (off the loop) until the encoder holds a 'slow' batch."""
-    assert await asyncio.get_running_loop().run_in_executor(None, pred.entered.wait, 60)
+async def _encoder_busy(pred: GatedPredictor, caller: asyncio.Future) -> None:
+    """Wait until the encoder holds ``caller``'s 'slow' batch (fails, not hangs, if the
+    caller ends without it)."""
+    while not pred.entered.is_set():
+        assert not caller.done(), "the slow text was answered without the encoder"
+        await asyncio.sleep(0.001)
 
 
 def test_micro_batcher_sheds_queued_texts_past_their_deadline():
@@ -557,7 +561,7 @@ def test_micro_batcher_sheds_queued_texts_past_their_deadline():
     async def main():
         mb = MicroBatcher(pred.predict, max_batch=4, max_wait=0.0)
         slow = asyncio.ensure_future(mb.predict("slow a", deadline=0.01))
-        await _encoder_busy(pred)
+        await _encoder_busy(pred, slow)
         # queued behind the held batch: given up at its deadline, never predicted
         assert await mb.predict("hard b", deadline=0.001) is None
         late = asyncio.ensure_future(mb.predict("c"))  # no deadline: waits its turn
@@ -584,7 +588,7 @@ def test_budget_service_grants_a_shed_query_as_the_typical_one():
         pred.entered.clear()
         pred.release.clear()
         held = asyncio.ensure_future(svc.decide("slow again"))
-        await _encoder_busy(pred)
+        await _encoder_busy(pred, held)
         shed = await svc.decide("a hard one")  # would be abandoned if predicted
         pred.release.set()
         await held
@@ -610,7 +614,9 @@ def test_a_query_shed_by_the_proxy_is_budgeted_and_counted(stub):
         slow = threading.Thread(target=c.chat.completions.create, kwargs=dict(
             model="stub", messages=[{"role": "user", "content": "slow"}]))
         slow.start()
-        assert pred.entered.wait(60)
+        while not pred.entered.is_set():  # fails, not hangs, if it ends without the encoder
+            assert slow.is_alive(), "the slow request was answered without the encoder"
+            time.sleep(0.001)
         raw = c.chat.completions.with_raw_response.create(model="stub", messages=HARD)
         pred.release.set()
         slow.join(60)
