@@ -9,6 +9,7 @@ stages of its config turn them into the shipped curves (:func:`.pipeline.postpro
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
@@ -34,6 +35,10 @@ __all__ = ["ClearPredictor", "PASS_SIZE"]
 #: lengths, passes of 16 predict about twice as many texts per second as one pass of 64
 #: (``benchmarks/bench_predict.py``).
 PASS_SIZE = 16
+
+#: Predictions from several threads take turns at the tokenizer: a fast tokenizer's padding and
+#: truncation settings are state that each call changes (two calls race to wrong lengths).
+_TOKENIZER_LOCK = threading.Lock()
 
 
 class ClearPredictor:
@@ -151,11 +156,12 @@ class ClearPredictor:
             for a in range(0, len(texts), int(batch_size)):
                 idx = order[a:a + int(batch_size)]
                 batch = [texts[i] for i in idx]
-                enc = self.tokenizer(batch, padding=True, truncation=True,
-                                     max_length=max_length, return_tensors="pt")
-                n_tok = torch.tensor([len(x) for x in self.tokenizer(
-                    batch, truncation=False, verbose=False)["input_ids"]],
-                    dtype=torch.float32, device=self.device)
+                with _TOKENIZER_LOCK:  # each call resets the shared tokenizer's truncation
+                    enc = self.tokenizer(batch, padding=True, truncation=True,
+                                         max_length=max_length, return_tensors="pt")
+                    full = self.tokenizer(batch, truncation=False, verbose=False)["input_ids"]
+                n_tok = torch.tensor([len(x) for x in full], dtype=torch.float32,
+                                     device=self.device)
                 if n_range is not None:  # no extrapolation beyond the trained lengths
                     n_tok = n_tok.clamp(*n_range)
                 surface = None
