@@ -533,7 +533,12 @@ def test_a_failing_on_batch_does_not_stop_the_micro_batcher(caplog):
 
 
 class GatedPredictor(FakePredictor):
-    """A FakePredictor whose batches with a 'slow' text hold the encoder until ``release``."""
+    """A FakePredictor whose batches with a 'slow' text hold the encoder until ``release``
+    (each test sets it in a ``finally``, so a failure never leaves the encoder held).
+
+    Deadlines in these tests are 0 (or as good as): whether a text is shed then depends only
+    on the event loop's order (a text the worker has woken for is taken before its deadline's
+    callback runs; a text queued behind the held encoder is not taken), never on a clock."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -542,8 +547,7 @@ class GatedPredictor(FakePredictor):
     def predict(self, texts, batch_context: bool = True):
         if any("slow" in t for t in texts):
             self.entered.set()
-            if not self.release.wait(60):  # a hang guard, not a timing: the test fails
-                raise RuntimeError("never released")
+            self.release.wait()
         return super().predict(texts, batch_context)
 
 
@@ -552,7 +556,7 @@ async def _encoder_busy(pred: GatedPredictor, caller: asyncio.Future) -> None:
     caller ends without it)."""
     while not pred.entered.is_set():
         assert not caller.done(), "the slow text was answered without the encoder"
-        await asyncio.sleep(0.001)
+        await asyncio.sleep(0)
 
 
 def test_micro_batcher_sheds_queued_texts_past_their_deadline():
@@ -560,13 +564,15 @@ def test_micro_batcher_sheds_queued_texts_past_their_deadline():
 
     async def main():
         mb = MicroBatcher(pred.predict, max_batch=4, max_wait=0.0)
-        slow = asyncio.ensure_future(mb.predict("slow a", deadline=0.01))
-        await _encoder_busy(pred, slow)
-        # queued behind the held batch: given up at its deadline, never predicted
-        assert await mb.predict("hard b", deadline=0.001) is None
-        late = asyncio.ensure_future(mb.predict("c"))  # no deadline: waits its turn
-        await asyncio.sleep(0.05)  # past slow's deadline (taken: it is not shed)
-        pred.release.set()
+        try:
+            # taken by the worker at once: its deadline passes while it is predicted
+            slow = asyncio.ensure_future(mb.predict("slow a", deadline=0))
+            await _encoder_busy(pred, slow)
+            # queued behind the held batch: given up at its deadline, never predicted
+            assert await mb.predict("hard b", deadline=0) is None
+            late = asyncio.ensure_future(mb.predict("c"))  # no deadline: waits its turn
+        finally:
+            pred.release.set()
         out = await slow, await late
         await mb.aclose()
         return out
@@ -580,17 +586,19 @@ def test_budget_service_grants_a_shed_query_as_the_typical_one():
     pred = GatedPredictor()
     svc = BudgetService(pred, StreamController(tokens_per_query=100, price=PRICE,
                                                horizon=1e9, fallback_tokens=16),
-                        max_tokens=512, queue_timeout=0.001)
+                        max_tokens=512, queue_timeout=1e-9)
 
     async def main():
         first = await svc.decide("slow but easy")  # no typical yet: it waits, no deadline
         assert svc.typical == (40.0, 0.9, 0.05)
         pred.entered.clear()
         pred.release.clear()
-        held = asyncio.ensure_future(svc.decide("slow again"))
-        await _encoder_busy(pred, held)
-        shed = await svc.decide("a hard one")  # would be abandoned if predicted
-        pred.release.set()
+        try:
+            held = asyncio.ensure_future(svc.decide("slow again"))
+            await _encoder_busy(pred, held)
+            shed = await svc.decide("a hard one")  # would be abandoned if predicted
+        finally:
+            pred.release.set()
         await held
         after = await svc.decide("a hard one")
         await svc.aclose()
@@ -607,19 +615,21 @@ def test_budget_service_grants_a_shed_query_as_the_typical_one():
 def test_a_query_shed_by_the_proxy_is_budgeted_and_counted(stub):
     pred = GatedPredictor()
     pred.release.set()
-    with proxy(stub.url + "/v1", predictor=pred, queue_timeout_ms=1) as px:
+    with proxy(stub.url + "/v1", predictor=pred, queue_timeout_ms=1e-6) as px:
         c = client(px)
         c.chat.completions.create(model="stub", messages=EASY)  # sets the typical curve
         pred.release.clear()
         slow = threading.Thread(target=c.chat.completions.create, kwargs=dict(
             model="stub", messages=[{"role": "user", "content": "slow"}]))
-        slow.start()
-        while not pred.entered.is_set():  # fails, not hangs, if it ends without the encoder
-            assert slow.is_alive(), "the slow request was answered without the encoder"
-            time.sleep(0.001)
-        raw = c.chat.completions.with_raw_response.create(model="stub", messages=HARD)
-        pred.release.set()
-        slow.join(60)
+        try:
+            slow.start()
+            while not pred.entered.is_set():  # fails, not hangs, if it ends without it
+                assert slow.is_alive(), "the slow request was answered without the encoder"
+                time.sleep(0)
+            raw = c.chat.completions.with_raw_response.create(model="stub", messages=HARD)
+        finally:
+            pred.release.set()
+        slow.join()
         assert raw.headers["x-clear-max-tokens"] == "150"  # the easy typical, not abandoned
         assert raw.headers["x-clear-abandoned"] == "false"
         assert "clear_shed_total 1.0" in httpx.get(px.url + "/metrics").text
