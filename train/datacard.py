@@ -65,8 +65,8 @@ def broad_share(problems: list[dict], recs: list[dict]) -> list[str]:
               and any(x["correct"] for x in done[p["id"]]["rollouts"])}
     seen = [p for p in broad if p["id"] in done]
     never = [p for p in seen if key(p) not in solved]
-    never_planned = [p for p in broad if key(p) not in solved
-                     and any(key(q) == key(p) for q in seen)]
+    tried = {key(p) for p in seen}
+    never_planned = [p for p in broad if key(p) in tried - solved]
     fams = {p["task"] for p in broad}
     per = min(sum(p["task"] == f for p in broad) for f in fams) if fams else 0
     return [f"- broad families: {len(fams)} (at least {per} problems each planned), "

@@ -106,7 +106,7 @@ def split_records(records: list[dict], *, split: str = "query",
         rest = np.array([i for i in range(n) if records[i]["task"] not in set(test_tasks)])
         rest = rest[rng.permutation(rest.size)]
         n_val = int(round(val_fraction * rest.size))
-        train, val = _same_text_together(records, rest, [n_val])
+        val, train = _same_text_together(records, rest, [n_val])
         return train, val, test
     if split == "all":  # the final refit of a recipe already measured on a held-out split
         return list(range(n)), [], []
@@ -115,21 +115,21 @@ def split_records(records: list[dict], *, split: str = "query",
     order = rng.permutation(n)
     n_test = int(round(test_fraction * n))
     n_val = int(round(val_fraction * n))
-    train, test, val = _same_text_together(records, order, [n_test, n_test + n_val])
+    test, val, train = _same_text_together(records, order, [n_test, n_test + n_val])
     return train, val, test
 
 
 def _same_text_together(records: list[dict], order: np.ndarray, cuts: list[int]
                         ) -> list[list[int]]:
-    """The parts of ``order`` after its last cut, then before each cut in turn (each sorted),
-    with every query placed in the part of the first query in ``order`` with its text: two
-    copies of one text never straddle a split. Without copies, plain slices of ``order``."""
+    """``order`` cut at ``cuts`` into parts (each sorted), with every query placed in the part
+    of the first query in ``order`` with its text: two copies of one text never straddle a
+    split. Without copies, plain slices of ``order``."""
     part = np.searchsorted(np.asarray(cuts), np.arange(order.size), side="right")
     first: dict[str, int] = {}
     out: list[list[int]] = [[] for _ in range(len(cuts) + 1)]
     for pos, i in enumerate(order.tolist()):
         out[first.setdefault(records[i]["text"], int(part[pos]))].append(i)
-    return [sorted(out[-1])] + [sorted(x) for x in out[:-1]]
+    return [sorted(x) for x in out]
 
 
 def encode_texts(tokenizer, texts: list[str], max_length: int) -> dict[str, list]:
