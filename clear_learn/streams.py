@@ -1,8 +1,10 @@
 """Traffic streams: the same queries mixed in chosen proportions, seeded.
 
-A stream is an array of indices into a list of records (repeats allowed), consumed in order;
-the evaluation cuts it into batches. Presets rank tasks by difficulty (their mean accuracy at
-the generation cap) to build easy-heavy, hard-heavy, bimodal, one-task and burst streams.
+A stream is an array of indices into a list of records, consumed in order; the evaluation cuts
+it into batches. A task asked for more queries than it has supplies each of them once before
+any twice (:func:`draw_spread`), so a batch holds as few copies of one text as the stream
+allows. Presets rank tasks by difficulty (their mean accuracy at the generation cap) to build
+easy-heavy, hard-heavy, bimodal, one-task and burst streams.
 """
 
 from __future__ import annotations
@@ -11,13 +13,25 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["mixture_stream", "burst_stream", "task_difficulty", "preset_streams"]
+__all__ = ["draw_spread", "mixture_stream", "burst_stream", "task_difficulty", "preset_streams"]
+
+
+def draw_spread(pool: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+    """``size`` draws from ``pool`` in random order, each element ``size // len(pool)`` or one
+    more times (whole shuffled passes, then the rest without replacement)."""
+    pool = np.asarray(pool)
+    if size and not pool.size:
+        raise ValueError(f"cannot draw {size} queries from an empty pool")
+    passes, rest = divmod(size, pool.size) if pool.size else (0, 0)
+    parts = [rng.permutation(pool) for _ in range(passes)]
+    parts.append(rng.choice(pool, size=rest, replace=False) if rest else pool[:0])
+    return np.concatenate(parts)
 
 
 def mixture_stream(tasks: Sequence[str], weights: Mapping[str, float], size: int,
                    seed: int = 0) -> np.ndarray:
-    """``size`` indices whose tasks follow ``weights`` (normalised); queries drawn uniformly
-    within a task, with replacement only when a task has fewer queries than it must supply."""
+    """``size`` indices whose tasks follow ``weights`` (normalised); within a task the queries
+    are drawn evenly (:func:`draw_spread`), then the whole stream is shuffled."""
     tasks = np.asarray(tasks)
     unknown = set(weights) - set(tasks.tolist())
     if unknown:
@@ -30,13 +44,14 @@ def mixture_stream(tasks: Sequence[str], weights: Mapping[str, float], size: int
     parts = []
     for (task, _), c in zip(weights.items(), counts):
         pool = np.flatnonzero(tasks == task)
-        parts.append(rng.choice(pool, size=c, replace=c > pool.size))
+        parts.append(draw_spread(pool, c, rng))
     out = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
     return rng.permutation(out)
 
 
 def burst_stream(tasks: Sequence[str], size: int, burst: int, seed: int = 0) -> np.ndarray:
-    """Runs of ``burst`` consecutive queries of one task each, the task drawn at random."""
+    """Runs of ``burst`` consecutive queries of one task each, the task drawn at random and its
+    queries evenly within a run (:func:`draw_spread`)."""
     tasks = np.asarray(tasks)
     names = np.unique(tasks)
     rng = np.random.default_rng(seed)
@@ -44,7 +59,7 @@ def burst_stream(tasks: Sequence[str], size: int, burst: int, seed: int = 0) -> 
     while total < size:
         pool = np.flatnonzero(tasks == rng.choice(names))
         c = min(burst, size - total)
-        parts.append(rng.choice(pool, size=c, replace=c > pool.size))
+        parts.append(draw_spread(pool, c, rng))
         total += c
     return np.concatenate(parts)
 

@@ -16,8 +16,8 @@ them), every policy allocates the same queries and is scored on held-out rollout
   threshold), CLEAR on oracle curves, the exact optimum;
 - **traffic streams** (:func:`clear_learn.streams.preset_streams`: balanced, easy-heavy,
   hard-heavy, bimodal, bursts of 64, over the families with at least ``MIN_FAMILY``
-  queries) cut into batches of 8, 64 and 1024 (resampled with replacement; copies of one
-  text count once in the batch context);
+  queries) cut into batches of 8, 64 and 1024 (a family asked for more queries than it has
+  supplies each once before any twice; copies of one text count once in the batch context);
 - with ``--measure`` (a ``train/measure.py`` folder), its held-out-queries and unseen-sources
   protocols beside them.
 
@@ -202,9 +202,9 @@ def markdown(result: dict, figs: list[str], seconds: float) -> str:
     lines += ["## Traffic streams and batch sizes", "",
               "Share of the gap closed, mean over those of " + ", ".join(
                   map(str, STREAM_BUDGETS)) + " tokens per query where the oracle beats "
-              f"uniform by 0.02; streams of {result['stream_size']} queries drawn (with "
-              f"replacement) from the families with at least {MIN_FAMILY} queries, cut into "
-              "batches allocated one at a time.", "",
+              f"uniform by 0.02; streams of {result['stream_size']} queries drawn from the "
+              f"families with at least {MIN_FAMILY} queries (a family's queries each once "
+              "before any twice), cut into batches allocated one at a time.", "",
               "| stream | batch | " + " | ".join(SHOWN) + " |",
               "|---|---:|" + "---:|" * len(SHOWN)]
     for stream, by_size in result["streams"].items():
