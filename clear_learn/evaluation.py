@@ -51,6 +51,11 @@ def gap_closed(acc: float, uniform: float, oracle: float) -> float:
     return float((acc - uniform) / gap) if gap > 1e-12 else float("nan")
 
 
+#: the least oracle-over-uniform mean accuracy at which a budget's gap closed is a figure, not
+#: noise (near saturation, or where neither solves anything, the ratio is a quotient of noise)
+MIN_GAP = 0.02
+
+
 def _informative_budgets(report: "EvalReport", min_gap: float) -> list[int]:
     rows = report.rows
     return [j for j in range(len(report.budgets_per_query))
@@ -58,7 +63,7 @@ def _informative_budgets(report: "EvalReport", min_gap: float) -> list[int]:
             >= min_gap]
 
 
-def mean_gap_closed(report: "EvalReport", min_gap: float = 0.02) -> dict[str, float]:
+def mean_gap_closed(report: "EvalReport", min_gap: float = MIN_GAP) -> dict[str, float]:
     """Each policy's share of the gap closed, averaged over the budgets where the oracle beats
     uniform by at least ``min_gap`` mean accuracy (near saturation the ratio is noise)."""
     keep = _informative_budgets(report, min_gap)
@@ -66,9 +71,11 @@ def mean_gap_closed(report: "EvalReport", min_gap: float = 0.02) -> dict[str, fl
             else float("nan") for name, rs in report.rows.items()}
 
 
-def mean_gap_closed_sd(report: "EvalReport", min_gap: float = 0.02) -> dict[str, float]:
+def mean_gap_closed_sd(report: "EvalReport", min_gap: float = MIN_GAP) -> dict[str, float]:
     """The standard deviation over the report's rollout halvings (``splits``) of each policy's
-    mean gap closed, on the budgets :func:`mean_gap_closed` keeps; NaN for a single halving."""
+    mean gap closed, on the budgets :func:`mean_gap_closed` keeps (a halving averages those
+    where its own gap reached :data:`MIN_GAP`; a halving with none is left out); NaN with
+    fewer than two halvings."""
     keep = _informative_budgets(report, min_gap)
     out = {}
     for name, rs in report.rows.items():
@@ -76,7 +83,10 @@ def mean_gap_closed_sd(report: "EvalReport", min_gap: float = 0.02) -> dict[str,
         if not keep or any(p is None or len(p) < 2 for p in per):
             out[name] = float("nan")
             continue
-        out[name] = float(np.std(np.mean(np.array(per, dtype=float), axis=0), ddof=1))
+        by_split = np.array(per, dtype=float)  # (budgets, halvings); None (saved NaN) -> NaN
+        seen = np.isfinite(by_split).any(axis=0)
+        means = np.array([np.nanmean(col) for col in by_split.T[seen]])
+        out[name] = float(np.std(means, ddof=1)) if means.size >= 2 else float("nan")
     return out
 
 
@@ -305,9 +315,11 @@ def evaluate_policies(records: list[dict], policies: Mapping[str, Policy],
                 r["gap_closed"] = gap_closed(r["mean_accuracy"], uni, orc)
             if splits > 1:
                 u, o = acc[:, names.index("uniform"), j], acc[:, names.index("oracle"), j]
-                per = [gap_closed(a, b, c) for a, b, c in zip(acc[:, i, j], u, o)]
+                per = [gap_closed(a, b, c) if c - b >= MIN_GAP else float("nan")
+                       for a, b, c in zip(acc[:, i, j], u, o)]
                 r["gap_closed_by_split"] = per
-                r["gap_closed_sd"] = float(np.std(per, ddof=1))
+                fin = np.array([g for g in per if np.isfinite(g)])
+                r["gap_closed_sd"] = float(np.std(fin, ddof=1)) if fin.size >= 2 else float("nan")
     return EvalReport(rows=rows, budgets_per_query=[float(b) for b in budgets_per_query],
                       n_queries=int(n), meta=meta)
 
