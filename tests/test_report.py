@@ -32,7 +32,7 @@ def test_headline_skips_budgets_where_uniform_is_a_few_lucky_rollouts():
     assert h["scarcest_budget"] == 64  # 0.01 < MIN_UNIFORM: not the scarcest fair budget
     assert h["ratio_at_scarcest"]["clear-learned"] == pytest.approx(3.5)
     assert h["accuracy_at_scarcest"]["uniform"] == pytest.approx(0.10)
-    assert h["best_ratio"]["clear-learned"] == (pytest.approx(3.5), 64)
+    assert h["best_ratio"]["clear-learned"] == (pytest.approx(3.5), 64, pytest.approx(4.5))
     assert h["mean_gap_closed"]["clear-learned"] == pytest.approx(
         ((0.35 - 0.10) / 0.35 + (0.50 - 0.40) / 0.20 + (0.20 - 0.01) / 0.29) / 3)
     assert h["oracle_vs_optimum"] == pytest.approx((1 + 0.9 + 1) / 3)
@@ -48,6 +48,16 @@ def test_headline_table_says_where_the_papers_3x_is_reached_and_where_not():
     assert "reaches the paper's 3x over uniform on a at 64" in lines[-1]
     del result["protocols"]["a"]
     assert "does not reach the paper's 3x" in report.headline_table(result)[-1]
+
+
+def test_the_oracle_is_quoted_at_the_learned_policys_best_budget_not_its_own():
+    rep = _report({"uniform": [0.01, 0.10, 0.20], "clear-learned": [0.20, 0.30, 0.70],
+                   "oracle": [0.30, 0.60, 0.75]})
+    h = report.headline(rep)
+    assert h["best_ratio"]["clear-learned"] == (pytest.approx(3.5), 128, pytest.approx(3.75))
+    assert h["best_ratio"]["oracle"][:2] == (pytest.approx(6.0), 64)  # its own best elsewhere
+    line = report.headline_table({"protocols": {"a": {"headline": h}}})[-1]
+    assert "on a at 128 tokens per query (oracle 3.8x there): 3.5x" in line
 
 
 def test_readme_block_is_replaced_between_its_markers(tmp_path):
