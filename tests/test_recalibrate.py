@@ -151,10 +151,32 @@ def test_another_cap_through_the_cli(base, tmp_path):
 
 
 def test_a_smaller_cap(base):
+    """Also: the caller's torch threads and random states come back as they were, and the
+    batch-context slopes are the base's and the user's pooled by their query counts."""
+    import random
+
+    from clear_learn import ClearPredictor
+    from clear_learn.predictor.batch_context import within_task_slopes
     from clear_learn.training.recalibrate import recalibrate
 
     recs = _shifted(4, cap=256, seed=11)
-    pred = recalibrate(base, recs, epochs=1, threads=1)
+    torch.set_num_threads(1)
+    torch.manual_seed(123), np.random.seed(123), random.seed(123)
+    want = torch.rand(3), np.random.rand(3), random.random()
+    torch.manual_seed(123), np.random.seed(123), random.seed(123)
+    pred = recalibrate(base, recs, epochs=1, threads=2)
+    assert torch.get_num_threads() == 1
+    got = torch.rand(3), np.random.rand(3), random.random()
+    assert torch.equal(got[0], want[0]) and np.array_equal(got[1], want[1])
+    assert got[2] == want[2]
+    old = ClearPredictor.from_pretrained(base).config
+    b, c = old.stages.batch_context, pred.config.stages.batch_context
+    own = within_task_slopes(recs, neighbours=b.neighbours, min_similarity=b.min_similarity)
+    w = len(recs) / (len(recs) + old.training.n_train)
+    assert 0 < w < 1 and own.p_slope != b.p_slope
+    assert c.p_slope == pytest.approx(w * own.p_slope + (1 - w) * b.p_slope)
+    assert c.tau_slope == pytest.approx(w * own.tau_slope + (1 - w) * b.tau_slope)
+    assert c.max_offset == max(own.max_offset, b.max_offset)
     assert pred.max_new_tokens == 256
     texts = [r["text"] for r in recs]
     c = pred.predict(texts)

@@ -9,11 +9,16 @@ refits:
 - the architecture (base encoder, ``max_length``, LoRA r / alpha / dropout / targets, head
   width, length and surface features) and the stages' choices (``tau_k_source``, batch
   context on or off with its neighbourhood, ``tau_spread``) are the base's;
-- the stages' fitted parameters (the length line, the batch-context slopes) are refitted on
-  the user's records (:meth:`ClearPredictor.from_trained`), and the generator section and the
-  cap are the user's: the curves live in tokens of the new model. The network's outputs are
+- the length line is refitted on the user's records (:meth:`ClearPredictor.from_trained`),
+  and the generator section and the cap are the user's: the curves live in tokens of the new
+  model. The batch-context slopes (log-log, so free of the tokens' unit) are the base's and
+  the user's pooled, each weighted by the number of queries it was fitted on
+  (:func:`pooled_context`): a slope fitted on 25 queries of one family alone is mostly noise,
+  and its clipping range is the union of both; The network's outputs are
   relative to the cap ``M`` (:func:`~clear_learn.predictor.model.raw_to_curve`), so at another
   cap the base starts from the same curves as shares of ``M`` and training moves them;
+- the caller's process is left as it was: torch's thread count and the random generators'
+  states (torch, numpy, ``random``) are restored after training;
 - the head's trained range of text lengths is the union of the base's and the user's (the
   weights learned from both); the recorded training texts and families are the union too, so
   that ``clear-learn evaluate`` warns on either.
@@ -35,8 +40,10 @@ measured; head+lora is not measured yet.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import random
 import tempfile
 import time
 from dataclasses import replace
@@ -44,10 +51,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
 if TYPE_CHECKING:
+    from ..predictor.batch_context import BatchContext
     from ..predictor.inference import ClearPredictor
 
 __all__ = ["MODES", "DEFAULT_MODE", "DEFAULT_EPOCHS", "MIN_QUERIES", "recalibrate",
-           "recalibration_config", "user_records", "check_output", "register"]
+           "recalibration_config", "user_records", "check_output", "pooled_context",
+           "register"]
 
 MODES = ("head", "head+lora")
 DEFAULT_MODE = "head"
@@ -108,6 +117,44 @@ def check_output(base_dir: str | os.PathLike, out: str | os.PathLike) -> Path:
     return path
 
 
+def pooled_context(base: "BatchContext | None", n_base: int, own: "BatchContext | None",
+                   n_own: int) -> "BatchContext | None":
+    """The batch context of a recalibrated predictor: ``own`` (fitted on the user's ``n_own``
+    queries) with its slopes pooled with the ``base``'s (fitted on ``n_base``), weighted by
+    those counts, and clipped to the wider of the two ranges; ``own`` where either is None."""
+    if base is None or own is None or n_base + n_own <= 0:
+        return own
+    w = n_own / (n_base + n_own)
+    spans = [m for m in (base.max_offset, own.max_offset) if m is not None]
+    return replace(own, tau_slope=w * own.tau_slope + (1 - w) * base.tau_slope,
+                   p_slope=w * own.p_slope + (1 - w) * base.p_slope,
+                   max_offset=max(spans) if len(spans) == 2 else None)
+
+
+@contextlib.contextmanager
+def _caller_state_kept():
+    """Restore torch's thread count and the torch, numpy and ``random`` generators' states
+    (and Lightning's seed variables) on exit: training seeds and sets them globally."""
+    import numpy as np
+    import torch
+
+    threads, rng = torch.get_num_threads(), torch.random.get_rng_state()
+    np_state, py_state = np.random.get_state(), random.getstate()
+    env = {k: os.environ.get(k) for k in ("PL_GLOBAL_SEED", "PL_SEED_WORKERS")}
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        torch.random.set_rng_state(rng)
+        np.random.set_state(np_state)
+        random.setstate(py_state)
+        for k, v in env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def recalibration_config(base: "ClearPredictor", base_dir: str | os.PathLike, records: list[dict], *,
                          mode: str = DEFAULT_MODE, seed: int = 0, threads: int = 2,
                          batch_size: int = 16, run_dir: str | os.PathLike = "runs/recalibrate",
@@ -157,6 +204,7 @@ def recalibration_config(base: "ClearPredictor", base_dir: str | os.PathLike, re
     }
 
 
+@_caller_state_kept()
 def recalibrate(predictor_dir: str | os.PathLike, records: str | os.PathLike | Iterable[dict],
                 *, mode: str = DEFAULT_MODE, epochs: int | None = None, seed: int = 0,
                 threads: int = 2, generator_model: str | None = None,
@@ -217,8 +265,11 @@ def recalibrate(predictor_dir: str | os.PathLike, records: str | os.PathLike | I
         "mode": mode, "epochs": epochs, "queries": len(records),
         "train_seconds": round(secs, 1), "base_generator": b.generator.model,
         "base_max_new_tokens": b.generator.max_new_tokens}}
+    stages = replace(c.stages, batch_context=pooled_context(
+        b.stages.batch_context, bt.n_train if bt is not None else 0, c.stages.batch_context,
+        len(records)))
     config = replace(c, head=replace(c.head, n_tokens_range=n_range), generator=gen,
-                     training=training, metrics=metrics)
+                     stages=stages, training=training, metrics=metrics)
     new = ClearPredictor(pred.model, pred.tokenizer, config)
     if out is not None:
         new.save_pretrained(out)
