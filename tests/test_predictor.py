@@ -454,6 +454,13 @@ def test_bad_checkpoints_are_refused(trained, tmp_path):
     shutil.rmtree(no_adapter / "adapter")
     with pytest.raises(PredictorLoadError, match="adapter/ is missing"):
         ClearPredictor.from_pretrained(no_adapter)
+    for name in ("adapter_config.json", "adapter_model.safetensors"):  # peft's own messages
+        half = tmp_path / f"half-{name}"  # were "Repo id must be a string, not PosixPath"
+        shutil.copytree(good, half)
+        (half / "adapter" / name).unlink()
+        with pytest.raises(PredictorLoadError, match=rf"incomplete predictor, missing "
+                                                     rf"\['adapter/{name}'\]"):
+            ClearPredictor.from_pretrained(half)
     corrupt = tmp_path / "corrupt"
     shutil.copytree(good, corrupt)
     (corrupt / "head.safetensors").write_bytes(b"garbage")
@@ -567,6 +574,9 @@ def test_predict_rejects_bad_texts(trained, tmp_path):
         pred.predict(["fine", ""])
     with pytest.raises(TypeError, match="list of texts, got NoneType"):
         pred.predict(None)
+    for unordered in ({"a": 1, "b": 2}, {"a", "b"}, frozenset({"a"})):  # keys; no order
+        with pytest.raises(TypeError, match="ordered list of texts, got a"):
+            pred.predict(unordered)
     ran = []
     encode = pred.model.pooled  # the encoder
     pred.model.pooled = lambda *a: ran.append(1) or encode(*a)

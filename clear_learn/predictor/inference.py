@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Mapping, Set
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
@@ -312,6 +313,9 @@ def _checked_texts(texts: Any) -> list[str]:
         raise TypeError("predict takes a list of texts, not one string")
     if texts is None or not hasattr(texts, "__iter__"):
         raise TypeError(f"predict takes a list of texts, got {type(texts).__name__}")
+    if isinstance(texts, (Mapping, Set)):  # keys, or no order to give the curves back in
+        raise TypeError(f"predict takes an ordered list of texts, got a "
+                        f"{type(texts).__name__}")
     texts = list(texts)
     bad = [i for i, t in enumerate(texts) if not isinstance(t, str) or not t.strip()]
     if bad:

@@ -30,6 +30,8 @@ from .config import ConfigError, PredictorConfig
 __all__ = ["PredictorLoadError", "save", "check_replaceable", "load", "load_into"]
 
 _REQUIRED = ("config.json", "head.safetensors")
+#: the LoRA adapter's files (peft) of a predictor stored with weights="adapter"
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
 
 class PredictorLoadError(ValueError):
@@ -176,6 +178,10 @@ def load(path: str | os.PathLike, *, device: str = "cpu"):
     if sub and not (path / sub).is_dir():
         raise PredictorLoadError(f"{path}: config says weights={weights!r} but "
                                  f"{sub}/ is missing")
+    if weights == "adapter":
+        gone = [f"adapter/{f}" for f in ADAPTER_FILES if not (path / "adapter" / f).is_file()]
+        if gone:
+            raise PredictorLoadError(f"{path}: incomplete predictor, missing {gone}")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from safetensors import SafetensorError
     from safetensors.torch import load_file
