@@ -198,6 +198,7 @@ def test_study_measures_once_and_reads_a_measured_run_back(tmp_path, monkeypatch
     assert "tiny, ensemble of 2 seeds" in first["variants"]
     assert (tmp_path / "study" / "tiny-ensemble-s0-1" / "measure.json").is_file()
     assert "### tiny (seeds 0, 1)" in (tmp_path / "study" / "STUDY.md").read_text()
+    assert "Held out together: group-0: " in (tmp_path / "study" / "STUDY.md").read_text()
 
     def refuse(argv):
         raise AssertionError("a measured run was trained or pooled again")
@@ -223,6 +224,29 @@ def test_study_measures_once_and_reads_a_measured_run_back(tmp_path, monkeypatch
     assert study.main([*argv[:1], "tiny@1", *argv[2:-1], "threads=2"]) == 0  # other --set
     assert list(json.loads((tmp_path / "study" / "study.json").read_text())["variants"]) \
         == ["tiny"]
+
+
+def test_learning_curve_lists_the_training_family_counts_in_order():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "train"))
+    import study
+
+    def entry(pooled, fam, seeds=(0,)):
+        cell = {"pooled": {"mean": pooled}, "family_batches": {"mean": fam}}
+        return {"seeds": list(seeds), "ablation": {study.ABLATION[0][0]: cell}}
+
+    summary = {"frozen": entry(0.5, 0.6, (0, 1)), "frozen-n10": entry(0.4, 0.55),
+               "frozen-n5": entry(0.3, 0.5), "lora": entry(0.9, 0.9),
+               "frozen-n10-x": entry(0.0, 0.0)}
+    lines = study.learning_curve(summary)
+    rows = [line for line in lines if line.startswith("| ") and "variant" not in line]
+    assert rows == ["| 5 | frozen-n5 | 0 | 0.300 | 0.500 |",
+                    "| 10 | frozen-n10 | 0 | 0.400 | 0.550 |",
+                    "| all | frozen | 0, 1 | 0.500 | 0.600 |"]
+    assert study.learning_curve({"frozen": summary["frozen"]}) == []
+    assert study.learning_curve({"frozen-n5": summary["frozen-n5"]}) == []
 
 
 def test_fold_config_check_ignores_new_null_options_only(tmp_path):

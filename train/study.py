@@ -56,6 +56,7 @@ VARIANTS = {  # each names its encoder and head, whatever configs/default.yaml s
     "lora-l2": ([*LORA, "model.encoder_layers=2"], []),
     "frozen-n5": (FROZEN, ["--train-families", "5"]),
     "frozen-n10": (FROZEN, ["--train-families", "10"]),
+    "frozen-n20": (FROZEN, ["--train-families", "20"]),
 }
 #: ablation rows: (name, pooling overrides, policy read from that pooling)
 ABLATION = [
@@ -248,6 +249,27 @@ def tables(summary: dict) -> list[str]:
     return lines
 
 
+def learning_curve(summary: dict) -> list[str]:
+    """The gap closed by the shipped stages against the number of training families: the
+    ``frozen-nN`` variants beside ``frozen`` (all of a fold's other families) as a Markdown
+    table; nothing unless ``frozen`` and at least one ``frozen-nN`` were measured."""
+    import re
+
+    points = sorted((int(m.group(1)), v) for v in summary
+                    if (m := re.fullmatch(r"frozen-n(\d+)", v)))
+    if "frozen" not in summary or not points:
+        return []
+    shipped = ABLATION[0][0]
+    lines = ["### Learning curve: training families (frozen encoder)", "",
+             "| training families | variant | seeds | gap closed, one batch | each family its "
+             "own batch |", "|---|---|---|---:|---:|"]
+    for n, v in [*points, ("all", "frozen")]:
+        c = summary[v]["ablation"][shipped]
+        lines.append(f"| {n} | {v} | {', '.join(map(str, summary[v]['seeds']))} | "
+                     f"{c['pooled']['mean']:.3f} | {c['family_batches']['mean']:.3f} |")
+    return [*lines, ""]
+
+
 def merge_study(old: dict | None, new: dict) -> dict:
     """``study.json`` after a run: ``new`` (``{groups, data, set, variants}``) with the
     variants of ``old`` that it did not measure, kept where ``old`` was measured on the same
@@ -292,9 +314,10 @@ def main(argv=None) -> int:
     base = [f"data.data={args.data}", "trainer.enable_progress_bar=false", *args.set]
     from clear_learn.training.lofo import ensemble_curves
 
-    results = {}
+    results, folds = {}, None
     for v, seeds in variants.items():
         runs = {s: run(v, s, args, base) for s in seeds}
+        folds = next(iter(runs.values()))[2] or folds
         results[v] = {s: cached_measure(resolve(args.out) / f"{v}-s{s}", *r)
                       for s, r in runs.items()}
         if len(seeds) > 1:  # the seeds' curves averaged: one predictor, measured once
@@ -317,7 +340,10 @@ def main(argv=None) -> int:
             "first family of the next group. Gap closed: the mean share of the "
             "uniform-to-oracle gap over the budgets where the oracle beats uniform by 0.02.",
             ""]
-    lines = tables(study["variants"])
+    if folds:
+        head += ["Held out together: " + "; ".join(
+            f"{f.name}: {', '.join(f.test)}" for f in folds) + ".", ""]
+    lines = learning_curve(study["variants"]) + tables(study["variants"])
     write_text(out / "STUDY.md", "\n".join(head + lines) + "\n")
     print("\n".join(lines))
     print(f"wrote {out / 'STUDY.md'} and {out / 'study.json'}")
