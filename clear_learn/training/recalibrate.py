@@ -14,7 +14,7 @@ refits:
   model. The batch-context slopes (log-log, so free of the tokens' unit) are the base's and
   the user's pooled, each weighted by the number of queries it was fitted on
   (:func:`pooled_context`): a slope fitted on 25 queries of one family alone is mostly noise,
-  and its clipping range is the union of both; The network's outputs are
+  and its clipping range is the union of both. The network's outputs are
   relative to the cap ``M`` (:func:`~clear_learn.predictor.model.raw_to_curve`), so at another
   cap the base starts from the same curves as shares of ``M`` and training moves them;
 - the caller's process is left as it was: torch's thread count and the random generators'
