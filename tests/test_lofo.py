@@ -221,9 +221,13 @@ def test_study_measures_once_and_reads_a_measured_run_back(tmp_path, monkeypatch
     assert study.main([*argv[:1], "tiny@1", *argv[2:]]) == 0
     merged = json.loads((tmp_path / "study" / "study.json").read_text())
     assert list(merged["variants"]) == ["other", "tiny"]  # its old ensemble gone
-    assert study.main([*argv[:1], "tiny@1", *argv[2:-1], "threads=2"]) == 0  # other --set
+    # threads change speed only: the folds are reused and the other entries kept
+    assert study.main([*argv[:1], "tiny@1", *argv[2:-1], "threads=2"]) == 0
     assert list(json.loads((tmp_path / "study" / "study.json").read_text())["variants"]) \
-        == ["tiny"]
+        == ["other", "tiny"]
+    assert study.main([*argv[:1], "tiny@1", *argv[2:], "--set", "model.head_hidden=4"]) == 0
+    assert list(json.loads((tmp_path / "study" / "study.json").read_text())["variants"]) \
+        == ["tiny"]  # another --set that changes results: study.json starts afresh
 
 
 def test_learning_curve_lists_the_training_family_counts_in_order():

@@ -34,6 +34,7 @@ import numpy as np
 from clear_learn.atomic import write_text
 from clear_learn.predictor.pipeline import (ENCODER, LEARNED, LEARNED_NARROW, LEARNED_RAW,
                                             LENGTH, TFIDF)
+from clear_learn.training.lofo import SPEED_ONLY
 from clear_learn.training.recipe import DEFAULT_CONFIG, load_config, resolve
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -273,9 +274,13 @@ def learning_curve(summary: dict) -> list[str]:
 def merge_study(old: dict | None, new: dict) -> dict:
     """``study.json`` after a run: ``new`` (``{groups, data, set, variants}``) with the
     variants of ``old`` that it did not measure, kept where ``old`` was measured on the same
-    groups, data and ``--set`` (else ``new`` alone). A variant measured again replaces its
+    groups, data and ``--set`` (settings in ``SPEED_ONLY`` aside; else ``new`` alone). A variant measured again replaces its
     old entry and its old ensemble."""
-    same = old is not None and all(old.get(k) == new[k] for k in ("groups", "data", "set"))
+    def results_set(sets):  # --set values that change results, not only speed
+        return [x for x in sets if x.split("=")[0] not in SPEED_ONLY]
+
+    same = old is not None and all(old.get(k) == new[k] for k in ("groups", "data")) \
+        and results_set(old.get("set", [])) == results_set(new["set"])
     kept = {k: v for k, v in (old["variants"].items() if same else ())
             if k.split(", ensemble of ")[0] not in new["variants"]}
     return {**new, "variants": {**kept, **new["variants"]}}

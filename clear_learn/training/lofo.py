@@ -161,12 +161,22 @@ def check_same_config(out: Path, cfg: dict, random_val: bool, folds: dict | None
                              "(their clear-learned curves already had the batch context and "
                              "spread that pooling adds again): pass another --out, or delete "
                              "it to start over")
-        if _set_only(have) != _set_only(json.loads(json.dumps(want))):
+        if _set_only(_no_speed(have)) != _set_only(_no_speed(json.loads(json.dumps(want)))):
             raise SystemExit(f"{out} holds folds of another config ({path}): pass another "
                              "--out, or delete it to start over")
         return
     out.mkdir(parents=True, exist_ok=True)
     write_text(path, json.dumps(want, indent=1))
+
+
+#: settings that change how fast a fold trains, not what it learns
+SPEED_ONLY = ("threads",)
+
+
+def _no_speed(recorded: dict) -> dict:
+    """A recorded ``config.json`` without its :data:`SPEED_ONLY` settings."""
+    return {**recorded, "config": {k: v for k, v in recorded.get("config", {}).items()
+                                   if k not in SPEED_ONLY}}
 
 
 def _set_only(d):
