@@ -148,8 +148,8 @@ def main() -> None:
     rollouts = {name: load(DATA / f"rollouts-{name}.jsonl") for name in ("default", "benchmark")}
     texts_dir = DATA / "texts"
     have_texts = set(load_texts([texts_dir])) if texts_dir.is_dir() else set()
-    n_texts = sum(str(r['id']) in have_texts for r in rollouts['default'])
-    n_rows_without = len(rollouts['default']) - n_texts
+    n_texts = sum(str(r["id"]) in have_texts for r in rollouts["default"])
+    n_rows_without = len(rollouts["default"]) - n_texts
     out = [
         "# Data card: clear-learn's embedded rollout data sets",
         "",
@@ -195,9 +195,10 @@ def main() -> None:
         "settings stay about 15% of the broad problems); reasons beside `BROAD_SETTINGS` in "
         "`clear_learn/generation/problems.py`; their texts are in `texts/`",
         f"- `texts/default-AAAA-BBBB.jsonl.gz`: the response texts of {n_texts} default "
-        "problems and of the dropped pilot rows (in chunks named by the positions the problems held in the problem file "
-        "when packed; they moved when the plan changed on 2026-12-02), for `clear-learn regrade` "
-        f"and audits; the other {n_rows_without} default problems have none: their texts were "
+        "problems and of the dropped pilot rows (in chunks named by the positions the problems "
+        "held in the problem file when packed; they moved when the plan changed on "
+        "2026-12-02), for `clear-learn regrade` and audits;"
+        f" the other {n_rows_without} default problems have none: their texts were "
         "lost with the machines that generated them (the rows generated before 2026-12-01, "
         "and those of 2026-12-02 whose session ended before they were packed)",
         f"- `problems-benchmark.jsonl`: {len(problems['benchmark'])} problems: 60 GSM8K test + "

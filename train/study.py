@@ -123,6 +123,11 @@ def run(variant: str, seed: int, args, base_sets: list[str]):
     return sets, records, folds, curves
 
 
+def results_sets(sets: list[str]) -> list[str]:
+    """The ``KEY=VALUE`` settings of ``sets`` that change results (``SPEED_ONLY`` left out)."""
+    return [x for x in sets if x.split("=")[0] not in SPEED_ONLY]
+
+
 def measure_key(runs: list[Path], sets: list[str], folds) -> str:
     """What a cached measurement depends on: the settings, the pooling sections of the config
     they resolve to (``configs/default.yaml`` edited counts), the ablation rows and the saved
@@ -133,7 +138,7 @@ def measure_key(runs: list[Path], sets: list[str], folds) -> str:
 
     cfg = load_config(DEFAULT_CONFIG, sets)
     pooling = {k: cfg.get(k) for k in POOLING_ONLY}
-    h = hashlib.sha256(json.dumps([sets, pooling, [a[:2] for a in ABLATION]],
+    h = hashlib.sha256(json.dumps([results_sets(sets), pooling, [a[:2] for a in ABLATION]],
                                   default=str).encode())
     for out in runs:
         for fold in folds:
@@ -274,13 +279,10 @@ def learning_curve(summary: dict) -> list[str]:
 def merge_study(old: dict | None, new: dict) -> dict:
     """``study.json`` after a run: ``new`` (``{groups, data, set, variants}``) with the
     variants of ``old`` that it did not measure, kept where ``old`` was measured on the same
-    groups, data and ``--set`` (settings in ``SPEED_ONLY`` aside; else ``new`` alone). A variant measured again replaces its
-    old entry and its old ensemble."""
-    def results_set(sets):  # --set values that change results, not only speed
-        return [x for x in sets if x.split("=")[0] not in SPEED_ONLY]
-
+    groups, data and ``--set`` (:func:`results_sets`; else ``new`` alone). A variant measured
+    again replaces its old entry and its old ensemble."""
     same = old is not None and all(old.get(k) == new[k] for k in ("groups", "data")) \
-        and results_set(old.get("set", [])) == results_set(new["set"])
+        and results_sets(old.get("set", [])) == results_sets(new["set"])
     kept = {k: v for k, v in (old["variants"].items() if same else ())
             if k.split(", ensemble of ")[0] not in new["variants"]}
     return {**new, "variants": {**kept, **new["variants"]}}
