@@ -1,9 +1,8 @@
 """The committed checkpoints/default keeps giving the results recorded when it was exported:
 tests/fixtures/default_predictions.json holds its curves and allocations on 64 embedded texts,
-made by the code of the commit it names (regenerate it only with a new checkpoint); the
-allocations by the allocator of ``allocate_commit`` (re-recorded when the allocator is changed
-on purpose: 1a6dacf moved one token between two queries at 8192, 1.5e-6 more expected
-correct answers)."""
+made by the code of the commit it names (``python tests/fixtures/make_default_predictions.py``,
+only with a new checkpoint or an allocator changed on purpose); the allocations by the
+allocator of ``allocate_commit``."""
 
 import json
 from pathlib import Path
@@ -59,12 +58,12 @@ def test_predict_raw_is_the_networks_own_curve(pred):
 
 
 def test_it_records_the_texts_it_was_trained_on(pred):
-    """The checkpoint's 617 training texts (data commit d0a16f0: 489 default records, 128
-    benchmark ones) are recorded by hash: the fixture's texts (every 11th default record up
-    to 429, every 5th benchmark one) are all among them, a new text is not."""
+    """The checkpoint's 928 training texts (the 748 default records and the first 180
+    benchmark ones, 2026-12-03) are recorded by hash: the fixture's texts (every 11th default
+    record) are all among them, a new text is not."""
     assert all(pred.trained_on(FIXTURE["texts"]))
     assert pred.trained_on(["What is 1 + 1? (a text never trained on)"]) == [False]
-    assert pred.config.format_version == 2 and pred.config.training.n_train == 617
+    assert pred.config.format_version == 2 and pred.config.training.n_train == 928
 
 
 def _as_format_1(d: dict) -> dict:

@@ -1040,3 +1040,19 @@ def test_the_cards_claim_says_what_was_held_out_and_whose_curves():
     refit = _measured_claim(m, SimpleNamespace(split="all", held_out_split="task",
                                                refit_all=True))
     assert "(families it never saw), CLEAR on the held-out run's curves" in refit
+
+
+@pytest.mark.parametrize("slope, shown", [(0.0161, "tau = 179.1 + 0.0161 x characters"),
+                                          (-0.0206, "tau = 179.1 - 0.0206 x characters")])
+def test_the_cards_length_line_shows_its_slopes_sign(slope, shown):
+    """A falling line reads 'a - b x', not 'a + -b x' (the retrained checkpoint's slope is
+    negative)."""
+    from types import SimpleNamespace
+
+    from clear_learn.predictor.card import _source_line
+    from clear_learn.predictor.config import TAU_K_LENGTH, LengthLine
+
+    line = LengthLine(tau_per_char=slope, tau_at_zero=179.1, p=0.2, k=0.03)
+    cfg = SimpleNamespace(stages=SimpleNamespace(tau_k_source=TAU_K_LENGTH, length_line=line),
+                          metrics={})
+    assert shown in _source_line(cfg)

@@ -189,8 +189,9 @@ def _source_line(cfg: PredictorConfig) -> str:
     if cfg.stages.tau_k_source != TAU_K_LENGTH:
         return "the encoder's"
     line = cfg.stages.length_line
-    text = (f"a line in the text's length, tau = {line.tau_at_zero:.1f} + "
-            f"{line.tau_per_char:.4f} x characters, k = {line.k:.4g} (fitted on the "
+    sign = "-" if line.tau_per_char < 0 else "+"
+    text = (f"a line in the text's length, tau = {line.tau_at_zero:.1f} {sign} "
+            f"{abs(line.tau_per_char):.4f} x characters, k = {line.k:.4g} (fitted on the "
             "training rollouts); p from the encoder")
     means = cfg.metrics.get("mean_gap_closed", {})
     if means.get(LEARNED) is not None and means.get(ENCODER) is not None:
