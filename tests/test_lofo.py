@@ -35,6 +35,45 @@ def test_groups_partition_the_families_and_are_fixed_by_their_seed():
         make_folds(["a", "b", "c"], groups=2)
 
 
+def test_validation_passes_over_families_never_solved():
+    # t01 and t02 never solved: t00's fold validates on t03; with groups, the next group's
+    # first solved family, else the one after's
+    folds = make_folds(TASKS, unsolved={"t01", "t02"})
+    assert folds[0].val == "t03" and folds[1].val == "t03" and folds[3].val == "t04"
+    grouped = make_folds(TASKS, groups=4, group_seed=7)
+    first = grouped[1].test
+    unsolved = set(first) | {grouped[2].test[0]}  # all of group 1, group 2's first
+    again = make_folds(TASKS, groups=4, group_seed=7, unsolved=unsolved)
+    assert [f.test for f in again] == [f.test for f in grouped]  # same groups
+    assert again[0].val == grouped[2].test[1] and again[1].val == grouped[2].test[1]
+    assert again[2].val == grouped[2].val
+
+
+def test_unsolved_families_are_those_without_a_correct_rollout():
+    from clear_learn.training.lofo import unsolved_families
+
+    rec = lambda task, *ok: {"task": task, "rollouts": [{"correct": c} for c in ok]}
+    assert unsolved_families([rec("a", False, True), rec("b", False), rec("b", False, False),
+                              rec("c", True)]) == {"b"}
+
+
+def test_a_saved_fold_of_another_validation_family_is_trained_again(tmp_path):
+    import json
+
+    from clear_learn.training.lofo import POLICIES, fold_design, load_fold
+
+    fold = Fold("group-0", ("a",), "b")
+    path = tmp_path / "group-0.jsonl"
+    path.write_text("".join(json.dumps({"policy": p, "id": "q1", "tau": 1, "p": 0.5,
+                                        "k": 0.1}) + "\n" for p in POLICIES))
+    mpath = tmp_path / "group-0.metrics.json"
+    mpath.write_text(json.dumps({"best_epochs": 2, **fold_design(fold)}))
+    assert load_fold(path, {"q1"}, fold) is not None
+    assert load_fold(path, {"q1"}, Fold("group-0", ("a",), "c")) is None
+    mpath.write_text(json.dumps({"best_epochs": 2}))  # written before the design was recorded
+    assert load_fold(path, {"q1"}, fold) is None
+
+
 def test_training_families_are_a_seeded_subsample_of_the_others():
     folds = make_folds(TASKS, groups=3, train_families=5)
     for fold in folds:

@@ -9,7 +9,7 @@ For each family F (or, with ``--groups G``, each of G fixed groups of families d
 permutation seeded by ``--group-seed``): train as the config says with ``data.split=task``,
 ``test_tasks`` the held-out families and, for early stopping, ``val_tasks=[the next family]``
 (with groups: the first family of the next group; so validation also measures an unseen
-family); ``--train-families N`` trains each fold on N of its other families (seeded; a learning
+family; a family never solved is passed over, since its loss only falls with ``p``); ``--train-families N`` trains each fold on N of its other families (seeded; a learning
 curve over the number of training families). Save the held-out curves: the learned network's
 own and the TF-IDF and length baselines fitted on the same training queries. The pooled
 out-of-family curves of all folds then go through the shipped post-network stages once
@@ -31,7 +31,8 @@ import sys
 
 from clear_learn.predictor.pipeline import LEARNED
 from clear_learn.training.lofo import (check_same_config, evaluate_folds, fold_contexts,
-                                       make_folds, median_epochs, run_folds)
+                                       make_folds, median_epochs, run_folds,
+                                       unsolved_families)
 from clear_learn.training.recipe import DEFAULT_CONFIG, eval_splits, load_config, resolve
 
 
@@ -49,7 +50,7 @@ def main(argv=None) -> int:
     ap.add_argument("--train-families", type=int, metavar="N",
                     help="train each fold on N of its other families (default: all)")
     ap.add_argument("--random-val", action="store_true",
-                    help="validate on random training queries instead of the next family")
+                    help="validate on random training queries instead of the next solved family")
     ap.add_argument("--out", default="runs/cross_family")
     args = ap.parse_args(argv)
     cfg = load_config(args.config, args.set)
@@ -66,7 +67,8 @@ def main(argv=None) -> int:
         raise SystemExit("--groups and --families exclude each other")
     try:
         folds = make_folds(tasks, groups=args.groups, group_seed=args.group_seed,
-                           random_val=args.random_val, train_families=args.train_families)
+                           random_val=args.random_val, train_families=args.train_families,
+                           unsolved=unsolved_families(records))
     except ValueError as err:
         raise SystemExit(str(err)) from None
     if args.families:
@@ -93,7 +95,7 @@ def main(argv=None) -> int:
                         "batch_context": contexts and {f: c.to_dict()
                                                        for f, c in contexts.items()},
                         "tau_spread": spreads,
-                        "validation": "random" if args.random_val else "next family",
+                        "validation": "random" if args.random_val else "next solved family",
                         "fold_best_epochs": fold_epochs,
                         "folds": {f.name: {"test": f.test, "val": f.val, "train": f.train}
                                   for f in folds}, "fold_design": design})

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Collection, Sequence
 
 import numpy as np
 
@@ -25,9 +26,9 @@ from ..predictor.pipeline import ENCODER, LEARNED, LEARNED_RAW, LENGTH, TFIDF
 from .recipe import train_predictor
 
 __all__ = ["POLICIES", "FOLD_CONTENTS", "POOLING_ONLY", "Fold", "make_folds", "val_family",
-           "fold_contexts",
-           "fold_curves", "median_epochs", "check_same_config", "load_fold", "pool_stages",
-           "pooled_curves", "fit_spreads", "PooledFolds", "family_batches_report", "run_folds",
+           "unsolved_families", "fold_contexts", "fold_curves", "median_epochs",
+           "check_same_config", "fold_design", "load_fold", "pool_stages", "pooled_curves",
+           "fit_spreads", "PooledFolds", "family_batches_report", "run_folds",
            "evaluate_folds", "load_run", "saved_folds", "held_out", "ensemble_curves"]
 
 POLICIES = (LEARNED, TFIDF, LENGTH)  # saved per fold, before every post-network stage
@@ -55,30 +56,43 @@ class Fold:
         return task not in self.test and task != self.val
 
 
-def val_family(tasks: list[str], family: str, random_val: bool) -> str | None:
-    """The fold's early-stopping family: the next one in sorted order (None: random queries)."""
-    return None if random_val else tasks[(tasks.index(family) + 1) % len(tasks)]
+def val_family(candidates: Sequence[str], unsolved: Collection[str] = ()) -> str | None:
+    """The fold's early-stopping family: the first of ``candidates`` (in the order given) that
+    is solved at least once. A never-solved family cannot stop training: its loss only falls
+    as ``p`` falls towards 0 (a fold validated on one trained 26 epochs, the others 1-5)."""
+    return next((t for t in candidates if t not in unsolved), None)
+
+
+def unsolved_families(records: list[dict]) -> set[str]:
+    """The tasks of ``records`` without one correct rollout."""
+    solved = {r["task"] for r in records if any(x.get("correct") for x in r["rollouts"])}
+    return {r["task"] for r in records} - solved
 
 
 def make_folds(tasks: list[str], *, groups: int | None = None, group_seed: int = 0,
-               random_val: bool = False, train_families: int | None = None) -> list[Fold]:
+               random_val: bool = False, train_families: int | None = None,
+               unsolved: Collection[str] = ()) -> list[Fold]:
     """The study's folds over ``tasks``: one per family (``groups`` None), else ``groups``
     groups of near-equal size drawn by a permutation seeded by ``group_seed``, each held out
-    once and validated on the first family (sorted) of the next group. ``train_families``:
-    each fold trains on that many of its other families, drawn with seed ``(group_seed,
-    fold index)`` (the same draw for every training seed)."""
+    once. Each is validated on the next family in sorted order (groups: the first family,
+    sorted, of the next group, then of the one after) that is not in ``unsolved`` (families
+    never solved: :func:`unsolved_families`); ``random_val``: on random training queries.
+    ``train_families``: each fold trains on that many of its other families, drawn with seed
+    ``(group_seed, fold index)`` (the same draw for every training seed)."""
     tasks = sorted(tasks)
     if groups is None:
-        folds = [Fold(t, (t,), val_family(tasks, t, random_val)) for t in tasks]
+        parts = [[t] for t in tasks]
     else:
         if not 2 <= groups <= len(tasks):
             raise ValueError(f"groups must be between 2 and the {len(tasks)} families, got "
                              f"{groups}")
         order = np.random.default_rng(group_seed).permutation(len(tasks))
         parts = [sorted(tasks[i] for i in part) for part in np.array_split(order, groups)]
-        folds = [Fold(f"group-{g}", tuple(part),
-                      None if random_val else parts[(g + 1) % groups][0])
-                 for g, part in enumerate(parts)]
+    n = len(parts)
+    folds = [Fold(part[0] if groups is None else f"group-{g}", tuple(part),
+                  None if random_val else val_family(
+                      [t for h in range(g + 1, g + n) for t in parts[h % n]], unsolved))
+             for g, part in enumerate(parts)]
     for fold in folds:
         if not any(fold.trains_on(t) for t in tasks):
             raise ValueError(f"fold {fold.name} holds out {list(fold.test)} and validates on "
@@ -187,10 +201,22 @@ def _set_only(d):
     return d
 
 
-def load_fold(path: Path, ids: set[str]) -> dict[str, list[dict]] | None:
-    """A saved fold's curves if it covers exactly its held-out queries ``ids`` (else the data
-    has changed since it was written, and it is trained again)."""
+def fold_design(fold: Fold) -> dict:
+    """What a saved fold records of how it was trained: its validation and training families."""
+    return {"val": fold.val, "train": None if fold.train is None else list(fold.train)}
+
+
+def load_fold(path: Path, ids: set[str], fold: Fold) -> dict[str, list[dict]] | None:
+    """A saved fold's curves if it covers exactly its held-out queries ``ids`` and its
+    metrics file records ``fold``'s validation and training families (else the data or the
+    fold design has changed since it was written, and it is trained again)."""
     if not path.is_file():
+        return None
+    mpath = path.with_suffix(".metrics.json")
+    have = json.loads(mpath.read_text()) if mpath.is_file() else {}
+    if {k: have.get(k, "unrecorded") for k in ("val", "train")} != fold_design(fold):
+        print(f"{path}: written for another validation or training set of families "
+              f"({have.get('val', 'unrecorded')}, not {fold.val}); training it again")
         return None
     rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
     got = {name: [r for r in rows if r["policy"] == name] for name in POLICIES}
@@ -313,13 +339,13 @@ def run_folds(cfg: dict, records: list[dict], folds: list[Fold], out: Path
         path = out / "folds" / f"{fold.name}.jsonl"
         mpath = path.with_suffix(".metrics.json")
         ids = {str(r["id"]) for r in records if r["task"] in set(fold.test)}
-        got = load_fold(path, ids)
+        got = load_fold(path, ids, fold)
         if got is not None:
             print(f"fold {fold.name}: reusing {path}")
         else:
             got, metrics = fold_curves(cfg, fold)
             mpath.parent.mkdir(parents=True, exist_ok=True)
-            write_text(mpath, json.dumps(metrics) + "\n")
+            write_text(mpath, json.dumps({**metrics, **fold_design(fold)}) + "\n")
             write_jsonl([{"policy": name, **r} for name, rs in got.items() for r in rs], path)
         if mpath.is_file():
             fold_epochs[fold.name] = int(json.loads(mpath.read_text())["best_epochs"])
@@ -351,7 +377,8 @@ def saved_folds(out: Path, records: list[dict]) -> list[Fold]:
     design = saved.get("fold_design") or {}
     return make_folds(sorted({r["task"] for r in records}), groups=design.get("groups"),
                       group_seed=design.get("group_seed", 0), random_val=saved["random_val"],
-                      train_families=design.get("train_families"))
+                      train_families=design.get("train_families"),
+                      unsolved=unsolved_families(records))
 
 
 def held_out(records: list[dict], folds: list[Fold]) -> list[dict]:
