@@ -678,8 +678,8 @@ def test_main_job_evaluates_then_refits_on_every_query(sim_file, tmp_path, capsy
     assert set(pred.batch_context.to_dict()) == {"tau_slope", "p_slope", "neighbours",
                                                  "min_similarity", "max_offset"}
     assert {"clear-learned-raw", "clear-learned-narrow"} <= set(metrics["gap_closed"])
-    # the default takes tau and k from the length line, and reports the encoder's own too
-    assert pred.tau_k_source == "length" and "clear-encoder" in metrics["gap_closed"]
+    # the default takes tau, p and k from the encoder (no length line to compare it with)
+    assert pred.tau_k_source == "encoder" and "clear-encoder" not in metrics["gap_closed"]
 
 
 def test_regression_loss_trains_from_the_config(sim_file, tmp_path):
@@ -749,11 +749,11 @@ def test_leave_one_family_out_resumes(sim_file, tmp_path, capsys):
     rep = json.loads((tmp_path / "cv" / "report.json").read_text())
     assert set(rep["meta"]["tau_spread"]["per_family"]["clear-learned"]) == {"sim-easy",
                                                                              "sim-hard"}
-    assert "clear-encoder" in rep["policies"]  # the default takes tau and k from the length line
-    assert cross_family.main(args + ["--set", "calibration.tau_k_source=encoder"]) == 0
+    assert "clear-encoder" not in rep["policies"]  # the default: all three from the encoder
+    assert cross_family.main(args + ["--set", "calibration.tau_k_source=length"]) == 0
     assert capsys.readouterr().out.count("reusing") == 2  # acts after the folds too
     rep = json.loads((tmp_path / "cv" / "report.json").read_text())
-    assert "clear-encoder" not in rep["policies"]
+    assert "clear-encoder" in rep["policies"]  # the length line's tau and k beside the encoder's
     fold = tmp_path / "cv" / "folds" / "sim-easy.jsonl"
     fold.write_text("".join(x + "\n" for x in fold.read_text().splitlines()[1:]))
     assert cross_family.main(args) == 0  # a fold that no longer covers its family is redone
@@ -796,7 +796,7 @@ def test_saved_fold_curves_are_the_networks_own(trained, tmp_path, monkeypatch):
     sys.path.insert(0, str(ROOT / "train"))
     import cross_family
 
-    pred = _export(trained, tmp_path / "p")  # default recipe: length line, context, spread
+    pred = _export(trained, tmp_path / "p", ["calibration.tau_k_source=length"])
     assert pred.batch_context is not None and pred.tau_spread > 0
     assert pred.tau_k_source == "length"
     module, dm, _, _ = trained

@@ -36,7 +36,8 @@ def base(tmp_path_factory) -> Path:
     cfg = load_config(DEFAULT_CONFIG, [
         "model.head_hidden=32", "model.lora_r=4", "data.max_length=32", f"data.data={sim}",
         "threads=1", f"run_dir={tmp / 'run'}", "trainer.enable_progress_bar=false",
-        "trainer.enable_model_summary=false"])
+        "trainer.enable_model_summary=false",
+        "calibration.tau_k_source=length"])  # so that recalibration refits a length line
     pred, _, _ = refit_on_all(cfg, 2)
     pred.save_pretrained(tmp / "p")
     return tmp / "p"
