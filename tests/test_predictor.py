@@ -1056,3 +1056,27 @@ def test_the_cards_length_line_shows_its_slopes_sign(slope, shown):
     cfg = SimpleNamespace(stages=SimpleNamespace(tau_k_source=TAU_K_LENGTH, length_line=line),
                           metrics={})
     assert shown in _source_line(cfg)
+
+
+def test_measure_names_its_commit_and_whether_the_tree_differs(tmp_path, monkeypatch):
+    """SUMMARY.md's commit says so when tracked files differ from it (a config edited
+    before it is committed, say); untracked files do not count."""
+    import subprocess
+
+    sys.path.insert(0, str(ROOT / "train"))
+    import measure
+
+    git = lambda *a: subprocess.run(["git", "-C", str(tmp_path), *a], check=True,
+                                    capture_output=True, text=True).stdout.strip()
+    git("init", "-q")
+    (tmp_path / "a.yaml").write_text("x: 1\n")
+    git("add", "a.yaml")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "a")
+    monkeypatch.setattr(measure, "ROOT", tmp_path)
+    head = git("rev-parse", "--short", "HEAD")
+    (tmp_path / "new.txt").write_text("untracked\n")
+    assert measure.git_commit() == head
+    (tmp_path / "a.yaml").write_text("x: 2\n")
+    assert measure.git_commit() == f"{head} + uncommitted changes"
+    monkeypatch.setattr(measure, "ROOT", tmp_path / "nowhere")
+    assert measure.git_commit() == "unknown"

@@ -57,10 +57,16 @@ def data_state(sources: list[str]) -> dict:
 
 
 def git_commit() -> str:
-    """The repository's HEAD commit, or ``unknown`` outside a git checkout."""
+    """The repository's HEAD commit (``+ uncommitted changes`` where tracked files differ
+    from it), or ``unknown`` outside a git checkout."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=ROOT, text=True, capture_output=True,
+                              check=True).stdout.strip()
+
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True,
-                              capture_output=True, check=True).stdout.strip()
+        head = git("rev-parse", "--short", "HEAD")
+        return head + (" + uncommitted changes" if git("status", "--porcelain",
+                                                        "--untracked-files=no") else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
