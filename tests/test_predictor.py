@@ -1059,8 +1059,8 @@ def test_the_cards_length_line_shows_its_slopes_sign(slope, shown):
 
 
 def test_measure_names_its_commit_and_whether_the_tree_differs(tmp_path, monkeypatch):
-    """SUMMARY.md's commit says so when tracked files differ from it (a config edited
-    before it is committed, say); untracked files do not count."""
+    """SUMMARY.md's commit says so when tracked code or configs differ from it (a config
+    edited before it is committed, say); untracked files and docs do not count."""
     import subprocess
 
     sys.path.insert(0, str(ROOT / "train"))
@@ -1069,14 +1069,17 @@ def test_measure_names_its_commit_and_whether_the_tree_differs(tmp_path, monkeyp
     git = lambda *a: subprocess.run(["git", "-C", str(tmp_path), *a], check=True,
                                     capture_output=True, text=True).stdout.strip()
     git("init", "-q")
-    (tmp_path / "a.yaml").write_text("x: 1\n")
-    git("add", "a.yaml")
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "a.yaml").write_text("x: 1\n")
+    (tmp_path / "README.md").write_text("docs\n")
+    git("add", "configs", "README.md")
     git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "a")
     monkeypatch.setattr(measure, "ROOT", tmp_path)
     head = git("rev-parse", "--short", "HEAD")
     (tmp_path / "new.txt").write_text("untracked\n")
+    (tmp_path / "README.md").write_text("docs edited\n")
     assert measure.git_commit() == head
-    (tmp_path / "a.yaml").write_text("x: 2\n")
+    (tmp_path / "configs" / "a.yaml").write_text("x: 2\n")
     assert measure.git_commit() == f"{head} + uncommitted changes"
     monkeypatch.setattr(measure, "ROOT", tmp_path / "nowhere")
     assert measure.git_commit() == "unknown"

@@ -57,16 +57,17 @@ def data_state(sources: list[str]) -> dict:
 
 
 def git_commit() -> str:
-    """The repository's HEAD commit (``+ uncommitted changes`` where tracked files differ
-    from it), or ``unknown`` outside a git checkout."""
+    """The repository's HEAD commit (``+ uncommitted changes`` where tracked files of the
+    code or configs differ from it), or ``unknown`` outside a git checkout."""
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=ROOT, text=True, capture_output=True,
                               check=True).stdout.strip()
 
     try:
         head = git("rev-parse", "--short", "HEAD")
-        return head + (" + uncommitted changes" if git("status", "--porcelain",
-                                                        "--untracked-files=no") else "")
+        changed = git("status", "--porcelain", "--untracked-files=no", "--", "clear_learn",
+                      "configs", "train")
+        return head + (" + uncommitted changes" if changed else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
