@@ -9,8 +9,9 @@ For each family F (or, with ``--groups G``, each of G fixed groups of families d
 permutation seeded by ``--group-seed``): train as the config says with ``data.split=task``,
 ``test_tasks`` the held-out families and, for early stopping, ``val_tasks=[the next family]``
 (with groups: the first family of the next group; so validation also measures an unseen
-family; a family never solved is passed over, since its loss only falls with ``p``); ``--train-families N`` trains each fold on N of its other families (seeded; a learning
-curve over the number of training families). Save the held-out curves: the learned network's
+family; a family never solved is passed over, since its loss only falls with ``p``);
+``--train-families N`` trains each fold on N of its other families (seeded; a learning curve
+over the number of training families). Save the held-out curves: the learned network's
 own and the TF-IDF and length baselines fitted on the same training queries. The pooled
 out-of-family curves of all folds then go through the shipped post-network stages once
 (``clear_learn.predictor.pipeline``: the config's tau/k source, each query's own fold's batch

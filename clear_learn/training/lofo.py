@@ -59,7 +59,7 @@ class Fold:
 def val_family(candidates: Sequence[str], unsolved: Collection[str] = ()) -> str | None:
     """The fold's early-stopping family: the first of ``candidates`` (in the order given) that
     is solved at least once. A never-solved family cannot stop training: its loss only falls
-    as ``p`` falls towards 0 (a fold validated on one trained 26 epochs, the others 1-5)."""
+    as ``p`` falls towards 0 (a fold validated on one ran 26 epochs, the others 6-10)."""
     return next((t for t in candidates if t not in unsolved), None)
 
 
