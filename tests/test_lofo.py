@@ -53,8 +53,11 @@ def test_unsolved_families_are_those_without_a_correct_rollout():
     from clear_learn.training.lofo import unsolved_families
 
     rec = lambda task, *ok: {"task": task, "rollouts": [{"correct": c} for c in ok]}
-    assert unsolved_families([rec("a", False, True), rec("b", False), rec("b", False, False),
-                              rec("c", True)]) == {"b"}
+    records = [rec("a", False, True), rec("b", False), rec("b", False, False), rec("c", True)]
+    assert unsolved_families(records) == {"b"}
+    from clear_learn.training.lofo import folds_of  # the folds of records skip them too
+
+    assert [f.val for f in folds_of(records)] == ["c", "c", "a"]
 
 
 def test_a_saved_fold_of_another_validation_family_is_trained_again(tmp_path):

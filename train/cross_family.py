@@ -32,8 +32,7 @@ import sys
 
 from clear_learn.predictor.pipeline import LEARNED
 from clear_learn.training.lofo import (check_same_config, evaluate_folds, fold_contexts,
-                                       make_folds, median_epochs, run_folds,
-                                       unsolved_families)
+                                       folds_of, median_epochs, run_folds)
 from clear_learn.training.recipe import DEFAULT_CONFIG, eval_splits, load_config, resolve
 
 
@@ -67,9 +66,8 @@ def main(argv=None) -> int:
     if args.groups and args.families:
         raise SystemExit("--groups and --families exclude each other")
     try:
-        folds = make_folds(tasks, groups=args.groups, group_seed=args.group_seed,
-                           random_val=args.random_val, train_families=args.train_families,
-                           unsolved=unsolved_families(records))
+        folds = folds_of(records, groups=args.groups, group_seed=args.group_seed,
+                         random_val=args.random_val, train_families=args.train_families)
     except ValueError as err:
         raise SystemExit(str(err)) from None
     if args.families:

@@ -99,15 +99,14 @@ def unseen_bases(args, out: Path) -> list[tuple[str, str, list[dict]]]:
     fold of ``--groups`` seeded groups of families (:func:`clear_learn.training.lofo.
     make_folds`, group seed 0), each base trained by the recipe (``--set``) without its
     fold's families and saved once under ``OUT/unseen/bases``."""
-    from clear_learn.training.lofo import make_folds, unsolved_families
+    from clear_learn.training.lofo import folds_of
     from clear_learn.predictor.data import load_records
     from clear_learn.training.recipe import DEFAULT_CONFIG, load_config, train_predictor
 
     cfg = load_config(DEFAULT_CONFIG, [f"data.data={args.data}", f"threads={args.threads}",
                                        "trainer.enable_progress_bar=false", *args.set])
     records = load_records(cfg["data"]["data"])
-    folds = make_folds(sorted({r["task"] for r in records}), groups=args.groups,
-                       unsolved=unsolved_families(records))
+    folds = folds_of(records, groups=args.groups)
     bases = []
     for fold in folds:
         path = out / "unseen" / "bases" / fold.name

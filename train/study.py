@@ -345,8 +345,8 @@ def main(argv=None) -> int:
             f"--groups {args.groups} --data \"{args.data}\"{sets}`: {args.groups} fixed groups "
             "of families (a permutation seeded 0), each held out once; early stopping on the "
             "first family of the next group that was solved at least once. Gap closed: the "
-            "mean share of the "
-            "uniform-to-oracle gap over the budgets where the oracle beats uniform by 0.02.",
+            "mean share of the uniform-to-oracle gap over the budgets where the oracle beats "
+            "uniform by 0.02.",
             ""]
     if folds:
         head += ["Held out together: " + "; ".join(

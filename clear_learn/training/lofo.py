@@ -26,7 +26,7 @@ from ..predictor.pipeline import ENCODER, LEARNED, LEARNED_RAW, LENGTH, TFIDF
 from .recipe import train_predictor
 
 __all__ = ["POLICIES", "FOLD_CONTENTS", "POOLING_ONLY", "Fold", "make_folds", "val_family",
-           "unsolved_families", "fold_contexts", "fold_curves", "median_epochs",
+           "unsolved_families", "folds_of", "fold_contexts", "fold_curves", "median_epochs",
            "check_same_config", "fold_design", "load_fold", "pool_stages", "pooled_curves",
            "fit_spreads", "PooledFolds", "family_batches_report", "run_folds",
            "evaluate_folds", "load_run", "saved_folds", "held_out", "ensemble_curves"]
@@ -109,6 +109,13 @@ def make_folds(tasks: list[str], *, groups: int | None = None, group_seed: int =
                                                              replace=False)
         out.append(Fold(fold.name, fold.test, fold.val, tuple(sorted(rest[j] for j in pick))))
     return out
+
+
+def folds_of(records: list[dict], **design) -> list[Fold]:
+    """:func:`make_folds` over the tasks of ``records``, passing over the families they never
+    solve for validation; ``design``: ``make_folds``'s keywords (groups, seeds, ...)."""
+    return make_folds(sorted({r["task"] for r in records}), unsolved=unsolved_families(records),
+                      **design)
 
 
 def fold_contexts(cfg: dict, records: list[dict], folds: list[Fold]) -> dict | None:
@@ -375,10 +382,9 @@ def saved_folds(out: Path, records: list[dict]) -> list[Fold]:
     """The folds over ``records`` of the design recorded in ``out/config.json``."""
     saved = json.loads((out / "config.json").read_text())
     design = saved.get("fold_design") or {}
-    return make_folds(sorted({r["task"] for r in records}), groups=design.get("groups"),
-                      group_seed=design.get("group_seed", 0), random_val=saved["random_val"],
-                      train_families=design.get("train_families"),
-                      unsolved=unsolved_families(records))
+    return folds_of(records, groups=design.get("groups"),
+                    group_seed=design.get("group_seed", 0), random_val=saved["random_val"],
+                    train_families=design.get("train_families"))
 
 
 def held_out(records: list[dict], folds: list[Fold]) -> list[dict]:
