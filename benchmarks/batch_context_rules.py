@@ -135,7 +135,7 @@ def main(argv=None) -> int:
     q_texts = [r["text"] for r in q_test]
     pred = ClearPredictor.from_pretrained(out / "queries" / "predictor")
     ctx = pred.batch_context or within_task_slopes([records[i] for i in tr])
-    q_raw = pred.predict(q_texts, use_batch_context=False, tau_spread=0)  # tau_k stage only
+    q_raw = pred.predict(q_texts, use_batch_context=False, tau_spread=0)  # the network's
     rep = evaluate_policies(q_test, {n: shifted(q_raw, q_texts, u, ctx.tau_slope, ctx.p_slope)
                                      for n, u in RULES.items()}, BUDGETS, seed=0, splits=splits)
     res[f"(c) held-out queries ({len(q_test)})"] = mean_gaps(rep)

@@ -18,7 +18,8 @@ import sys
 
 import numpy as np
 
-from clear_learn.predictor.pipeline import length_tau_k, postprocess
+from clear_learn.curves import Curves
+from clear_learn.predictor.pipeline import postprocess
 from clear_learn.training.recipe import DEFAULT_CONFIG, load_config
 from clear_learn.training.runs import BUDGETS, measure_dir_arg, measured_records
 
@@ -54,11 +55,11 @@ def main(argv=None) -> int:
         learned = pred.predict_raw(texts)
         length = LengthCurvePredictor().fit([records[i] for i in tr]).predict(texts)
         raw = {"learned": learned, "length": length,
-               "length tau and k, learned p": length_tau_k(learned, length)}
+               "length tau and k, learned p": Curves(length.tau, learned.p, length.k)}
         counts = np.array([len(r["rollouts"]) for r in q], dtype=float)
         cells = {name: [] for name in raw}
         for spread in (0.0, 0.7):
-            stages = pred.stages_for(tau_spread=spread, tau_k_source="encoder")
+            stages = pred.stages_for(tau_spread=spread)
             curves = {n: postprocess(c, texts, stages)
                       for n, c in raw.items()}  # each as composed here, then context, spread
             rep = evaluate_policies(q, curves, BUDGETS, seed=0, splits=halvings)

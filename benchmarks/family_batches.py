@@ -36,11 +36,17 @@ from dataclasses import replace
 
 import numpy as np
 
-from clear_learn.predictor.pipeline import (BATCH_CONTEXT, LEARNED, LENGTH, TFIDF,
-                                            length_tau_k, postprocess)
+from clear_learn.predictor.pipeline import BATCH_CONTEXT, LEARNED, LENGTH, TFIDF, postprocess
 from clear_learn.training.runs import (BUDGETS, fold_curves_of, measure_dir_arg,
                                      unseen_family_curves)
 
+
+
+def length_tau_k(network, length):
+    """``length``'s tau and k with ``network``'s p."""
+    from clear_learn.curves import Curves
+
+    return Curves(length.tau, network.p, length.k)
 
 
 def to_theta(c) -> np.ndarray:

@@ -7,7 +7,7 @@ preamble of 0 to 8,000 characters, as a router sees with long system or context 
 each length it prints the predicted curve of the text alone (tau, p, 1/k; no batch context,
 no widening) and the budget it gets when allocated, at 256 tokens per query, beside three
 short questions of the same file: with the predictor's length bounds (``n_tokens_range``,
-the length line's ``chars_range``, the batch context's ``max_offset``) and without them, as a
+the batch context's ``max_offset``) and without them, as a
 predictor exported before they were recorded would behave.
 """
 
@@ -28,8 +28,7 @@ def unbounded(pred):
     cfg, st = pred.config, pred.config.stages
     old = copy.copy(pred)
     old.config = replace(cfg, head=replace(cfg.head, n_tokens_range=None), stages=replace(
-        st, length_line=st.length_line and replace(st.length_line, chars_range=None),
-        batch_context=st.batch_context and replace(st.batch_context, max_offset=None)))
+        st, batch_context=st.batch_context and replace(st.batch_context, max_offset=None)))
     return old
 
 
@@ -50,7 +49,6 @@ def main() -> None:
     chain = [r["text"] for r in rows if r["task"] == "chain_sum"]
     question, others = chain[0], chain[1:4]
     print(f"predictor {args.predictor}: trained on texts of "
-          f"{getattr(pred.stages.length_line, 'chars_range', '?')} characters, "
           f"{pred.n_tokens_range} tokens; batch-context max_offset "
           f"{getattr(pred.batch_context, 'max_offset', '?')}")
     print("| preamble chars | text chars | tau | p | 1/k | budget | tau, unbounded | "

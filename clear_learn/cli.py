@@ -84,7 +84,7 @@ def cmd_allocate(args) -> int:
         pred = _load_predictor(args.predictor, args.runtime)
         curves = pred.predict(texts,
                               use_batch_context=not args.no_batch_context,
-                              tau_spread=args.tau_spread, tau_k_source=args.tau_k_source)
+                              tau_spread=args.tau_spread)
         max_tokens = pred.max_new_tokens if max_tokens is None else max_tokens
     else:
         curves = Curves.from_records(rows, source=args.curves, lines=lines)
@@ -120,7 +120,7 @@ def cmd_predict(args) -> int:
     texts = _texts(rows, lines, args.input)
     curves = _load_predictor(args.predictor, args.runtime).predict(
         texts, batch_size=args.batch_size, use_batch_context=not args.no_batch_context,
-        tau_spread=args.tau_spread, tau_k_source=args.tau_k_source)
+        tau_spread=args.tau_spread)
     out = [{"id": r.get("id", i), "tau": float(t), "p": float(q), "k": float(k)}
            for i, (r, t, q, k) in enumerate(zip(rows, curves.tau, curves.p, curves.k))]
     write_jsonl(out, args.output)
@@ -265,8 +265,6 @@ def cmd_import(args) -> int:
     return 0
 
 
-_TAU_K_HELP = ("where tau and k come from (default: the predictor's own; p always comes from "
-               "the encoder)")
 _SPREAD_HELP = ("widen each curve by a threshold uncertainty of sd TAU_SPREAD x tau (default: "
                 "the predictor's own, fitted on unseen task families; 0 turns it off)")
 
@@ -330,8 +328,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write {id, budget, abandoned} rows here")
     p.add_argument("--no-batch-context", action="store_true", help=_NO_CONTEXT_HELP)
     p.add_argument("--tau-spread", type=_spread, default=None, help=_SPREAD_HELP)
-    p.add_argument("--tau-k-source", choices=("encoder", "length"), default=None,
-                   help=_TAU_K_HELP)
     p.set_defaults(func=cmd_allocate)
 
     p = sub.add_parser("predict", help="curves (tau, p, k) for texts from an exported predictor")
@@ -344,8 +340,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runtime", choices=RUNTIMES, default="torch", help=_RUNTIME_HELP)
     p.add_argument("--no-batch-context", action="store_true", help=_NO_CONTEXT_HELP)
     p.add_argument("--tau-spread", type=_spread, default=None, help=_SPREAD_HELP)
-    p.add_argument("--tau-k-source", choices=("encoder", "length"), default=None,
-                   help=_TAU_K_HELP)
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("evaluate", help="Pareto frontiers of policies on held-out queries",

@@ -38,10 +38,7 @@ def test_predict_matches_the_recorded_curves(pred):
     texts = FIXTURE["texts"]
     _same(pred.predict(texts), FIXTURE["predict"])
     _same(pred.predict(texts, use_batch_context=False), FIXTURE["predict_no_context"])
-    _same(pred.predict(texts, tau_k_source="encoder"), FIXTURE["predict_encoder_source"])
-    _same(pred.predict(texts, use_batch_context=False, tau_spread=0,
-                       tau_k_source="encoder"),
-          FIXTURE["predict_network"])
+    _same(pred.predict(texts, use_batch_context=False, tau_spread=0), FIXTURE["predict_network"])
 
 
 def test_allocate_matches_the_recorded_budgets(pred):
@@ -77,18 +74,17 @@ def _as_format_1(d: dict) -> dict:
             "n_tokens_range": h["n_tokens_range"],
             "lora": {f"lora_{k}": v for k, v in (e["lora"] or {}).items()},
             "generator": d["generator"], "training": training, "metrics": d["metrics"],
-            "batch_context": s["batch_context"], "tau_spread": s["tau_spread"],
-            "tau_k_source": s["tau_k_source"], "length_curve": s["length_line"]}
+            "batch_context": s["batch_context"], "tau_spread": s["tau_spread"]}
 
 
 def test_a_format_1_export_still_loads_to_the_same_curves(tmp_path):
     """The checkpoint with its config written as format 1 loads through the migration and
     predicts the same curves; the first real format-1 export (tests/fixtures/
-    config-format1.json) migrates to a valid config."""
+    config-format1.json, tau and k from the removed length line) is refused by name."""
     import shutil
 
     from clear_learn.predictor import ClearPredictor
-    from clear_learn.predictor.config import PredictorConfig
+    from clear_learn.predictor.config import ConfigError, PredictorConfig
 
     old = tmp_path / "old"
     shutil.copytree(CKPT, old)
@@ -97,6 +93,5 @@ def test_a_format_1_export_still_loads_to_the_same_curves(tmp_path):
     pred = ClearPredictor.from_pretrained(old)
     assert pred.trained_on(["anything"]) is None  # format 1 did not record its texts
     _same(pred.predict(FIXTURE["texts"]), FIXTURE["predict"])
-    first = PredictorConfig.from_json_file(ROOT / "tests" / "fixtures" / "config-format1.json")
-    assert first.format_version == 2 and first.encoder.lora.r == 8
-    assert first.stages.tau_k_source == "length" and first.training.text_sha256 is None
+    with pytest.raises(ConfigError, match="config-format1.json: stages.tau_k_source 'length'"):
+        PredictorConfig.from_json_file(ROOT / "tests" / "fixtures" / "config-format1.json")

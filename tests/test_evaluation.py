@@ -323,7 +323,7 @@ def test_frontier_gives_each_policy_its_own_style(tmp_path, monkeypatch):
         return real(self, *args, **kw)
 
     monkeypatch.setattr(matplotlib.axes.Axes, "plot", spy)
-    names = ["uniform", "oracle", "optimum"] + [f"clear-{i}" for i in range(4)] + ["clear-encoder"]
+    names = ["uniform", "oracle", "optimum"] + [f"clear-{i}" for i in range(5)]
     plot_frontier(_report(names, 0.5), tmp_path / "f.png")
     styles = {(dash, tuple(c) if not isinstance(c, str) else c) for _, dash, c in seen}
     assert len(styles) == len(names)  # no two policies look alike

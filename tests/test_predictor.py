@@ -160,73 +160,19 @@ def test_save_load_round_trip_is_identical(trained, tmp_path):
     assert np.allclose(a.tau, c.tau, rtol=1e-4) and np.allclose(a.p, c.p, atol=1e-5)
 
 
-def test_tau_and_k_from_a_length_line(trained, tmp_path):
-    """calibration.tau_k_source=length: the exported predictor keeps the encoder's p and takes
-    tau and k from the length line fitted on its training rollouts, stored in its config."""
-    from clear_learn.predictor.baselines import LengthCurvePredictor
-    from clear_learn.predictor.export import ClearPredictor, PredictorLoadError
-
-    enc = _export(trained, tmp_path / "enc", ["calibration.tau_k_source=encoder"])
-    _export(trained, tmp_path / "len", ["calibration.tau_k_source=length"])
-    pred = ClearPredictor.from_pretrained(tmp_path / "len")
-    assert pred.tau_k_source == "length" and enc.tau_k_source == "encoder"
-    train = trained[1].split_records("train")
-    line = LengthCurvePredictor().fit(train)
-    assert pred.stages.length_line.to_dict() == line.to_dict()
-    texts = [r["text"] for r in trained[1].split_records("test")][:20]
-    bare = dict(use_batch_context=False, tau_spread=0)
-    got, own = pred.predict(texts, **bare), enc.predict(texts, **bare)
-    want = line.predict(texts)
-    assert np.allclose(got.tau, want.tau) and np.allclose(got.k, want.k)
-    assert np.allclose(got.p, own.p) and not np.allclose(got.tau, own.tau)
-    assert np.allclose(pred.predict(texts, tau_k_source="encoder", **bare).tau, own.tau)
-    a = pred.allocate(texts, 100 * len(texts), tau_k_source="encoder")
-    assert np.array_equal(a.budgets, enc.allocate(texts, 100 * len(texts)).budgets)
-    assert "- tau and k: a line in the text's length" in (tmp_path / "len" / "README.md"
-                                                          ).read_text()
-    with pytest.raises(ValueError, match="needs a predictor exported with a length line"):
-        enc.predict(texts, tau_k_source="length")
-    with pytest.raises(ValueError, match="tau_k_source must be one of"):
-        pred.predict(texts, tau_k_source="tfidf")
-    cfg = json.loads((tmp_path / "len" / "config.json").read_text())
-    cfg["stages"]["length_line"]["k"] = -1
-    (tmp_path / "len" / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(PredictorLoadError, match="stages.length_line.k must be > 0"):
-        ClearPredictor.from_pretrained(tmp_path / "len")
-    cfg["stages"]["length_line"]["k"] = 0.03
-    cfg["stages"]["tau_k_source"] = "tfidf"
-    (tmp_path / "len" / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(PredictorLoadError, match="stages.tau_k_source must be one of.*'tfidf'"):
-        ClearPredictor.from_pretrained(tmp_path / "len")
-    with pytest.raises(ValueError, match="tau_per_char must be a number"):
-        LengthCurvePredictor.from_dict(dict(line.to_dict(), tau_per_char="x"))
-    from dataclasses import replace
-
-    from clear_learn.predictor.pipeline import ENCODER, LEARNED, LENGTH, policy_curves
-
-    # what the evaluation scripts compare
-    d = policy_curves(own, {LENGTH: want}, texts, replace(pred.stages, batch_context=None,
-                                                            tau_spread=0.0))
-    assert np.allclose(d[ENCODER].tau, own.tau) and np.allclose(d[LEARNED].tau, want.tau)
-    assert np.allclose(d[LEARNED].p, own.p)
-
-
 def test_no_extrapolation_beyond_the_trained_lengths(trained, tmp_path):
-    """A text longer than every training text is read as the longest one: by the head's
-    length feature and by the length line (a long preamble must not push tau past the cap)."""
-    from clear_learn.predictor.baselines import LengthCurvePredictor
+    """A text longer than every training text is read as the longest one by the head's length
+    feature (a long preamble must not push tau past what training saw)."""
     from clear_learn.predictor.export import ClearPredictor, PredictorLoadError
 
-    _export(trained, tmp_path / "p", ["calibration.tau_k_source=length"])
+    _export(trained, tmp_path / "p")
     pred = ClearPredictor.from_pretrained(tmp_path / "p")
     train = [r["text"] for r in trained[1].split_records("train")]
     n_tok = [len(x) for x in pred.tokenizer(train, truncation=False)["input_ids"]]
     assert pred.n_tokens_range == (min(n_tok), max(n_tok))
-    chars = [len(t) for t in train]
-    assert pred.stages.length_line.chars_range == (min(chars), max(chars))
     assert pred.batch_context.max_offset > 0
     card = (tmp_path / "p" / "README.md").read_text()
-    assert f"trained on texts of {min(chars)}-{max(chars)} characters" in card
+    assert f"trained on texts of {min(n_tok)}-{max(n_tok)} tokens" in card
 
     longest = max(train, key=len)
     texts = [train[0], longest, longest + " and so on" * 400]
@@ -237,27 +183,18 @@ def test_no_extrapolation_beyond_the_trained_lengths(trained, tmp_path):
     got = pred.predict(texts, **bare)
     fed = torch.cat(seen).tolist()
     assert max(fed) == max(n_tok) and sorted(fed)[0] == n_tok[0]
-    assert got.tau[2] == pytest.approx(got.tau[1])  # the line stops at the longest text
-    assert got.tau[2] == pytest.approx(LengthCurvePredictor.from_dict(
-        pred.stages.length_line.to_dict()).predict([longest]).tau[0])
 
-    # a predictor exported before the ranges were recorded extrapolates, as it did then
+    # a predictor exported before the range was recorded extrapolates, as it did then
     cfg = json.loads((tmp_path / "p" / "config.json").read_text())
-    old = json.loads(json.dumps(cfg))
-    old["head"]["n_tokens_range"] = None
-    del old["stages"]["length_line"]["chars_range"]
-    (tmp_path / "p" / "config.json").write_text(json.dumps(old))
-    assert ClearPredictor.from_pretrained(tmp_path / "p").predict(texts, **bare).tau[2] > \
-        got.tau[2]
+    (tmp_path / "p" / "config.json").write_text(json.dumps(
+        dict(cfg, head=dict(cfg["head"], n_tokens_range=None))))
+    assert ClearPredictor.from_pretrained(tmp_path / "p").predict(texts, **bare).tau[2] != \
+        pytest.approx(got.tau[2])
     for bad in ([5], [9, 3], ["a", 1], [0, float("inf")]):
         (tmp_path / "p" / "config.json").write_text(json.dumps(
             dict(cfg, head=dict(cfg["head"], n_tokens_range=bad))))
         with pytest.raises(PredictorLoadError, match="head.n_tokens_range must be"):
             ClearPredictor.from_pretrained(tmp_path / "p")
-    (tmp_path / "p" / "config.json").write_text(json.dumps(dict(cfg, stages=dict(
-        cfg["stages"], length_line=dict(cfg["stages"]["length_line"], chars_range=[10])))))
-    with pytest.raises(PredictorLoadError, match="stages.length_line.chars_range"):
-        ClearPredictor.from_pretrained(tmp_path / "p")
 
 
 def test_training_can_start_from_an_exported_predictor(trained, sim_file, tmp_path):
@@ -408,11 +345,6 @@ def test_cli_predict_allocate_and_evaluate_with_a_predictor(trained, tmp_path, s
     assert np.allclose(narrow, ClearPredictor.from_pretrained(tmp_path / "p").predict(
         [f"What is {i} + {i * 7}?" for i in range(12)], tau_spread=0).k)
     assert not np.allclose(narrow, [r["k"] for r in rows])
-    assert main(["predict", str(tmp_path / "p"), str(texts), "-o", str(tmp_path / "e.jsonl"),
-                 "--tau-k-source", "encoder"]) == 0
-    enc = [json.loads(x)["tau"] for x in (tmp_path / "e.jsonl").read_text().splitlines()]
-    assert np.allclose(enc, ClearPredictor.from_pretrained(tmp_path / "p").predict(
-        [f"What is {i} + {i * 7}?" for i in range(12)], tau_k_source="encoder").tau)
     with pytest.raises(SystemExit):
         main(["predict", str(tmp_path / "p"), str(texts), "-o", str(tmp_path / "n.jsonl"),
               "--tau-spread", "-2"])
@@ -678,8 +610,6 @@ def test_main_job_evaluates_then_refits_on_every_query(sim_file, tmp_path, capsy
     assert set(pred.batch_context.to_dict()) == {"tau_slope", "p_slope", "neighbours",
                                                  "min_similarity", "max_offset"}
     assert {"clear-learned-raw", "clear-learned-narrow"} <= set(metrics["gap_closed"])
-    # the default takes tau, p and k from the encoder (no length line to compare it with)
-    assert pred.tau_k_source == "encoder" and "clear-encoder" not in metrics["gap_closed"]
 
 
 def test_regression_loss_trains_from_the_config(sim_file, tmp_path):
@@ -749,11 +679,6 @@ def test_leave_one_family_out_resumes(sim_file, tmp_path, capsys):
     rep = json.loads((tmp_path / "cv" / "report.json").read_text())
     assert set(rep["meta"]["tau_spread"]["per_family"]["clear-learned"]) == {"sim-easy",
                                                                              "sim-hard"}
-    assert "clear-encoder" not in rep["policies"]  # the default: all three from the encoder
-    assert cross_family.main(args + ["--set", "calibration.tau_k_source=length"]) == 0
-    assert capsys.readouterr().out.count("reusing") == 2  # acts after the folds too
-    rep = json.loads((tmp_path / "cv" / "report.json").read_text())
-    assert "clear-encoder" in rep["policies"]  # the length line's tau and k beside the encoder's
     fold = tmp_path / "cv" / "folds" / "sim-easy.jsonl"
     fold.write_text("".join(x + "\n" for x in fold.read_text().splitlines()[1:]))
     assert cross_family.main(args) == 0  # a fold that no longer covers its family is redone
@@ -789,16 +714,14 @@ def test_leave_one_family_out_resumes(sim_file, tmp_path, capsys):
 
 def test_saved_fold_curves_are_the_networks_own(trained, tmp_path, monkeypatch):
     """A fold's saved clear-learned curves are the network's own (tau, p and k from the
-    encoder, no batch context, no spread): cross_family.py's pooling applies the length line,
-    the batch context and the spread once, after the folds. (They were saved by predict()
-    with the fold predictor's defaults, which already include all three, and then got them
-    a second time.)"""
+    encoder, no batch context, no spread): cross_family.py's pooling applies the batch context
+    and the spread once, after the folds. (They were saved by predict() with the fold
+    predictor's defaults, which already include both, and then got them a second time.)"""
     sys.path.insert(0, str(ROOT / "train"))
     import cross_family
 
-    pred = _export(trained, tmp_path / "p", ["calibration.tau_k_source=length"])
+    pred = _export(trained, tmp_path / "p")
     assert pred.batch_context is not None and pred.tau_spread > 0
-    assert pred.tau_k_source == "length"
     module, dm, _, _ = trained
     from clear_learn.training import lofo
 
@@ -1040,22 +963,6 @@ def test_the_cards_claim_says_what_was_held_out_and_whose_curves():
     refit = _measured_claim(m, SimpleNamespace(split="all", held_out_split="task",
                                                refit_all=True))
     assert "(families it never saw), CLEAR on the held-out run's curves" in refit
-
-
-@pytest.mark.parametrize("slope, shown", [(0.0161, "tau = 179.1 + 0.0161 x characters"),
-                                          (-0.0206, "tau = 179.1 - 0.0206 x characters")])
-def test_the_cards_length_line_shows_its_slopes_sign(slope, shown):
-    """A falling line reads 'a - b x', not 'a + -b x' (the retrained checkpoint's slope is
-    negative)."""
-    from types import SimpleNamespace
-
-    from clear_learn.predictor.card import _source_line
-    from clear_learn.predictor.config import TAU_K_LENGTH, LengthLine
-
-    line = LengthLine(tau_per_char=slope, tau_at_zero=179.1, p=0.2, k=0.03)
-    cfg = SimpleNamespace(stages=SimpleNamespace(tau_k_source=TAU_K_LENGTH, length_line=line),
-                          metrics={})
-    assert shown in _source_line(cfg)
 
 
 def test_measure_names_its_commit_and_whether_the_tree_differs(tmp_path, monkeypatch):

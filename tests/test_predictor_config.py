@@ -11,7 +11,7 @@ import pytest
 
 from clear_learn.predictor.batch_context import BatchContext
 from clear_learn.predictor.config import (ConfigError, EncoderConfig, GeneratorConfig,
-                                          HeadConfig, LengthLine, PredictorConfig, Stages,
+                                          HeadConfig, PredictorConfig, Stages,
                                           TrainingRecord, migrate_v1, text_sha256)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,10 +29,7 @@ def _config(**stages) -> PredictorConfig:
 
 
 def test_round_trip_through_json():
-    line = LengthLine(tau_per_char=0.1, tau_at_zero=100.0, p=0.2, k=0.03,
-                      chars_range=(10, 400))
-    cfg = _config(tau_k_source="length", length_line=line,
-                  batch_context=BatchContext(0.3, -2.0, max_offset=1.5), tau_spread=0.6)
+    cfg = _config(batch_context=BatchContext(0.3, -2.0, max_offset=1.5), tau_spread=0.6)
     again = PredictorConfig.from_dict(json.loads(cfg.to_json()))
     assert again == cfg
     assert cfg.trained_on(["a", "c"]) == [True, False]
@@ -45,10 +42,7 @@ def test_round_trip_through_json():
     (lambda: EncoderConfig(base_model="x", max_length=96, weights="fp8"),
      "encoder.weights must be one of"),
     (lambda: GeneratorConfig(model="m", max_new_tokens=0), "generator.max_new_tokens"),
-    (lambda: Stages(tau_k_source="tfidf"), "stages.tau_k_source must be one of"),
-    (lambda: Stages(tau_k_source="length"), "needs stages.length_line"),
     (lambda: Stages(tau_spread=-1), "stages.tau_spread must be in"),
-    (lambda: LengthLine(0.1, 1.0, 0.5, k=0.0), "stages.length_line.k must be > 0"),
     (lambda: TrainingRecord(data="d", split="all", n_train=1, text_sha256=["xy"]),
      "training.text_sha256"),
 ])
@@ -70,12 +64,39 @@ def test_unknown_and_missing_keys_are_refused_by_name():
         PredictorConfig.from_dict({"format_version": 7})
 
 
+def test_the_removed_length_line_stage_reads_by_what_it_said():
+    """Exports written while tau and k could come from a length line carry
+    ``tau_k_source``/``length_line``: the encoder's value reads as the same predictor; a
+    predictor that used the line (its curves not reproducible now) is refused by name."""
+    d = _config(tau_spread=0.6).to_dict()
+    old = {**d, "stages": {**d["stages"], "tau_k_source": "encoder", "length_line": None}}
+    assert PredictorConfig.from_dict(old) == PredictorConfig.from_dict(d)
+    line = {"tau_per_char": 0.1, "tau_at_zero": 100.0, "p": 0.2, "k": 0.03}
+    for stages in ({"tau_k_source": "length", "length_line": line},
+                   {"tau_k_source": "encoder", "length_line": line}, {"tau_k_source": "tfidf"}):
+        with pytest.raises(ConfigError, match=r"stages.tau_k_source '\w+' with length_line "
+                                              r".*a line in the text's length.*retrain it"):
+            PredictorConfig.from_dict({**d, "stages": {**d["stages"], **stages}})
+    with pytest.raises(ConfigError, match="stages.tau_k_source 'length'"):
+        PredictorConfig.from_dict(V1)  # the first real export took tau and k from the line
+
+
+@pytest.mark.parametrize("key", ["tau_k_source", "tau_k_from"])
+def test_a_training_config_naming_the_removed_stage_is_refused(key):
+    from clear_learn.training.recipe import DEFAULT_CONFIG, load_config
+
+    with pytest.raises(SystemExit, match=f"calibration.{key}: no such setting any more: tau "
+                                         "and k always come from the encoder"):
+        load_config(DEFAULT_CONFIG, [f"calibration.{key}=length"])
+    assert "tau_k_source" not in load_config(DEFAULT_CONFIG)["calibration"]
+
+
 def test_format_1_is_migrated_in_one_place():
-    cfg = PredictorConfig.from_dict(V1)
-    assert cfg.stages.tau_k_source == V1["tau_k_source"]
+    v1 = {k: v for k, v in V1.items() if k not in ("tau_k_source", "length_curve")}
+    cfg = PredictorConfig.from_dict(v1)
+    assert cfg == PredictorConfig.from_dict({**v1, "tau_k_source": "encoder"})
     assert cfg.stages.tau_spread == V1["tau_spread"]
     assert cfg.stages.batch_context.to_dict() == V1["batch_context"]
-    assert cfg.stages.length_line.to_dict() == V1["length_curve"]
     assert cfg.head.n_tokens_range == tuple(V1["n_tokens_range"])
     assert cfg.encoder.lora.r == V1["lora"]["lora_r"] and cfg.training.text_sha256 is None
     assert cfg.generator.max_new_tokens == V1["generator"]["max_new_tokens"]
@@ -86,9 +107,9 @@ def test_format_1_is_migrated_in_one_place():
     assert old.stages == Stages() and old.head.n_tokens_range is None
     assert not old.head.length_feature and old.training is None
     with pytest.raises(ConfigError, match="format 1 config: unknown keys"):
-        migrate_v1({**V1, "encoder": {}})
+        migrate_v1({**v1, "encoder": {}})
     with pytest.raises(ConfigError, match="missing 'head_hidden'"):
-        migrate_v1({k: v for k, v in V1.items() if k != "head_hidden"})
+        migrate_v1({k: v for k, v in v1.items() if k != "head_hidden"})
     assert replace(cfg, metrics={}).metrics == {}
 
 

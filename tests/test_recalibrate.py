@@ -36,8 +36,7 @@ def base(tmp_path_factory) -> Path:
     cfg = load_config(DEFAULT_CONFIG, [
         "model.head_hidden=32", "model.lora_r=4", "data.max_length=32", f"data.data={sim}",
         "threads=1", f"run_dir={tmp / 'run'}", "trainer.enable_progress_bar=false",
-        "trainer.enable_model_summary=false",
-        "calibration.tau_k_source=length"])  # so that recalibration refits a length line
+        "trainer.enable_model_summary=false"])
     pred, _, _ = refit_on_all(cfg, 2)
     pred.save_pretrained(tmp / "p")
     return tmp / "p"
@@ -81,19 +80,16 @@ def test_recalibrated_curves_move_towards_the_users_rollouts(base, shifted, head
     p_old, p_new = old.predict_raw(texts).p.mean(), new.predict_raw(texts).p.mean()
     assert abs(p_new - true_p) < 0.5 * abs(p_old - true_p)
     assert new.predict(texts).p.mean() < old.predict(texts).p.mean() - 0.1
-    # tau: the network's own, raw and through the stages (the shipped tau is the length
-    # line's, refitted on the records: per-query fits of rarely solved queries say little)
+    # tau: the network's own, raw and through the stages
     true_tau = np.mean([r["true_curve"]["tau"] for r in shifted])
-    for kw in ({}, {"tau_k_source": "encoder"}):
-        fn = "predict" if kw else "predict_raw"
-        tau_old = getattr(old, fn)(texts, **kw).tau.mean()
-        tau_new = getattr(new, fn)(texts, **kw).tau.mean()
-        assert tau_new > 1.5 * tau_old and abs(tau_new - true_tau) < abs(tau_old - true_tau), kw
+    for fn in ("predict_raw", "predict"):
+        tau_old = getattr(old, fn)(texts).tau.mean()
+        tau_new = getattr(new, fn)(texts).tau.mean()
+        assert tau_new > 1.5 * tau_old and abs(tau_new - true_tau) < abs(tau_old - true_tau), fn
     # the base's choices, the user's generator, the training record
     c = new.config
-    assert c.stages.tau_k_source == old.tau_k_source and c.stages.tau_spread == old.tau_spread
+    assert c.stages.tau_spread == old.tau_spread
     assert (c.stages.batch_context is None) == (old.batch_context is None)
-    assert c.stages.length_line != old.config.stages.length_line  # refitted
     assert c.generator.model == "user-model" and c.generator.max_new_tokens == 512
     assert c.training.init_from == str(base) and c.training.n_train == len(shifted)
     assert c.metrics["recalibration"]["mode"] == "head"

@@ -37,7 +37,7 @@ def predictor_section(path: Path) -> list[str]:
         out.append(f"Trained on {data} ({t.n_train} queries, split {t.split}"
                    + (f", refitted on every query for {m.get('refit_epochs')} epochs after a "
                       f"held-out run on the {t.held_out_split} split" if t.refit_all else "")
-                   + f"); stages: tau and k from {cfg.stages.tau_k_source}, batch context "
+                   + f"); stages: batch context "
                    f"{'on' if cfg.stages.batch_context else 'off'}, threshold spread "
                    f"{cfg.stages.tau_spread:g}.")
         out.append("")

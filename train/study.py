@@ -65,7 +65,6 @@ ABLATION = [
     ("without the threshold spread", [], LEARNED_NARROW),
     ("without the batch context", ["batch_context.enabled=false"], LEARNED),
     ("without context and spread", [], LEARNED_RAW),
-    ("tau and k from the length line", ["calibration.tau_k_source=length"], LEARNED),
     ("TF-IDF baseline (same stages)", [], TFIDF),
     ("length line (same stages)", [], LENGTH),
 ]

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import math
 
-from .config import TAU_K_LENGTH, PredictorConfig
-from .pipeline import ENCODER, LEARNED
+from .config import PredictorConfig
+from .pipeline import LEARNED
 
 __all__ = ["model_card"]
 
@@ -62,9 +62,8 @@ def model_card(cfg: PredictorConfig) -> str:
         f"- head: mean pooling"
         f"{' + log text length' if cfg.head.length_feature else ''}"
         f"{' + surface features' if cfg.head.surface_features else ''}"
-        f" -> {cfg.head.hidden} -> 3",
+        f" -> {cfg.head.hidden} -> 3 (tau, p and k)",
         *_range_lines(cfg),
-        f"- tau and k: {_source_line(cfg)}",
         _context_line(cfg),
         f"- threshold spread: {_spread_line(cfg.stages.tau_spread)}",
         "",
@@ -174,30 +173,10 @@ def _context_line(cfg: PredictorConfig) -> str:
 def _range_lines(cfg: PredictorConfig) -> list[str]:
     """Card lines for the text lengths it was trained on (no extrapolation beyond them)."""
     toks = cfg.head.n_tokens_range
-    line = cfg.stages.length_line
-    chars = line.chars_range if line is not None else None
-    if toks is None and chars is None:
+    if toks is None:
         return []
-    seen = " and ".join(x for x in (
-        f"{chars[0]:.0f}-{chars[1]:.0f} characters" if chars else "",
-        f"{toks[0]:.0f}-{toks[1]:.0f} tokens" if toks else "") if x)
-    return [f"- trained on texts of {seen}: a longer (or shorter) text is read as the "
+    return [f"- trained on texts of {toks[0]:.0f}-{toks[1]:.0f} tokens: a longer (or shorter) text is read as the "
             "nearest trained length (no extrapolation)"]
-
-
-def _source_line(cfg: PredictorConfig) -> str:
-    if cfg.stages.tau_k_source != TAU_K_LENGTH:
-        return "the encoder's"
-    line = cfg.stages.length_line
-    sign = "-" if line.tau_per_char < 0 else "+"
-    text = (f"a line in the text's length, tau = {line.tau_at_zero:.1f} {sign} "
-            f"{abs(line.tau_per_char):.4f} x characters, k = {line.k:.4g} (fitted on the "
-            "training rollouts); p from the encoder")
-    means = cfg.metrics.get("mean_gap_closed", {})
-    if means.get(LEARNED) is not None and means.get(ENCODER) is not None:
-        text += (f"; held-out mean gap closed {means[LEARNED]:.3f} with it, "
-                 f"{means[ENCODER]:.3f} with the encoder's own tau and k")
-    return text
 
 
 def _spread_line(spread: float) -> str:

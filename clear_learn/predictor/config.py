@@ -10,14 +10,17 @@ keys refused by name. Format 2 (written by this version)::
      "head":      {"hidden", "length_feature", "surface_features", "n_tokens_range"},
      "generator": {"model", "tokenizer", "backend", "temperature", "top_p", "n",
                    "max_new_tokens"},
-     "stages":    {"tau_k_source", "length_line", "batch_context", "tau_spread"},
+     "stages":    {"batch_context", "tau_spread"},
      "training":  {"data", "split", ..., "text_sha256"},
      "metrics":   {...}}
 
 ``stages`` holds every post-network stage with its fitted parameters and the ranges it was
 fitted on (:mod:`clear_learn.predictor.pipeline` applies them). Exports of format 1 (a flat
 dict, e.g. ``checkpoints/default``) are read through :func:`migrate_v1`, the one place that
-knows their layout and their defaults.
+knows their layout and their defaults. Format-2 exports written before the length line was
+removed also carry ``stages.tau_k_source: "encoder"`` and ``stages.length_line: null``: read
+as the same predictor (:func:`_drop_tau_k_source`); one that took tau and k from the length
+line is refused by name.
 """
 
 from __future__ import annotations
@@ -31,14 +34,11 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from .batch_context import BatchContext
 
-__all__ = ["FORMAT_VERSION", "TAU_K_ENCODER", "TAU_K_LENGTH", "TAU_K_SOURCES", "WEIGHTS",
-           "ConfigError", "LoraSettings", "EncoderConfig", "HeadConfig", "GeneratorConfig",
-           "LengthLine", "Stages", "TrainingRecord", "PredictorConfig", "migrate_v1",
-           "text_sha256", "replace"]
+__all__ = ["FORMAT_VERSION", "WEIGHTS", "ConfigError", "LoraSettings", "EncoderConfig",
+           "HeadConfig", "GeneratorConfig", "Stages", "TrainingRecord", "PredictorConfig",
+           "migrate_v1", "text_sha256", "replace"]
 
 FORMAT_VERSION = 2
-TAU_K_ENCODER, TAU_K_LENGTH = "encoder", "length"
-TAU_K_SOURCES = (TAU_K_ENCODER, TAU_K_LENGTH)
 WEIGHTS = ("adapter", "merged", "base")  # LoRA adapter dir, merged encoder dir, base as is
 
 
@@ -206,41 +206,6 @@ class GeneratorConfig:
             _int("generator.n", self.n, 1)
 
 
-@dataclass(frozen=True)
-class LengthLine:
-    """tau and k from the text's length: ``tau = tau_at_zero + tau_per_char * chars`` (chars
-    clipped to ``chars_range``, the lengths it was fitted on), ``k`` constant
-    (:class:`~clear_learn.predictor.baselines.LengthCurvePredictor`)."""
-
-    tau_per_char: float
-    tau_at_zero: float
-    p: float
-    k: float
-    chars_range: tuple[float, float] | None = None
-
-    def __post_init__(self) -> None:
-        for name in ("tau_per_char", "tau_at_zero"):
-            _float(f"stages.length_line.{name}", getattr(self, name))
-        _float("stages.length_line.p", self.p, 0, 1)
-        if _float("stages.length_line.k", self.k) <= 0:
-            raise ConfigError(f"stages.length_line.k must be > 0, got {self.k!r}")
-        _set(self, "chars_range", _range("stages.length_line.chars_range", self.chars_range))
-
-    def predictor(self):
-        """The line as a fitted :class:`LengthCurvePredictor`."""
-        from .baselines import LengthCurvePredictor
-
-        return LengthCurvePredictor.from_dict(self.to_dict())
-
-    def to_dict(self) -> dict:
-        out = asdict(self)
-        if self.chars_range is None:
-            del out["chars_range"]
-        else:
-            out["chars_range"] = list(self.chars_range)
-        return out
-
-
 def _context(d) -> BatchContext:
     try:
         return BatchContext.from_dict(d)
@@ -250,19 +215,14 @@ def _context(d) -> BatchContext:
 
 @dataclass(frozen=True)
 class Stages:
-    """The post-network stages, in the order they act: tau and k from ``tau_k_source``
-    (``encoder``: the network's; ``length``: ``length_line``), the ``batch_context`` (None:
-    none), the threshold spread ``tau_spread`` (sd ``tau_spread * tau``; 0: none)."""
+    """The post-network stages, in the order they act on the network's curves: the
+    ``batch_context`` (None: none), the threshold spread ``tau_spread`` (sd
+    ``tau_spread * tau``; 0: none)."""
 
-    tau_k_source: str = TAU_K_ENCODER
-    length_line: LengthLine | None = None
     batch_context: BatchContext | None = None
     tau_spread: float = 0.0
 
     def __post_init__(self) -> None:
-        _str("stages.tau_k_source", self.tau_k_source, TAU_K_SOURCES)
-        if self.tau_k_source == TAU_K_LENGTH and self.length_line is None:
-            raise ConfigError("stages.tau_k_source 'length' needs stages.length_line")
         _set(self, "tau_spread", _float("stages.tau_spread", self.tau_spread, 0))
 
 
@@ -330,7 +290,6 @@ class PredictorConfig:
         """JSON-ready (tuples as lists); :meth:`from_dict` reads it back."""
         out = json.loads(json.dumps(asdict(self)))
         st = out["stages"]
-        st["length_line"] = self.stages.length_line and self.stages.length_line.to_dict()
         st["batch_context"] = self.stages.batch_context and self.stages.batch_context.to_dict()
         return out
 
@@ -354,9 +313,8 @@ class PredictorConfig:
                 "lora": lambda x: _build(LoraSettings, x, "encoder.lora")}),
             "head": lambda h: _build(HeadConfig, h, "head"),
             "generator": lambda g: _build(GeneratorConfig, g, "generator"),
-            "stages": lambda s: _build(Stages, s, "stages", {
-                "length_line": lambda x: _build(LengthLine, x, "stages.length_line"),
-                "batch_context": _context}),
+            "stages": lambda s: _build(Stages, _drop_tau_k_source(s, "stages"), "stages",
+                                       {"batch_context": _context}),
             "training": lambda t: _build(TrainingRecord, t, "training")})
 
     @classmethod
@@ -387,11 +345,29 @@ class PredictorConfig:
         return [text_sha256(t) in seen for t in texts]
 
 
+def _drop_tau_k_source(d, section: str):
+    """``d`` (a ``stages`` JSON object) without the keys of the removed length-line stage
+    (``tau_k_source``, ``length_line``) where they say what the stages now always do (tau
+    and k from the encoder); a predictor exported with tau and k from the length line is
+    refused: its curves cannot be reproduced by this version."""
+    if not isinstance(d, Mapping) or not {"tau_k_source", "length_line"} & set(d):
+        return d
+    d = dict(d)
+    source, line = d.pop("tau_k_source", "encoder"), d.pop("length_line", None)
+    if source != "encoder" or line is not None:
+        raise ConfigError(
+            f"{section}.tau_k_source {source!r} with length_line {line!r}: this version of "
+            "clear-learn takes tau and k from the encoder only (the stage that took them from "
+            "a line in the text's length was removed: level with the encoder on unseen "
+            "families, below it on seen ones); retrain it (train/train.py)")
+    return d
+
+
 def migrate_v1(d: Mapping) -> dict:
     """A format-1 config (the flat dict of the first exports) as a format-2 JSON object.
 
     Format 1 kept every field at the top level and left out the later ones, so its defaults
-    live here and only here: no ``tau_k_source`` is the encoder's, no ``tau_spread`` is 0, no
+    live here and only here: no ``tau_spread`` is 0, no
     ``n_tokens_range`` or ``chars_range`` is no clipping, no ``length_feature`` /
     ``surface_features`` is false; the training texts were not recorded.
     """
@@ -428,10 +404,10 @@ def migrate_v1(d: Mapping) -> dict:
                  "surface_features": d.get("surface_features", False),
                  "n_tokens_range": d.get("n_tokens_range")},
         "generator": d["generator"],
-        "stages": {"tau_k_source": d.get("tau_k_source", TAU_K_ENCODER),
-                   "length_line": d.get("length_curve"),
-                   "batch_context": d.get("batch_context") or None,
-                   "tau_spread": d.get("tau_spread", 0.0)},
+        "stages": _drop_tau_k_source({"tau_k_source": d.get("tau_k_source", "encoder"),
+                                      "length_line": d.get("length_curve"),
+                                      "batch_context": d.get("batch_context") or None,
+                                      "tau_spread": d.get("tau_spread", 0.0)}, "stages"),
         "training": training,
         "metrics": d.get("metrics") or {},
     }

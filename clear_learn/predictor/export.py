@@ -5,9 +5,8 @@ inference in :mod:`.inference`, saving and loading in :mod:`.storage`, the model
 from __future__ import annotations
 
 from .card import model_card
-from .config import FORMAT_VERSION, TAU_K_SOURCES
+from .config import FORMAT_VERSION
 from .inference import ClearPredictor
 from .storage import PredictorLoadError, load_into
 
-__all__ = ["ClearPredictor", "FORMAT_VERSION", "PredictorLoadError", "TAU_K_SOURCES",
-           "load_into", "model_card"]
+__all__ = ["ClearPredictor", "FORMAT_VERSION", "PredictorLoadError", "load_into", "model_card"]

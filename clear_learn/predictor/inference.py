@@ -22,9 +22,8 @@ from ..allocation import as_whole as _whole
 from ..curves import Curves
 from .batch_context import BatchContext
 from .calibration import check_tau_spread
-from .config import (TAU_K_LENGTH, TAU_K_SOURCES, EncoderConfig, GeneratorConfig, HeadConfig,
-                     LengthLine, LoraSettings, PredictorConfig, Stages, TrainingRecord,
-                     text_sha256)
+from .config import (EncoderConfig, GeneratorConfig, HeadConfig, LoraSettings, PredictorConfig,
+                     Stages, TrainingRecord, text_sha256)
 from .features import surface_features
 from .pipeline import postprocess
 from .runtime import OnnxEncoder, check_runtime
@@ -80,13 +79,6 @@ class ClearPredictor:
         return self.config.stages.batch_context
 
     @property
-    def tau_k_source(self) -> str:
-        """Where each curve's tau and k come from: ``encoder`` (the network's own) or
-        ``length`` (the line in the text's length of ``config.stages.length_line``); p
-        always comes from the encoder."""
-        return self.config.stages.tau_k_source
-
-    @property
     def n_tokens_range(self) -> tuple[float, float] | None:
         """The range of text lengths in tokens it was trained on: the head's length feature
         is clipped to it (None: no clipping, for exports made before it was recorded)."""
@@ -97,32 +89,23 @@ class ClearPredictor:
         """The threshold uncertainty it was exported with (sd ``tau_spread * tau``; 0: none)."""
         return self.config.stages.tau_spread
 
-    def stages_for(self, *, use_batch_context: bool = True, tau_spread: float | None = None,
-                   tau_k_source: str | None = None) -> Stages:
+    def stages_for(self, *, use_batch_context: bool = True, tau_spread: float | None = None
+                   ) -> Stages:
         """Its stages with a call's overrides (``None`` keeps its own value), checked."""
         if not isinstance(use_batch_context, bool):
             raise TypeError(f"use_batch_context must be True or False, got "
                             f"{use_batch_context!r}")
         st = self.config.stages
-        source = st.tau_k_source if tau_k_source is None else tau_k_source
-        if source not in TAU_K_SOURCES:
-            raise ValueError(f"tau_k_source must be one of {TAU_K_SOURCES}, got {source!r}")
-        if source == TAU_K_LENGTH and st.length_line is None:
-            raise ValueError("tau_k_source='length' needs a predictor exported with a "
-                             "length line (calibration.tau_k_source: length)")
-        return replace(st, tau_k_source=source,
-                       batch_context=st.batch_context if use_batch_context else None,
+        return replace(st, batch_context=st.batch_context if use_batch_context else None,
                        tau_spread=st.tau_spread if tau_spread is None
                        else check_tau_spread(tau_spread))
 
     # ---- prediction --------------------------------------------------------------------
     def predict(self, texts: Sequence[str], *, batch_size: int = PASS_SIZE,
-                use_batch_context: bool = True, tau_spread: float | None = None,
-                tau_k_source: str | None = None) -> Curves:
+                use_batch_context: bool = True, tau_spread: float | None = None) -> Curves:
         """One curve per text: :meth:`predict_raw`, then the post-network stages.
 
-        ``tau_k_source``: where tau and k come from (``None``: the predictor's own
-        :attr:`tau_k_source`; ``"encoder"`` or ``"length"``). ``use_batch_context`` (with a
+        ``use_batch_context`` (with a
         predictor exported with one, see :mod:`.batch_context`): shift each curve by its
         text's length relative to the similar texts of the same call (a text longer than its
         look-alikes gets a later, lower curve; a call of one text is unaffected).
@@ -130,14 +113,13 @@ class ClearPredictor:
         (:mod:`.calibration`); ``None`` takes the predictor's own :attr:`tau_spread`, 0 turns
         it off. Every argument is checked before the network runs.
         """
-        stages = self.stages_for(use_batch_context=use_batch_context, tau_spread=tau_spread,
-                                 tau_k_source=tau_k_source)
+        stages = self.stages_for(use_batch_context=use_batch_context, tau_spread=tau_spread)
         texts = _checked_texts(texts)
         return postprocess(self.predict_raw(texts, batch_size=batch_size), texts, stages)
 
     def predict_raw(self, texts: Sequence[str], *, batch_size: int = PASS_SIZE) -> Curves:
         """The network's own curves, one per text: tau, p and k all from the encoder, before
-        any post-network stage (no length line, batch context or threshold spread).
+        any post-network stage (no batch context or threshold spread).
 
         ``batch_size``: texts per forward pass (the texts are sorted by length first)."""
         import torch
@@ -188,7 +170,7 @@ class ClearPredictor:
     def allocate(self, texts: Sequence[str], total_budget: int, *, max_tokens=None,
                  fallback_tokens: int = 0, batch_size: int = PASS_SIZE,
                  use_batch_context: bool = True, tau_spread: float | None = None,
-                 tau_k_source: str | None = None, **kwargs) -> AllocationResult:
+                 **kwargs) -> AllocationResult:
         """Predict curves for ``texts`` and allocate ``total_budget`` tokens among them
         (:func:`clear_learn.allocate`; its arguments are checked before the network runs).
 
@@ -201,8 +183,7 @@ class ClearPredictor:
         cap = self.max_new_tokens if max_tokens is None else max_tokens
         as_caps(cap, len(texts))
         curves = self.predict(texts, batch_size=batch_size,
-                              use_batch_context=use_batch_context, tau_spread=tau_spread,
-                              tau_k_source=tau_k_source)
+                              use_batch_context=use_batch_context, tau_spread=tau_spread)
         return allocate(curves, total_budget, max_tokens=cap, fallback_tokens=fallback_tokens,
                         **kwargs)
 
@@ -215,19 +196,18 @@ class ClearPredictor:
     def from_trained(cls, model, tokenizer, records: list[dict], *, base_model: str,
                      max_length: int, lora: dict | None = None,
                      batch_context: dict | None = None, tau_spread: float = 0.0,
-                     tau_k_source: str = "encoder", training: dict | None = None,
+                     training: dict | None = None,
                      metrics: dict | None = None, all_records: list[dict] | None = None
                      ) -> "ClearPredictor":
         """A predictor from a freshly trained :class:`~.model.CurveModel` and the records it
         was trained on: every post-network stage is fitted here, on ``records``.
 
         ``batch_context``: the batch-context settings (``neighbours``, ``min_similarity``;
-        None: no batch context); ``tau_spread``, ``tau_k_source``: those stages;
+        None: no batch context); ``tau_spread``: the threshold spread;
         ``training``: what the card records of the run (data, split, seed, loss, init_from,
         ...); ``all_records``: every record of the run (default ``records``), which must
         share one generating model and one cap. The training texts are recorded by hash.
         """
-        from .baselines import LengthCurvePredictor
         from .batch_context import within_task_slopes
 
         every = records if all_records is None else all_records
@@ -246,9 +226,6 @@ class ClearPredictor:
         lora = {k.removeprefix("lora_"): v for k, v in (lora or {}).items()}
         if not lora.get("r"):
             lora = {}  # a frozen encoder: no adapter to record
-        length_line = None
-        if tau_k_source == TAU_K_LENGTH:
-            length_line = LengthLine(**LengthCurvePredictor().fit(records).to_dict())
         ctx = (within_task_slopes(records, **batch_context)
                if batch_context is not None and records else None)
         enc = model.encoder
@@ -266,8 +243,7 @@ class ClearPredictor:
                                       temperature=gen.get("temperature"),
                                       top_p=gen.get("top_p"), n=gen.get("n"),
                                       max_new_tokens=caps.pop()),
-            stages=Stages(tau_k_source=tau_k_source, length_line=length_line,
-                          batch_context=ctx, tau_spread=check_tau_spread(tau_spread)),
+            stages=Stages(batch_context=ctx, tau_spread=check_tau_spread(tau_spread)),
             training=TrainingRecord(**{
                 "split": "?", "data": "?", **(training or {}), "n_train": len(records),
                 "tasks": sorted({r["task"] for r in records}),
@@ -302,8 +278,7 @@ class ClearPredictor:
     def __repr__(self) -> str:
         st = self.stages
         return (f"ClearPredictor({self.config.encoder.base_model}, generator "
-                f"{self.config.generator.model} cap {self.max_new_tokens}, tau/k "
-                f"{st.tau_k_source}, batch context {'on' if st.batch_context else 'off'}, "
+                f"{self.config.generator.model} cap {self.max_new_tokens}, batch context {'on' if st.batch_context else 'off'}, "
                 f"tau_spread {st.tau_spread:g}, runtime {self.runtime})")
 
 

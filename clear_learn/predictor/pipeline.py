@@ -1,12 +1,10 @@
 """From the network's curves to the shipped ones: the post-network stages, in one place.
 
-The shipped predictor is four steps: the encoder's curve (``tau, p, k``), then
+The shipped predictor is three steps: the encoder's curve (``tau, p, k``), then
 
-1. ``tau_k`` (:data:`TAU_K`): ``tau`` and ``k`` from ``stages.tau_k_source``: the network's
-   own, or the length line fitted on the training rollouts (``p`` stays the network's);
-2. ``batch_context`` (:data:`BATCH_CONTEXT`): each curve shifted by its text's log length
+1. ``batch_context`` (:data:`BATCH_CONTEXT`): each curve shifted by its text's log length
    relative to its look-alikes in the same batch (:mod:`.batch_context`);
-3. ``tau_spread`` (:data:`TAU_SPREAD`): each curve widened by a threshold uncertainty of sd
+2. ``tau_spread`` (:data:`TAU_SPREAD`): each curve widened by a threshold uncertainty of sd
    ``tau_spread * tau`` (:mod:`.calibration`).
 
 :func:`postprocess` applies them; ``ClearPredictor.predict`` is ``postprocess(predict_raw)``,
@@ -24,34 +22,27 @@ import numpy as np
 from ..curves import Curves
 from .batch_context import (BatchContext, apply_batch_context, clip_offsets, relative_log_length,
                             shift_by_length)
-from .config import TAU_K_ENCODER, TAU_K_LENGTH, Stages
+from .config import Stages
 
-__all__ = ["TAU_K", "BATCH_CONTEXT", "TAU_SPREAD", "STAGES", "LEARNED", "LEARNED_RAW",
-           "LEARNED_NARROW", "ENCODER", "TFIDF", "LENGTH", "GIVEN", "TASK_PRIOR",
-           "length_tau_k", "postprocess", "policy_curves", "stream_policy"]
+__all__ = ["BATCH_CONTEXT", "TAU_SPREAD", "STAGES", "LEARNED", "LEARNED_RAW",
+           "LEARNED_NARROW", "TFIDF", "LENGTH", "GIVEN", "TASK_PRIOR", "postprocess",
+           "policy_curves", "stream_policy"]
 
 # stage names, in the order they act
-TAU_K, BATCH_CONTEXT, TAU_SPREAD = "tau_k", "batch_context", "tau_spread"
-STAGES = (TAU_K, BATCH_CONTEXT, TAU_SPREAD)
+BATCH_CONTEXT, TAU_SPREAD = "batch_context", "tau_spread"
+STAGES = (BATCH_CONTEXT, TAU_SPREAD)
 
 # policy names of the evaluation tables
 LEARNED = "clear-learned"            # the shipped curves: every stage
-LEARNED_RAW = "clear-learned-raw"    # after tau_k only (no batch context, no spread)
+LEARNED_RAW = "clear-learned-raw"    # the network's own (no batch context, no spread)
 LEARNED_NARROW = "clear-learned-narrow"  # after the batch context, before the spread
-ENCODER = "clear-encoder"            # tau and k the encoder's own, then context and spread
 TFIDF = "clear-tfidf"                # the TF-IDF baseline, then context and spread
 LENGTH = "clear-length"              # the length baseline, then context and spread
 GIVEN = "clear-given"                # curves from a file (clear-learn evaluate --curves)
 TASK_PRIOR = "clear-task-prior"      # each task's pooled training curve
 
 
-def length_tau_k(network: Curves, length: Curves) -> Curves:
-    """The ``tau_k`` stage with the length line: ``length``'s tau and k, ``network``'s p."""
-    return Curves(length.tau, network.p, length.k)
-
-
 def postprocess(network: Curves, texts: Sequence[str], stages: Stages, *,
-                length: Curves | None = None,
                 contexts: Sequence[BatchContext] | None = None,
                 spreads: np.ndarray | float | None = None,
                 until: str | None = None) -> Curves:
@@ -63,9 +54,6 @@ def postprocess(network: Curves, texts: Sequence[str], stages: Stages, *,
     texts : the batch; the batch context compares each text with the others.
     stages : which stages act and their fitted parameters (a predictor's
         ``config.stages``).
-    length : the length line's curves of ``texts`` where the caller has them (a fold's own
-        line); default ``stages.length_line``. Used when ``stages.tau_k_source`` is
-        ``length``.
     contexts : one :class:`BatchContext` per text, replacing ``stages.batch_context``'s
         slopes and offset bound text by text (leave-one-family-out: each query's fold); the
         neighbourhood is ``stages.batch_context``'s.
@@ -74,8 +62,7 @@ def postprocess(network: Curves, texts: Sequence[str], stages: Stages, *,
 
     Returns
     -------
-    Curves : ``tau, k`` from the source, ``p`` from ``network``; then
-        ``tau * exp(s_tau d)``, ``logit p + s_p d`` with ``d`` the text's clipped log length
+    Curves : ``network``'s, then ``tau * exp(s_tau d)``, ``logit p + s_p d`` with ``d`` the text's clipped log length
         less its look-alikes' (batch context); then ``tau, k`` moment-matched to a threshold
         of sd ``spread * tau`` (:func:`~clear_learn.curves.widen_threshold`).
     """
@@ -85,14 +72,6 @@ def postprocess(network: Curves, texts: Sequence[str], stages: Stages, *,
     if len(texts) != len(network):
         raise ValueError(f"postprocess: {len(texts)} texts for {len(network)} curves")
     curves = network
-    if stages.tau_k_source == TAU_K_LENGTH:
-        if length is None:
-            length = stages.length_line.predictor().predict(texts)
-        curves = length_tau_k(network, length)
-    elif stages.tau_k_source != TAU_K_ENCODER:  # Stages validates; a guard for duck types
-        raise ValueError(f"tau_k_source {stages.tau_k_source!r}")
-    if until == TAU_K:
-        return curves
     ctx = stages.batch_context
     if ctx is not None:
         if contexts is None:
@@ -118,31 +97,23 @@ def policy_curves(network: Curves, baselines: Mapping[str, Curves], texts: Seque
     """The curves an evaluation compares, every one through :func:`postprocess`.
 
     ``network``: the learned network's own curves; ``baselines``: ``{TFIDF: ..., LENGTH:
-    ...}`` fitted on the same training queries (``LENGTH`` is also the length line of the
-    ``tau_k`` stage). Returns, in this order: :data:`LEARNED` (every stage), the baselines
-    (each with the batch context and the spread: every predictor gets the same treatment),
-    :data:`ENCODER` (the network's own tau and k, where the stages take them from the length
-    line), :data:`LEARNED_RAW` (after ``tau_k``; where there is a batch context) and
+    ...}`` fitted on the same training queries. Returns, in this order: :data:`LEARNED`
+    (every stage), the baselines (each with the batch context and the spread: every
+    predictor gets the same treatment), :data:`LEARNED_RAW` (the network's own; where there
+    is a batch context) and
     :data:`LEARNED_NARROW` (before the spread; where any policy has one). ``spreads``: ``{policy:
     spread}`` replacing ``stages.tau_spread`` per policy (a number or one per text);
     ``contexts`` as in :func:`postprocess`.
     """
-    from dataclasses import replace
-
-    length = baselines.get(LENGTH)
-    as_given = replace(stages, tau_k_source=TAU_K_ENCODER)
-    inputs = {LEARNED: (network, stages), **{n: (c, as_given) for n, c in baselines.items()}}
-    if stages.tau_k_source == TAU_K_LENGTH:
-        inputs[ENCODER] = (network, as_given)
+    inputs = {LEARNED: network, **baselines}
     spreads = dict(spreads or {})
-    out = {name: postprocess(c, texts, st, length=length, contexts=contexts,
-                             spreads=spreads.get(name))
-           for name, (c, st) in inputs.items()}
+    out = {name: postprocess(c, texts, stages, contexts=contexts, spreads=spreads.get(name))
+           for name, c in inputs.items()}
     if stages.batch_context is not None:
-        out[LEARNED_RAW] = postprocess(network, texts, stages, length=length, until=TAU_K)
+        out[LEARNED_RAW] = network
     if any(np.any(np.asarray(spreads.get(n, stages.tau_spread)) > 0) for n in inputs):
-        out[LEARNED_NARROW] = postprocess(network, texts, stages, length=length,
-                                          contexts=contexts, until=BATCH_CONTEXT)
+        out[LEARNED_NARROW] = postprocess(network, texts, stages, contexts=contexts,
+                                          until=BATCH_CONTEXT)
     return out
 
 

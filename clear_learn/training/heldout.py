@@ -44,7 +44,7 @@ def evaluate(pred, dm, cfg: dict) -> dict:
     report.meta.update({"n_train": len(train), "split": cfg["data"]["split"],
                         "test_tasks": cfg["data"].get("test_tasks"),
                         "batch_context": ctx and ctx.to_dict(),
-                        "tau_spread": pred.tau_spread, "tau_k_source": pred.tau_k_source})
+                        "tau_spread": pred.tau_spread})
     report.save(out / "report.json")
     plot_frontier(report, out / "frontier.png",
                   title=f"held-out ({cfg['data']['split']} split): accuracy vs tokens")

@@ -22,7 +22,7 @@ from typing import Collection, Sequence
 import numpy as np
 
 from ..atomic import write_text
-from ..predictor.pipeline import ENCODER, LEARNED, LEARNED_RAW, LENGTH, TFIDF
+from ..predictor.pipeline import LEARNED, LEARNED_RAW, LENGTH, TFIDF
 from .recipe import train_predictor
 
 __all__ = ["POLICIES", "FOLD_CONTENTS", "POOLING_ONLY", "Fold", "make_folds", "val_family",
@@ -233,20 +233,13 @@ def load_fold(path: Path, ids: set[str], fold: Fold) -> dict[str, list[dict]] | 
     return got
 
 
-def pool_stages(cfg: dict, records: list[dict], contexts: dict | None):
+def pool_stages(cfg: dict, contexts: dict | None):
     """The :class:`~clear_learn.predictor.config.Stages` the pooled folds go through: the
-    config's tau/k source and spread, and (for its neighbourhood) a fold's batch context; the
-    length line is each fold's own (the saved ``clear-length`` curves)."""
-    from ..predictor.baselines import LengthCurvePredictor
-    from ..predictor.config import LengthLine, Stages
-    from .recipe import spread_from_config, tau_k_source_from_config
+    config's spread, and (for its neighbourhood) a fold's batch context."""
+    from ..predictor.config import Stages
+    from .recipe import spread_from_config
 
-    source = tau_k_source_from_config(cfg)
-    line = None
-    if source == "length":  # a placeholder: the folds' own lines are passed as `length`
-        line = LengthLine(**LengthCurvePredictor().fit(records).to_dict())
-    return Stages(tau_k_source=source, length_line=line,
-                  batch_context=next(iter(contexts.values())) if contexts else None,
+    return Stages(batch_context=next(iter(contexts.values())) if contexts else None,
                   tau_spread=spread_from_config(cfg))
 
 
@@ -262,7 +255,7 @@ def pooled_curves(curves: dict, test: list[dict], idx: np.ndarray, stages,
     texts = [r["text"] for r in sub]
     per_query = [contexts[r["task"]] for r in sub] if contexts else None
     if spreads is None:
-        spread = {name: 0.0 for name in (*POLICIES, ENCODER)}
+        spread = {name: 0.0 for name in POLICIES}
     else:
         spread = {name: np.array([per[r["task"]] for r in sub]) for name, per in
                   spreads.items()}
@@ -294,7 +287,7 @@ class PooledFolds:
         self.test = held_out(records, folds)
         self.curves = curves
         self.contexts = fold_contexts(cfg, records, folds)
-        self.stages = pool_stages(cfg, records, self.contexts)
+        self.stages = pool_stages(cfg, self.contexts)
         every = np.arange(len(self.test))
         self.spreads = fit_spreads(self.test, pooled_curves(curves, self.test, every,
                                                             self.stages, self.contexts))

@@ -7,10 +7,9 @@ of epochs (:func:`recalibration_config` is that recipe, run by
 refits:
 
 - the architecture (base encoder, ``max_length``, LoRA r / alpha / dropout / targets, head
-  width, length and surface features) and the stages' choices (``tau_k_source``, batch
+  width, length and surface features) and the stages' choices (batch
   context on or off with its neighbourhood, ``tau_spread``) are the base's;
-- the length line is refitted on the user's records (:meth:`ClearPredictor.from_trained`),
-  and the generator section and the cap are the user's: the curves live in tokens of the new
+- the generator section and the cap are the user's: the curves live in tokens of the new
   model. The batch-context slopes (log-log, so free of the tokens' unit) are the base's and
   the user's pooled, each weighted by the number of queries it was fitted on
   (:func:`pooled_context`): a slope fitted on 25 queries of one family alone is mostly noise,
@@ -197,7 +196,7 @@ def recalibration_config(base: "ClearPredictor", base_dir: str | os.PathLike, re
         "batch_context": ({"enabled": True, "neighbours": ctx.neighbours,
                            "min_similarity": ctx.min_similarity} if ctx is not None
                           else {"enabled": False}),
-        "calibration": {"tau_k_source": st.tau_k_source, "tau_spread": st.tau_spread},
+        "calibration": {"tau_spread": st.tau_spread},
         "trainer": {"accelerator": "auto", "devices": 1, "gradient_clip_val": 1.0,
                     "log_every_n_steps": 5, "enable_progress_bar": bool(progress),
                     "enable_model_summary": False},

@@ -4,8 +4,7 @@ The recipe (``configs/default.yaml``) has sections ``data`` and ``model`` (the
 ``RolloutDataModule`` and ``CurveLightningModule`` arguments), ``trainer`` and
 ``early_stopping`` (Lightning), ``batch_context`` and ``calibration`` (the post-network
 stages, see :mod:`clear_learn.predictor.pipeline`), ``export`` and ``evaluate``. Each setting
-has one name, the one it has in the exported config and the API: ``calibration.tau_k_source``,
-``calibration.tau_spread``.
+has one name, the one it has in the exported config and the API (``calibration.tau_spread``).
 """
 
 from __future__ import annotations
@@ -19,10 +18,13 @@ DEFAULT_CONFIG = ROOT / "configs" / "default.yaml"
 
 __all__ = ["ROOT", "DEFAULT_CONFIG", "parse_value", "load_config", "resolve", "eval_splits",
            "build_trainer", "build_modules", "predictor_from_run", "context_settings",
-           "spread_from_config", "tau_k_source_from_config", "train_predictor", "best_epochs",
+           "spread_from_config", "train_predictor", "best_epochs",
            "refit_on_all"]
 
-_RENAMED = {("calibration", "tau_k_from"): "calibration.tau_k_source"}
+_REMOVED = {("calibration", "tau_k_source"): "tau and k always come from the encoder now "
+            "(a line in the text's length instead was level with it on unseen families and "
+            "below it on seen ones: docs/RESULTS.md)"}
+_REMOVED[("calibration", "tau_k_from")] = _REMOVED[("calibration", "tau_k_source")]
 
 
 def parse_value(text: str):
@@ -35,8 +37,8 @@ def parse_value(text: str):
 
 
 def load_config(path: str | Path, overrides: list[str] = ()) -> dict:
-    """The YAML config with ``section.key=value`` overrides applied; a setting under an old
-    name is refused, naming the new one."""
+    """The YAML config with ``section.key=value`` overrides applied; a setting that no longer
+    exists is refused, saying why."""
     import yaml
 
     cfg = yaml.safe_load(Path(path).read_text())
@@ -49,10 +51,9 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> dict:
         for p in parts[:-1]:
             node = node.setdefault(p, {})
         node[parts[-1]] = parse_value(value)
-    for (section, old), new in _RENAMED.items():
+    for (section, old), why in _REMOVED.items():
         if old in (cfg.get(section) or {}):
-            raise SystemExit(f"{section}.{old} is now called {new} (one name across the "
-                             "YAML, config.json, the API and the CLI)")
+            raise SystemExit(f"{section}.{old}: no such setting any more: {why}")
     return cfg
 
 
@@ -122,17 +123,6 @@ def spread_from_config(cfg: dict) -> float:
                             "calibration.tau_spread")
 
 
-def tau_k_source_from_config(cfg: dict) -> str:
-    """The config's ``calibration.tau_k_source`` (``encoder`` where absent), checked."""
-    from clear_learn.predictor.config import TAU_K_SOURCES
-
-    src = (cfg.get("calibration") or {}).get("tau_k_source", "encoder")
-    if src not in TAU_K_SOURCES:
-        raise SystemExit(f"calibration.tau_k_source must be one of {TAU_K_SOURCES}, got "
-                         f"{src!r}")
-    return src
-
-
 def predictor_from_run(module, dm, cfg: dict, metrics: dict | None = None):
     """The ``ClearPredictor`` of a trained module, its stages fitted on the run's training
     split (:meth:`ClearPredictor.from_trained` with the recipe's settings)."""
@@ -154,7 +144,7 @@ def predictor_from_run(module, dm, cfg: dict, metrics: dict | None = None):
             lora={k: mcfg[k] for k in ("lora_r", "lora_alpha", "lora_dropout",
                                        "lora_targets") if k in mcfg},
             batch_context=context_settings(cfg), tau_spread=spread_from_config(cfg),
-            tau_k_source=tau_k_source_from_config(cfg), training=training, metrics=metrics)
+            training=training, metrics=metrics)
     except ValueError as err:
         raise SystemExit(str(err)) from None
 
