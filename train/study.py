@@ -53,6 +53,7 @@ VARIANTS = {  # each names its encoder and head, whatever configs/default.yaml s
     "frozen-surface-l1": ([*FROZEN_SURFACE, "model.encoder_layers=1"], []),
     "frozen-surface-l0": ([*FROZEN_SURFACE, "model.encoder_layers=0"], []),
     "lora-surface": (["model.lora_r=8", "model.surface_features=true"], []),
+    "lora-runaway": ([*LORA, "model.runaway=0.01"], []),  # the consistent NLL, fine-tuned
     "lora-l1": ([*LORA, "model.encoder_layers=1"], []),  # fast encoders, fine-tuned
     "lora-l2": ([*LORA, "model.encoder_layers=2"], []),
     "frozen-n5": (FROZEN, ["--train-families", "5"]),
