@@ -293,6 +293,11 @@ def test_learning_curve_lists_the_training_family_counts_in_order():
                     "| all | frozen | 0, 1 | 0.500 | 0.600 |"]
     assert study.learning_curve({"frozen": summary["frozen"]}) == []
     assert study.learning_curve({"frozen-n5": summary["frozen-n5"]}) == []
+    both = study.learning_curve({**summary, "lora-n20": entry(0.8, 0.85)})
+    assert both[0] == "### Learning curve: training families (LoRA, the shipped recipe)"
+    assert "| 20 | lora-n20 | 0 | 0.800 | 0.850 |" in both
+    assert "| all | lora | 0 | 0.900 | 0.900 |" in both
+    assert both[-len(lines):] == lines  # then the frozen encoder's
 
 
 def test_fold_config_check_ignores_new_null_options_only(tmp_path):

@@ -56,10 +56,15 @@ VARIANTS = {  # each names its encoder and head, whatever configs/default.yaml s
     "lora-runaway": ([*LORA, "model.runaway=0.01"], []),  # the consistent NLL, fine-tuned
     "lora-l1": ([*LORA, "model.encoder_layers=1"], []),  # fast encoders, fine-tuned
     "lora-l2": ([*LORA, "model.encoder_layers=2"], []),
+    "lora-n5": (LORA, ["--train-families", "5"]),  # the learning curve of the shipped recipe
+    "lora-n10": (LORA, ["--train-families", "10"]),
+    "lora-n20": (LORA, ["--train-families", "20"]),
     "frozen-n5": (FROZEN, ["--train-families", "5"]),
     "frozen-n10": (FROZEN, ["--train-families", "10"]),
     "frozen-n20": (FROZEN, ["--train-families", "20"]),
 }
+#: encoders whose ``BASE-nN`` variants make a learning curve (:func:`learning_curve`)
+CURVE_BASES = {"lora": "LoRA, the shipped recipe", "frozen": "frozen encoder"}
 #: ablation rows: (name, pooling overrides, policy read from that pooling)
 ABLATION = [
     ("every stage (shipped)", [], LEARNED),
@@ -256,24 +261,28 @@ def tables(summary: dict) -> list[str]:
 
 
 def learning_curve(summary: dict) -> list[str]:
-    """The gap closed by the shipped stages against the number of training families: the
-    ``frozen-nN`` variants beside ``frozen`` (all of a fold's other families) as a Markdown
-    table; nothing unless ``frozen`` and at least one ``frozen-nN`` were measured."""
+    """The gap closed by the shipped stages against the number of training families, one
+    Markdown table per encoder (:data:`CURVE_BASES`) with the ``BASE-nN`` variants beside
+    ``BASE`` itself (all of a fold's other families); nothing for a base unless it and at
+    least one ``BASE-nN`` were measured."""
     import re
 
-    points = sorted((int(m.group(1)), v) for v in summary
-                    if (m := re.fullmatch(r"frozen-n(\d+)", v)))
-    if "frozen" not in summary or not points:
-        return []
     shipped = ABLATION[0][0]
-    lines = ["### Learning curve: training families (frozen encoder)", "",
-             "| training families | variant | seeds | gap closed, one batch | each family its "
-             "own batch |", "|---|---|---|---:|---:|"]
-    for n, v in [*points, ("all", "frozen")]:
-        c = summary[v]["ablation"][shipped]
-        lines.append(f"| {n} | {v} | {', '.join(map(str, summary[v]['seeds']))} | "
-                     f"{c['pooled']['mean']:.3f} | {c['family_batches']['mean']:.3f} |")
-    return [*lines, ""]
+    lines = []
+    for base, label in CURVE_BASES.items():
+        points = sorted((int(m.group(1)), v) for v in summary
+                        if (m := re.fullmatch(rf"{base}-n(\d+)", v)))
+        if base not in summary or not points:
+            continue
+        lines += [f"### Learning curve: training families ({label})", "",
+                  "| training families | variant | seeds | gap closed, one batch | each family "
+                  "its own batch |", "|---|---|---|---:|---:|"]
+        for n, v in [*points, ("all", base)]:
+            c = summary[v]["ablation"][shipped]
+            lines.append(f"| {n} | {v} | {', '.join(map(str, summary[v]['seeds']))} | "
+                         f"{c['pooled']['mean']:.3f} | {c['family_batches']['mean']:.3f} |")
+        lines.append("")
+    return lines
 
 
 def merge_study(old: dict | None, new: dict) -> dict:

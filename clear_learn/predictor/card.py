@@ -175,8 +175,8 @@ def _range_lines(cfg: PredictorConfig) -> list[str]:
     toks = cfg.head.n_tokens_range
     if toks is None:
         return []
-    return [f"- trained on texts of {toks[0]:.0f}-{toks[1]:.0f} tokens: a longer (or shorter) text is read as the "
-            "nearest trained length (no extrapolation)"]
+    return [f"- trained on texts of {toks[0]:.0f}-{toks[1]:.0f} tokens: a longer (or shorter) "
+            "text is read as the nearest trained length (no extrapolation)"]
 
 
 def _spread_line(spread: float) -> str:

@@ -278,7 +278,8 @@ class ClearPredictor:
     def __repr__(self) -> str:
         st = self.stages
         return (f"ClearPredictor({self.config.encoder.base_model}, generator "
-                f"{self.config.generator.model} cap {self.max_new_tokens}, batch context {'on' if st.batch_context else 'off'}, "
+                f"{self.config.generator.model} cap {self.max_new_tokens}, batch context "
+                f"{'on' if st.batch_context else 'off'}, "
                 f"tau_spread {st.tau_spread:g}, runtime {self.runtime})")
 
 

@@ -62,8 +62,8 @@ def postprocess(network: Curves, texts: Sequence[str], stages: Stages, *,
 
     Returns
     -------
-    Curves : ``network``'s, then ``tau * exp(s_tau d)``, ``logit p + s_p d`` with ``d`` the text's clipped log length
-        less its look-alikes' (batch context); then ``tau, k`` moment-matched to a threshold
+    Curves : ``network``'s, then ``tau * exp(s_tau d)``, ``logit p + s_p d`` with ``d`` the
+        text's clipped log length less its look-alikes' (batch context); then ``tau, k`` moment-matched to a threshold
         of sd ``spread * tau`` (:func:`~clear_learn.curves.widen_threshold`).
     """
     if until is not None and until not in STAGES:
