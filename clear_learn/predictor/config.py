@@ -367,9 +367,9 @@ def migrate_v1(d: Mapping) -> dict:
     """A format-1 config (the flat dict of the first exports) as a format-2 JSON object.
 
     Format 1 kept every field at the top level and left out the later ones, so its defaults
-    live here and only here: no ``tau_spread`` is 0, no
-    ``n_tokens_range`` or ``chars_range`` is no clipping, no ``length_feature`` /
-    ``surface_features`` is false; the training texts were not recorded.
+    live here and only here: no ``tau_spread`` is 0, no ``n_tokens_range`` is no clipping, no
+    ``length_feature`` / ``surface_features`` is false; the training texts were not recorded;
+    a ``tau_k_source`` other than the encoder's is refused (:func:`_drop_tau_k_source`).
     """
     d = dict(d)
     known = {"format_version", "base_model", "max_length", "head_hidden", "length_feature",

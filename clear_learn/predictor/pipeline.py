@@ -63,8 +63,9 @@ def postprocess(network: Curves, texts: Sequence[str], stages: Stages, *,
     Returns
     -------
     Curves : ``network``'s, then ``tau * exp(s_tau d)``, ``logit p + s_p d`` with ``d`` the
-        text's clipped log length less its look-alikes' (batch context); then ``tau, k`` moment-matched to a threshold
-        of sd ``spread * tau`` (:func:`~clear_learn.curves.widen_threshold`).
+        text's clipped log length less its look-alikes' (batch context); then ``tau, k``
+        moment-matched to a threshold of sd ``spread * tau``
+        (:func:`~clear_learn.curves.widen_threshold`).
     """
     if until is not None and until not in STAGES:
         raise ValueError(f"until must be one of {STAGES}, got {until!r}")
@@ -100,10 +101,9 @@ def policy_curves(network: Curves, baselines: Mapping[str, Curves], texts: Seque
     ...}`` fitted on the same training queries. Returns, in this order: :data:`LEARNED`
     (every stage), the baselines (each with the batch context and the spread: every
     predictor gets the same treatment), :data:`LEARNED_RAW` (the network's own; where there
-    is a batch context) and
-    :data:`LEARNED_NARROW` (before the spread; where any policy has one). ``spreads``: ``{policy:
-    spread}`` replacing ``stages.tau_spread`` per policy (a number or one per text);
-    ``contexts`` as in :func:`postprocess`.
+    is a batch context) and :data:`LEARNED_NARROW` (before the spread; where any policy has
+    one). ``spreads``: ``{policy: spread}`` replacing ``stages.tau_spread`` per policy (a
+    number or one per text); ``contexts`` as in :func:`postprocess`.
     """
     inputs = {LEARNED: network, **baselines}
     spreads = dict(spreads or {})
