@@ -137,6 +137,7 @@ def test_another_cap_through_the_cli(base, tmp_path):
                  "--threads", "1", "--generator-model", "sim-1024"]) == 0
     pred = ClearPredictor.from_pretrained(out)
     assert pred.max_new_tokens == 1024 and pred.config.generator.model == "sim-1024"
+    assert pred.config.metrics["recalibration"]["mode"] == "head+lora"  # the default with LoRA
     assert pred.config.training.init_from == str(base)
     assert pred.config.training.data == str(sim)
     assert "1024" in (out / "README.md").read_text()
@@ -252,6 +253,7 @@ def test_a_frozen_encoder_predictor_recalibrates_its_head(tmp_path):
     with pytest.raises(PredictorLoadError, match="no LoRA adapter.*mode 'head'"):
         recalibrate(tmp_path / "frozen", shifted, mode="head+lora", threads=1)
     new = recalibrate(tmp_path / "frozen", shifted, threads=1)
+    assert new.config.metrics["recalibration"]["mode"] == "head"  # the default without LoRA
     texts = [r["text"] for r in shifted]
     true_p = np.mean([r["true_curve"]["p"] for r in shifted])
     p_old, p_new = pred.predict_raw(texts).p.mean(), new.predict_raw(texts).p.mean()

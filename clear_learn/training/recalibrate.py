@@ -22,16 +22,15 @@ refits:
   weights learned from both); the recorded training texts and families are the union too, so
   that ``clear-learn evaluate`` warns on either.
 
-Modes (:data:`MODES`): ``head`` (the default) trains the head alone, the encoder and its LoRA
-adapters frozen at the base's weights; ``head+lora`` also trains the adapters (refused for a
-predictor whose encoder has none, a frozen encoder). The head is
-the safer default for the 25-200 queries a user typically has: it is about 50k parameters on
-features learned from the base's thousands of rollouts, while training the adapters as well
-reshapes those features from a few hundred texts. Measured (``train/recalibration_curve.py``):
-head mode on 50-100 queries adds about 0.15 of the uniform-to-oracle gap on unseen task
-families (frozen-encoder bases) and 0.53-0.60 on another model's GSM8K rollouts (frozen and
-LoRA bases), as much as a head trained from scratch on the same queries where that was
-measured; head+lora is not measured yet.
+Modes (:data:`MODES`): ``head`` trains the head alone, the encoder and its LoRA adapters
+frozen at the base's weights; ``head+lora`` also trains the adapters (refused for a predictor
+whose encoder has none, a frozen encoder). The default (:func:`default_mode`) is ``head+lora``
+where the base has adapters, else ``head``. Measured (``train/recalibration_curve.py`` on the
+LoRA checkpoint, paired by draw): head+lora minus head is level at 25 queries (-0.01 +- 0.02
+of the uniform-to-oracle gap on unseen task families, -0.01 on Qwen2.5-Math, +0.07 +- 0.08 on
+OpenAI's GSM8K solutions) and ahead from 50 (+0.03 +- 0.02 and +0.05 +- 0.01 at 50 and 100 on
+unseen families, +0.08 +- 0.04 and +0.05 +- 0.01 at 100 and 200 on GSM8K), for 15-100 s of
+training on one thread against 3-9 s.
 
 :func:`register` adds the command line, ``clear-learn recalibrate PREDICTOR ROLLOUTS -o OUT``.
 """
@@ -53,12 +52,11 @@ if TYPE_CHECKING:
     from ..predictor.batch_context import BatchContext
     from ..predictor.inference import ClearPredictor
 
-__all__ = ["MODES", "DEFAULT_MODE", "DEFAULT_EPOCHS", "MIN_QUERIES", "recalibrate",
+__all__ = ["MODES", "default_mode", "DEFAULT_EPOCHS", "MIN_QUERIES", "recalibrate",
            "recalibration_config", "user_records", "check_output", "pooled_context",
            "register"]
 
 MODES = ("head", "head+lora")
-DEFAULT_MODE = "head"
 #: Epochs by mode: fixed, no early stopping (every query trains). With batches of 16, 25
 #: queries make 40 head steps, 200 queries 260.
 DEFAULT_EPOCHS = {"head": 20, "head+lora": 10}
@@ -154,8 +152,15 @@ def _caller_state_kept():
                 os.environ[k] = v
 
 
+def default_mode(base: "ClearPredictor") -> str:
+    """The mode :func:`recalibrate` uses unless told: ``head+lora`` for a predictor with LoRA
+    adapters, ``head`` for a frozen encoder (nothing else can train)."""
+    lora = base.config.encoder.lora
+    return "head+lora" if lora is not None and lora.r > 0 else "head"
+
+
 def recalibration_config(base: "ClearPredictor", base_dir: str | os.PathLike, records: list[dict], *,
-                         mode: str = DEFAULT_MODE, seed: int = 0, threads: int = 2,
+                         mode: str | None = None, seed: int = 0, threads: int = 2,
                          batch_size: int = 16, run_dir: str | os.PathLike = "runs/recalibrate",
                          progress: bool = False) -> dict:
     """The training recipe (a :mod:`.recipe` config) that recalibrates ``base`` (a loaded
@@ -166,6 +171,7 @@ def recalibration_config(base: "ClearPredictor", base_dir: str | os.PathLike, re
     recipe trained from scratch on the same queries (the comparison issue 20 asks for)."""
     from ..predictor.storage import PredictorLoadError
 
+    mode = default_mode(base) if mode is None else mode
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     enc, head, st = base.config.encoder, base.config.head, base.config.stages
@@ -205,15 +211,15 @@ def recalibration_config(base: "ClearPredictor", base_dir: str | os.PathLike, re
 
 @_caller_state_kept()
 def recalibrate(predictor_dir: str | os.PathLike, records: str | os.PathLike | Iterable[dict],
-                *, mode: str = DEFAULT_MODE, epochs: int | None = None, seed: int = 0,
+                *, mode: str | None = None, epochs: int | None = None, seed: int = 0,
                 threads: int = 2, generator_model: str | None = None,
                 out: str | os.PathLike | None = None, progress: bool = False
                 ) -> "ClearPredictor":
     """A new ``ClearPredictor``: the one exported at ``predictor_dir`` trained further on
     ``records`` (a rollout file or records of the user's model; all of them train).
 
-    ``mode``: ``head`` (the encoder and its LoRA frozen) or ``head+lora``; ``epochs``:
-    default :data:`DEFAULT_EPOCHS` of the mode; ``generator_model``: the generating model's
+    ``mode``: ``head`` (the encoder and its LoRA frozen) or ``head+lora`` (None:
+    :func:`default_mode`); ``epochs``: default :data:`DEFAULT_EPOCHS` of the mode; ``generator_model``: the generating model's
     name where the records do not give one (``generator.model``); ``out``: also save it there
     (checked by :func:`check_output` before any training; the save is atomic). Every input is
     checked before training: a bad predictor raises
@@ -222,10 +228,10 @@ def recalibrate(predictor_dir: str | os.PathLike, records: str | os.PathLike | I
     from ..predictor.inference import ClearPredictor
     from .recipe import refit_on_all
 
-    if mode not in MODES:
+    if mode is not None and mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    epochs = DEFAULT_EPOCHS[mode] if epochs is None else epochs
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+    if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int)
+                               or epochs < 1):
         raise ValueError(f"epochs must be a whole number >= 1, got {epochs!r}")
     if out is not None:
         check_output(predictor_dir, out)
@@ -236,6 +242,8 @@ def recalibrate(predictor_dir: str | os.PathLike, records: str | os.PathLike | I
         raise ValueError(f"the records name their generating model {named!r}, not "
                          f"{generator_model!r}")
     base = ClearPredictor.from_pretrained(predictor_dir)
+    mode = default_mode(base) if mode is None else mode
+    epochs = DEFAULT_EPOCHS[mode] if epochs is None else epochs
     with tempfile.TemporaryDirectory(prefix="clear-learn-recalibrate-") as tmp:
         cfg = recalibration_config(base, predictor_dir, records, mode=mode, seed=seed,
                                    threads=threads, run_dir=tmp, progress=progress)
@@ -294,13 +302,12 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, type=output_dir,
                    help="folder for the new predictor (not the base; replaced atomically if "
                         "it holds a predictor)")
-    p.add_argument("--mode", choices=MODES, default=DEFAULT_MODE,
-                   help="head (default): only the head trains, the encoder and its LoRA "
-                        "adapters keep the base's weights; the safer choice for the 25-200 "
-                        "queries a user typically has (about 50k parameters on features "
-                        "learned from the base's thousands of rollouts). head+lora: the LoRA "
-                        "adapters train too (more room to adapt to new kinds of text, more "
-                        "risk of overfitting few queries; not measured yet)")
+    p.add_argument("--mode", choices=MODES, default=None,
+                   help="head+lora (the default where the predictor has LoRA adapters): the "
+                        "head and the adapters train; head (the default for a frozen "
+                        "encoder): only the head trains, the encoder keeps the base's weights. "
+                        "Measured: level at 25 queries, head+lora 0.03-0.08 of the gap ahead "
+                        "from 50 (docs/RESULTS.md)")
     p.add_argument("--epochs", type=positive_int, default=None,
                    help="passes over your rollouts (default " + ", ".join(
                        f"{n} for {m}" for m, n in DEFAULT_EPOCHS.items()) + ")")
