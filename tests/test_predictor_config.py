@@ -45,6 +45,8 @@ def test_round_trip_through_json():
     (lambda: Stages(tau_spread=-1), "stages.tau_spread must be in"),
     (lambda: TrainingRecord(data="d", split="all", n_train=1, text_sha256=["xy"]),
      "training.text_sha256"),
+    (lambda: TrainingRecord(data="d", split="all", n_train=1, runaway=1.0),
+     "training.runaway must be null or in"),
 ])
 def test_construction_names_the_bad_field(make, match):
     with pytest.raises(ConfigError, match=match):

@@ -262,6 +262,29 @@ def test_a_frozen_encoder_predictor_recalibrates_its_head(tmp_path):
     assert new.config.head.surface_features
 
 
+def test_the_base_likelihood_is_recorded_and_kept(tmp_path):
+    """A recipe on the consistent likelihood (``model.runaway``) records its rate in the
+    export, and recalibration trains on the same likelihood and records it again."""
+    from clear_learn import ClearPredictor
+    from clear_learn.training.recalibrate import recalibrate, recalibration_config
+    from clear_learn.training.recipe import DEFAULT_CONFIG, load_config, refit_on_all
+
+    sim = tmp_path / "sim.jsonl"
+    assert main(["simulate", "-o", str(sim), "--per-task", "5", "--seed", "6"]) == 0
+    cfg = load_config(DEFAULT_CONFIG, [
+        "model.head_hidden=8", "model.lora_r=0", "model.encoder_layers=1",
+        "model.runaway=0.05", "data.max_length=16", f"data.data={sim}", "threads=1",
+        f"run_dir={tmp_path / 'run'}", "trainer.enable_progress_bar=false",
+        "trainer.enable_model_summary=false"])
+    refit_on_all(cfg, 1)[0].save_pretrained(tmp_path / "base")
+    base = ClearPredictor.from_pretrained(tmp_path / "base")
+    assert base.config.training.runaway == 0.05
+    shifted = _shifted(3)
+    assert recalibration_config(base, tmp_path / "base", shifted)["model"]["runaway"] == 0.05
+    new = recalibrate(tmp_path / "base", shifted, epochs=1, threads=1)
+    assert new.config.training.runaway == 0.05
+
+
 def test_freeze_encoder_trains_the_head_and_checkpoints_keep_the_lora(tmp_path):
     """model.freeze_encoder (the recipe's switch behind --mode head): LoRA gets no gradient,
     and a Lightning checkpoint still holds it (it came from init_from, not from the base)."""

@@ -238,6 +238,7 @@ class TrainingRecord:
     test_tasks: tuple[str, ...] = ()
     seed: int = 0
     loss: str = "likelihood"
+    runaway: float | None = None  # the likelihood's run-away rate c (None: DESIGN.md's form)
     init_from: str | None = None
     refit_all: bool = False
     held_out_split: str | None = None
@@ -252,6 +253,11 @@ class TrainingRecord:
         _set(self, "test_tasks", tuple(self.test_tasks or ()))
         _int("training.seed", self.seed)
         _str("training.loss", self.loss)
+        if self.runaway is not None:
+            _float("training.runaway", self.runaway)
+            if not 0.0 < self.runaway < 1.0:
+                raise ConfigError(f"training.runaway must be null or in (0, 1), got "
+                                  f"{self.runaway!r}")
         _bool("training.refit_all", self.refit_all)
         if self.text_sha256 is not None:
             h = tuple(self.text_sha256)

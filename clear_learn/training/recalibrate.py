@@ -168,7 +168,8 @@ def recalibration_config(base: "ClearPredictor", base_dir: str | os.PathLike, re
     choices, its weights as ``model.init_from``, every query trained on (``split: all``).
 
     Setting ``model.init_from`` to None and ``model.freeze_encoder`` to False gives the same
-    recipe trained from scratch on the same queries (the comparison issue 20 asks for)."""
+    recipe trained from scratch on the same queries (the comparison issue 20 asks for). The
+    likelihood is the base's (``training.runaway``), so that both train on the same loss."""
     from ..predictor.storage import PredictorLoadError
 
     mode = default_mode(base) if mode is None else mode
@@ -197,6 +198,7 @@ def recalibration_config(base: "ClearPredictor", base_dir: str | os.PathLike, re
                   "head_hidden": head.hidden, "length_feature": head.length_feature,
                   "surface_features": head.surface_features,
                   "encoder_layers": enc.layers, **OPTIMISER,
+                  "runaway": base.config.training and base.config.training.runaway,
                   "init_from": str(Path(base_dir).resolve()),
                   "freeze_encoder": mode == "head"},
         "batch_context": ({"enabled": True, "neighbours": ctx.neighbours,

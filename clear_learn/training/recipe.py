@@ -136,7 +136,7 @@ def predictor_from_run(module, dm, cfg: dict, metrics: dict | None = None):
                 "split": cfg["data"]["split"],
                 "test_tasks": list(cfg["data"].get("test_tasks") or []),
                 "seed": cfg.get("seed", 0), "loss": mcfg.get("loss", "likelihood"),
-                "init_from": mcfg.get("init_from")}
+                "runaway": mcfg.get("runaway"), "init_from": mcfg.get("init_from")}
     try:
         return ClearPredictor.from_trained(
             module.model, dm.tokenizer, dm.split_records("train"), all_records=dm.records,
