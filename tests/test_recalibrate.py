@@ -281,8 +281,9 @@ def test_the_base_likelihood_is_recorded_and_kept(tmp_path):
     assert base.config.training.runaway == 0.05
     shifted = _shifted(3)
     assert recalibration_config(base, tmp_path / "base", shifted)["model"]["runaway"] == 0.05
-    new = recalibrate(tmp_path / "base", shifted, epochs=1, threads=1)
+    new = recalibrate(tmp_path / "base", shifted, epochs=1, threads=1, out=tmp_path / "new")
     assert new.config.training.runaway == 0.05
+    assert "running to the cap at rate 0.05" in (tmp_path / "new" / "README.md").read_text()
 
 
 def test_freeze_encoder_trains_the_head_and_checkpoints_keep_the_lora(tmp_path):

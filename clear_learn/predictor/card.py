@@ -79,6 +79,9 @@ def model_card(cfg: PredictorConfig) -> str:
                   + (" (their texts recorded by hash: `clear-learn evaluate` warns when "
                      "evaluated on them)" if t.text_sha256 is not None else ""),
                   f"- task families trained on: {', '.join(t.tasks) or '?'}"]
+        if t.runaway is not None:
+            lines.append(f"- loss: the consistent likelihood, an unsolvable response running "
+                         f"to the cap at rate {t.runaway:g} (docs/METHOD.md)")
         if t.init_from:
             lines.append(f"- started from the predictor {t.init_from} (recalibration)")
         if t.refit_all:
