@@ -24,21 +24,29 @@ ROOT = Path(__file__).resolve().parents[1]
 pytestmark = requires_base_encoder
 
 
+def _train_base(tmp: Path, per_task: int, seed: int, sets: list[str], epochs: int = 2):
+    """A tiny predictor of the default recipe with ``sets`` trained for ``epochs`` on
+    SIMULATED rollouts (``clear-learn simulate``, into ``tmp/sim.jsonl``), saved at
+    ``tmp/p``; returns it."""
+    from clear_learn.training.recipe import DEFAULT_CONFIG, load_config, refit_on_all
+
+    sim = tmp / "sim.jsonl"
+    assert main(["simulate", "-o", str(sim), "--per-task", str(per_task), "--seed",
+                 str(seed)]) == 0
+    cfg = load_config(DEFAULT_CONFIG, [
+        *sets, f"data.data={sim}", "threads=1", f"run_dir={tmp / 'run'}",
+        "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"])
+    pred, _, _ = refit_on_all(cfg, epochs)
+    pred.save_pretrained(tmp / "p")
+    return pred
+
+
 @pytest.fixture(scope="module")
 def base(tmp_path_factory) -> Path:
     """A tiny exported predictor (the default recipe, small) trained on SIMULATED rollouts
     made by ``clear-learn simulate``."""
-    from clear_learn.training.recipe import DEFAULT_CONFIG, load_config, refit_on_all
-
     tmp = tmp_path_factory.mktemp("base")
-    sim = tmp / "sim.jsonl"
-    assert main(["simulate", "-o", str(sim), "--per-task", "40", "--seed", "3"]) == 0
-    cfg = load_config(DEFAULT_CONFIG, [
-        "model.head_hidden=32", "model.lora_r=4", "data.max_length=32", f"data.data={sim}",
-        "threads=1", f"run_dir={tmp / 'run'}", "trainer.enable_progress_bar=false",
-        "trainer.enable_model_summary=false"])
-    pred, _, _ = refit_on_all(cfg, 2)
-    pred.save_pretrained(tmp / "p")
+    _train_base(tmp, 40, 3, ["model.head_hidden=32", "model.lora_r=4", "data.max_length=32"])
     return tmp / "p"
 
 
@@ -237,22 +245,15 @@ def test_a_frozen_encoder_predictor_recalibrates_its_head(tmp_path):
     p towards the user's rollouts and keeps the architecture; head+lora is refused."""
     from clear_learn.predictor.storage import PredictorLoadError
     from clear_learn.training.recalibrate import recalibrate
-    from clear_learn.training.recipe import DEFAULT_CONFIG, load_config, refit_on_all
 
-    sim = tmp_path / "sim.jsonl"
-    assert main(["simulate", "-o", str(sim), "--per-task", "20", "--seed", "4"]) == 0
-    cfg = load_config(DEFAULT_CONFIG, [
+    pred = _train_base(tmp_path, 20, 4, [
         "model.head_hidden=16", "model.lora_r=0", "model.encoder_layers=1",
-        "model.surface_features=true", "data.max_length=32", f"data.data={sim}", "threads=1",
-        f"run_dir={tmp_path / 'run'}", "trainer.enable_progress_bar=false",
-        "trainer.enable_model_summary=false"])
-    pred, _, _ = refit_on_all(cfg, 2)
-    pred.save_pretrained(tmp_path / "frozen")
+        "model.surface_features=true", "data.max_length=32"])
     assert pred.config.encoder.weights == "base" and pred.config.encoder.lora is None
     shifted = _shifted(10, p_x=0.3)
     with pytest.raises(PredictorLoadError, match="no LoRA adapter.*mode 'head'"):
-        recalibrate(tmp_path / "frozen", shifted, mode="head+lora", threads=1)
-    new = recalibrate(tmp_path / "frozen", shifted, threads=1)
+        recalibrate(tmp_path / "p", shifted, mode="head+lora", threads=1)
+    new = recalibrate(tmp_path / "p", shifted, threads=1)
     assert new.config.metrics["recalibration"]["mode"] == "head"  # the default without LoRA
     texts = [r["text"] for r in shifted]
     true_p = np.mean([r["true_curve"]["p"] for r in shifted])
@@ -267,21 +268,15 @@ def test_the_base_likelihood_is_recorded_and_kept(tmp_path):
     export, and recalibration trains on the same likelihood and records it again."""
     from clear_learn import ClearPredictor
     from clear_learn.training.recalibrate import recalibrate, recalibration_config
-    from clear_learn.training.recipe import DEFAULT_CONFIG, load_config, refit_on_all
 
-    sim = tmp_path / "sim.jsonl"
-    assert main(["simulate", "-o", str(sim), "--per-task", "5", "--seed", "6"]) == 0
-    cfg = load_config(DEFAULT_CONFIG, [
-        "model.head_hidden=8", "model.lora_r=0", "model.encoder_layers=1",
-        "model.runaway=0.05", "data.max_length=16", f"data.data={sim}", "threads=1",
-        f"run_dir={tmp_path / 'run'}", "trainer.enable_progress_bar=false",
-        "trainer.enable_model_summary=false"])
-    refit_on_all(cfg, 1)[0].save_pretrained(tmp_path / "base")
-    base = ClearPredictor.from_pretrained(tmp_path / "base")
+    _train_base(tmp_path, 5, 6, ["model.head_hidden=8", "model.lora_r=0",
+                                 "model.encoder_layers=1", "model.runaway=0.05",
+                                 "data.max_length=16"], epochs=1)
+    base = ClearPredictor.from_pretrained(tmp_path / "p")
     assert base.config.training.runaway == 0.05
     shifted = _shifted(3)
-    assert recalibration_config(base, tmp_path / "base", shifted)["model"]["runaway"] == 0.05
-    new = recalibrate(tmp_path / "base", shifted, epochs=1, threads=1, out=tmp_path / "new")
+    assert recalibration_config(base, tmp_path / "p", shifted)["model"]["runaway"] == 0.05
+    new = recalibrate(tmp_path / "p", shifted, epochs=1, threads=1, out=tmp_path / "new")
     assert new.config.training.runaway == 0.05
     assert "running to the cap at rate 0.05" in (tmp_path / "new" / "README.md").read_text()
 
