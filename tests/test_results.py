@@ -48,3 +48,15 @@ def test_a_folder_without_a_summary_is_named(tmp_path):
 def test_nothing_recorded_says_so(tmp_path):
     doc = results.build(ROOT / "checkpoints" / "default", tmp_path / "none")
     assert "No run is recorded" in doc
+
+
+def test_one_bad_folder_replaces_no_record(tmp_path, monkeypatch):
+    measured = tmp_path / "measured"
+    monkeypatch.setattr(results, "MEASURED", measured)
+    good = _run(tmp_path / "good", "STUDY.md", "# Study\n\nzzold\n")
+    rec = results.record(good, measured)
+    _run(good, "STUDY.md", "# Study\n\nzznew\n")
+    with pytest.raises(SystemExit, match="missing"):
+        results.main(["--measure", str(good), "--measure", str(tmp_path / "missing"),
+                      "--out", str(tmp_path / "R.md")])
+    assert "zzold" in rec.read_text() and not (tmp_path / "R.md").exists()

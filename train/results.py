@@ -125,9 +125,11 @@ def main(argv=None) -> int:
     ap.add_argument("--predictor", type=Path, default=ROOT / "checkpoints" / "default")
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "RESULTS.md")
     args = ap.parse_args(argv)
+    for run in args.measure:  # every folder checked before any record is replaced
+        measure_section(run)
     for run in args.measure:
-        print(f"recorded {run} -> {record(run)}")
-    text = build(args.predictor)
+        print(f"recorded {run} -> {record(run, MEASURED)}")
+    text = build(args.predictor, MEASURED)
     write_text(args.out, text)
     print(f"wrote {args.out} ({len(text.splitlines())} lines)")
     return 0
