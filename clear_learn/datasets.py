@@ -27,9 +27,11 @@ def data_path(name: str) -> Path:
     return DATA_DIR / _FILES[name]
 
 
-def load_rollouts(name: str = "default") -> list[dict]:
-    """Records of an embedded data set, validated (benchmark texts joined from ../shared)."""
-    path = data_path(name)
+def load_rollouts(name: str = "default", path: str | Path | None = None) -> list[dict]:
+    """Records of an embedded data set, validated (benchmark texts joined from ../shared);
+    ``path``: that set's file from elsewhere (e.g. a copy of an earlier commit's) instead of
+    the embedded one."""
+    path = data_path(name) if path is None else Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"embedded data set {name!r} is not there yet: {path}")
     if name == "default":

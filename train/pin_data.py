@@ -16,36 +16,29 @@ import argparse
 import json
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from clear_learn.atomic import write_text
-from clear_learn.generation.problems import join_shared_texts
-from clear_learn.rollouts import RolloutValidationError, validate_rollouts
+from clear_learn.datasets import load_rollouts
 from clear_learn.training.recipe import ROOT
 
 NAMES = ("default", "benchmark")
 
 
 def pinned_records(commit: str, name: str) -> list[dict]:
-    """The records of embedded data set ``name`` at ``commit``, texts joined, validated."""
+    """The records of embedded data set ``name`` at ``commit``, read as the embedded loader
+    reads them (texts joined, validated)."""
     rel = f"clear_learn/data/rollouts-{name}.jsonl"
     try:
-        text = subprocess.run(["git", "show", f"{commit}:{rel}"], cwd=ROOT, check=True,
-                              capture_output=True, text=True).stdout
+        data = subprocess.run(["git", "show", f"{commit}:{rel}"], cwd=ROOT, check=True,
+                              capture_output=True).stdout
     except subprocess.CalledProcessError as e:
-        raise SystemExit(f"git show {commit}:{rel}: {e.stderr.strip()}") from None
-    records = []
-    for i, line in enumerate(text.splitlines(), 1):
-        if line.strip():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise SystemExit(f"{commit}:{rel} line {i}: not JSON ({e})") from None
-    records = join_shared_texts(records)
-    problems = validate_rollouts(records)
-    if problems:
-        raise RolloutValidationError(f"{commit}:{rel}", problems)
-    return records
+        raise SystemExit(f"git show {commit}:{rel}: {e.stderr.decode().strip()}") from None
+    with tempfile.TemporaryDirectory(prefix="clear-learn-pin-") as tmp:
+        path = Path(tmp) / f"{commit.replace('/', '_')}-{Path(rel).name}"  # errors name it
+        path.write_bytes(data)
+        return load_rollouts(name, path)
 
 
 def main(argv=None) -> int:
