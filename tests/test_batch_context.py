@@ -6,8 +6,9 @@ import pytest
 from clear_learn.curves import Curves
 from clear_learn.predictor.batch_context import (BatchContext, apply_batch_context,
                                                  clip_offsets, neighbour_log_length,
-                                                 neighbour_mean, relative_log_length,
-                                                 shift_by_length, within_task_slopes)
+                                                 neighbour_mean, pool_look_alikes,
+                                                 relative_log_length, shift_by_length,
+                                                 within_task_slopes)
 
 
 def _record(task, text, lengths, correct):
@@ -37,6 +38,27 @@ def test_within_task_slopes_remove_the_family_confound():
     assert one.tau_slope > 0.3
     with pytest.raises(ValueError, match="no records"):
         within_task_slopes([])
+
+
+def test_slopes_are_fitted_on_the_offsets_the_stage_applies():
+    """A family whose log answer length rises exactly by 1 per unit of the stage's offset d:
+    the fitted tau slope is 1, so the shifted curves of that family as a batch reproduce its
+    answer lengths. (Fitted on log length less its family mean, it came out well below 1:
+    the centre holds the text itself and look-alikes of about its length, so d spans less.)"""
+    # look-alikes by one shared word only: low similarities, so each text's own length
+    # weighs heavily in its centre (as in real families, whose texts differ in their numbers)
+    texts = [" ".join(["letters"] + [f"w{i}x{j}" for j in range(2 + 3 * i)]) for i in range(8)]
+    d = relative_log_length(texts)
+    recs = [_record("letters", t, [round(100 * np.exp(x))] * 4, [True] * 4)
+            for t, x in zip(texts, d)]
+    ctx = within_task_slopes(recs)
+    assert ctx.tau_slope == pytest.approx(1.0, abs=0.02)
+    assert ctx.max_offset == pytest.approx(np.abs(d).max())
+    logs = np.log([len(t) for t in texts])
+    assert np.ptp(d) < 0.5 * np.ptp(logs - logs.mean())  # d does span less
+    curves = Curves(np.full(8, 100.0), np.full(8, 0.5), np.full(8, 0.02))
+    shifted = apply_batch_context(curves, texts, ctx)
+    assert np.allclose(np.log(shifted.tau), np.log(100) + d, atol=0.05)
 
 
 def test_neighbour_centre_uses_look_alikes_only():
@@ -101,6 +123,41 @@ def test_longer_than_its_look_alikes_gets_a_later_lower_curve():
     assert np.allclose(s.tau, [100, 100, 100 / np.e])
 
 
+def test_pooling_pulls_look_alikes_together_and_leaves_the_unlike_alone():
+    """pool 1: two look-alike texts with unlike curves end level with each other, a third text
+    unlike both keeps its own curve; pool 0 changes nothing; the length shift acts after it."""
+    texts = ["count the letters r in the word strawberry",
+             "count the letters r in the word raspberry",
+             "capital city of peru?"]
+    curves = Curves(np.array([50.0, 200.0, 80.0]), np.array([0.9, 0.3, 0.6]),
+                    np.array([0.01, 0.04, 0.02]))
+    same = pool_look_alikes(curves, texts, 0.0)
+    assert same is curves
+    full = pool_look_alikes(curves, texts, 1.0)
+    half = pool_look_alikes(curves, texts, 0.5)
+    logit = lambda q: np.log(q / (1 - q))  # noqa: E731
+    assert abs(logit(full.p[0]) - logit(full.p[1])) < 0.3 * abs(logit(0.9) - logit(0.3))
+    assert np.isclose(np.log(half.tau[0]), (np.log(50.0) + np.log(full.tau[0])) / 2)
+    assert 50 < full.tau[0] < 200 and 0.01 < full.k[0] < 0.04
+    assert np.isclose(full.tau[2], 80.0) and np.isclose(full.p[2], 0.6)
+    per_curve = pool_look_alikes(curves, texts, np.array([1.0, 0.0, 1.0]))
+    assert np.isclose(per_curve.tau[1], 200.0) and np.isclose(per_curve.tau[0], full.tau[0])
+    ctx = BatchContext(tau_slope=0.5, p_slope=-1.0, pool=1.0)
+    assert np.allclose(apply_batch_context(curves, texts, ctx).tau,
+                       shift_by_length(full, ctx.offsets(texts), 0.5, -1.0).tau)
+    with pytest.raises(ValueError, match="pool must be a number in"):
+        BatchContext(0.1, -1.0, pool=1.5)
+    # leave-one-family-out's per-query contexts act as the shared one
+    from clear_learn.predictor.config import Stages
+    from clear_learn.predictor.pipeline import postprocess
+
+    stages = Stages(batch_context=ctx)
+    shared = postprocess(curves, texts, stages)
+    per_query = postprocess(curves, texts, stages, contexts=[ctx] * 3)
+    assert np.allclose(shared.tau, per_query.tau) and np.allclose(shared.p, per_query.p)
+    assert np.allclose(shared.tau, apply_batch_context(curves, texts, ctx).tau)
+
+
 def test_bad_context_is_refused_by_name():
     with pytest.raises(ValueError, match="tau_slope must be finite"):
         BatchContext(tau_slope=float("nan"), p_slope=0.0)
@@ -119,9 +176,8 @@ def test_bad_context_is_refused_by_name():
 def test_offsets_are_clipped_to_the_largest_seen_in_training():
     recs = _families()
     ctx = within_task_slopes(recs)
-    logs = np.log([len(r["text"]) for r in recs])
-    fam = np.array([r["task"] for r in recs])
-    within = [abs(logs[i] - logs[fam == fam[i]].mean()) for i in range(len(recs))]
+    within = [np.abs(relative_log_length([r["text"] for r in recs if r["task"] == t])).max()
+              for t in ("short-hard", "long-easy")]
     assert ctx.max_offset == pytest.approx(max(within))
     # a text with a long preamble, among its short look-alikes: d is far beyond the bound
     texts = ["count the letters in apple", "count the letters in pear",

@@ -263,21 +263,24 @@ def test_a_frozen_encoder_predictor_recalibrates_its_head(tmp_path):
     assert new.config.head.surface_features
 
 
-def test_the_base_likelihood_is_recorded_and_kept(tmp_path):
+def test_the_base_likelihood_and_pooling_are_recorded_and_kept(tmp_path):
     """A recipe on the consistent likelihood (``model.runaway``) records its rate in the
-    export, and recalibration trains on the same likelihood and records it again."""
+    export, and recalibration trains on the same likelihood and records it again; the batch
+    context's ``pool`` is kept the same way."""
     from clear_learn import ClearPredictor
     from clear_learn.training.recalibrate import recalibrate, recalibration_config
 
     _train_base(tmp_path, 5, 6, ["model.head_hidden=8", "model.lora_r=0",
                                  "model.encoder_layers=1", "model.runaway=0.05",
-                                 "data.max_length=16"], epochs=1)
+                                 "batch_context.pool=0.25", "data.max_length=16"], epochs=1)
     base = ClearPredictor.from_pretrained(tmp_path / "p")
     assert base.config.training.runaway == 0.05
+    assert base.batch_context.pool == 0.25
     shifted = _shifted(3)
-    assert recalibration_config(base, tmp_path / "p", shifted)["model"]["runaway"] == 0.05
+    cfg = recalibration_config(base, tmp_path / "p", shifted)
+    assert cfg["model"]["runaway"] == 0.05 and cfg["batch_context"]["pool"] == 0.25
     new = recalibrate(tmp_path / "p", shifted, epochs=1, threads=1, out=tmp_path / "new")
-    assert new.config.training.runaway == 0.05
+    assert new.config.training.runaway == 0.05 and new.batch_context.pool == 0.25
     assert "running to the cap at rate 0.05" in (tmp_path / "new" / "README.md").read_text()
 
 

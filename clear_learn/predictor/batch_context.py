@@ -8,12 +8,17 @@ pooled slope and misses this signal on a family it has never seen. This module p
 without knowing any family:
 
 - :func:`within_task_slopes`: from training records, the within-family slopes of
-  ``log(mean correct length)`` and of the accuracy's log-odds on ``log(len(text))``
-  (each family's mean removed: a fixed-effects regression).
+  ``log(mean correct length)`` and of the accuracy's log-odds on the offset ``d`` below,
+  computed with each training family as one batch (each family's means removed: a
+  fixed-effects regression).
 - :func:`neighbour_log_length`: for each text of a batch, the mean ``log(len)`` of itself
   (weight 1) and its 10 most similar texts in that batch, each weighted by its TF-IDF cosine
   similarity, so that unrelated texts count little.
-- :func:`apply_batch_context`: ``tau *= exp(s_tau * d)`` and ``logit p += s_p * d``, with
+- :func:`pool_look_alikes`: each curve moved the share ``pool`` of the way towards the mean
+  curve of the same neighbourhood (the network's differences between look-alike texts of a
+  family it never saw are mostly noise; the length shift then sets them apart).
+- :func:`apply_batch_context`: the pooling, then ``tau *= exp(s_tau * d)`` and
+  ``logit p += s_p * d``, with
   ``d = log(len) - centre``: a query longer than its look-alikes gets a later, lower curve.
   ``d`` is clipped to the largest offset seen within a training family (``max_offset``), so
   a text far longer than its neighbours (a long preamble, say) is not pushed beyond what the
@@ -37,7 +42,7 @@ import numpy as np
 from ..curves import Curves
 
 __all__ = ["BatchContext", "within_task_slopes", "neighbour_log_length", "relative_log_length",
-           "clip_offsets", "shift_by_length", "apply_batch_context"]
+           "clip_offsets", "shift_by_length", "pool_look_alikes", "apply_batch_context"]
 
 
 @dataclass(frozen=True)
@@ -50,6 +55,7 @@ class BatchContext:
     neighbours: int = 10
     min_similarity: float = 0.0
     max_offset: float | None = None  # |d| is clipped to it; None: no clipping (older exports)
+    pool: float = 0.0  # how far each curve moves towards its look-alikes' mean first (0: not)
 
     def __post_init__(self) -> None:
         for name in ("tau_slope", "p_slope", "min_similarity"):
@@ -62,6 +68,8 @@ class BatchContext:
         if m is not None and not (isinstance(m, (int, float)) and np.isfinite(m) and m >= 0):
             raise ValueError(f"BatchContext.max_offset must be a finite number >= 0 or None, "
                              f"got {m!r}")
+        if not (isinstance(self.pool, (int, float)) and 0.0 <= self.pool <= 1.0):
+            raise ValueError(f"BatchContext.pool must be a number in [0, 1], got {self.pool!r}")
 
     def offsets(self, texts: Sequence[str]) -> np.ndarray:
         """Each text's ``d``: its :func:`relative_log_length` in the batch ``texts``, clipped
@@ -75,7 +83,7 @@ class BatchContext:
     @classmethod
     def from_dict(cls, d: dict) -> "BatchContext":
         unknown = set(d) - {"tau_slope", "p_slope", "neighbours", "min_similarity",
-                            "max_offset"}
+                            "max_offset", "pool"}
         if unknown:
             raise ValueError(f"batch_context: unknown keys {sorted(unknown)}")
         return cls(**d)
@@ -103,18 +111,29 @@ def _within_slope(x: np.ndarray, y: np.ndarray, groups: np.ndarray) -> float:
 
 
 def within_task_slopes(records: list[dict], *, neighbours: int = 10,
-                       min_similarity: float = 0.0) -> BatchContext:
-    """Within-family slopes of answer length and accuracy on the text's log length.
+                       min_similarity: float = 0.0, pool: float = 0.0) -> BatchContext:
+    """Within-family slopes of answer length and accuracy on the offset ``d`` the stage acts
+    on: each training family taken as one batch, ``d`` is each text's
+    :func:`relative_log_length` among its family's texts (with ``neighbours`` and
+    ``min_similarity``).
 
     ``tau_slope``: of ``log(mean length of the correct rollouts)`` (queries never solved are
-    left out); ``p_slope``: of ``log((c + 1/2) / (n - c + 1/2))`` with ``c`` correct of ``n``.
-    Families are the records' ``task`` (records without one form a single family).
-    ``max_offset`` is the largest ``|log(len) - family mean|`` among them.
+    left out); ``p_slope``: of ``log((c + 1/2) / (n - c + 1/2))`` with ``c`` correct of ``n``;
+    both after removing each family's means. Families are the records' ``task`` (records
+    without one form a single family). ``max_offset`` is the largest ``|d|`` among them;
+    ``pool`` is passed through (:func:`pool_look_alikes`). Fitting on ``d`` itself matters:
+    the centre holds the text and look-alikes of about its length, so ``d`` spans less than
+    the log length less its family's mean, and slopes fitted on the latter shifted about a
+    third as far as the data say (README, "Batch context").
     """
     if not records:
         raise ValueError("within_task_slopes: no records")
-    x = _log_length([r["text"] for r in records])
     groups = np.array([str(r.get("task", "")) for r in records])
+    d = np.zeros(len(records))
+    for g in np.unique(groups):
+        members = np.flatnonzero(groups == g)
+        d[members] = relative_log_length([records[i]["text"] for i in members], neighbours,
+                                         min_similarity)
     n = np.array([len(r["rollouts"]) for r in records], dtype=float)
     ok = [[ro["tokens"] for ro in r["rollouts"] if ro["correct"]] for r in records]
     c = np.array([len(v) for v in ok], dtype=float)
@@ -122,11 +141,11 @@ def within_task_slopes(records: list[dict], *, neighbours: int = 10,
     solved = c > 0
     log_len = np.log([np.mean(v) if v else 1.0 for v in ok])
     return BatchContext(
-        tau_slope=_within_slope(x[solved], log_len[solved], groups[solved]) if solved.any()
+        tau_slope=_within_slope(d[solved], log_len[solved], groups[solved]) if solved.any()
         else 0.0,
-        p_slope=_within_slope(x, logit, groups),
+        p_slope=_within_slope(d, logit, groups),
         neighbours=int(neighbours), min_similarity=float(min_similarity),
-        max_offset=float(np.abs(_demeaned(x, groups)).max()))
+        max_offset=float(np.abs(d).max()), pool=float(pool))
 
 
 def neighbour_mean(texts: Sequence[str], values: np.ndarray, neighbours: int = 10,
@@ -209,9 +228,28 @@ def shift_by_length(curves: Curves, d: np.ndarray, tau_slope: np.ndarray | float
                   1.0 / (1.0 + np.exp(-logit)), curves.k.copy())
 
 
+def pool_look_alikes(curves: Curves, texts: Sequence[str], pool: np.ndarray | float,
+                     neighbours: int = 10, min_similarity: float = 0.0) -> Curves:
+    """Each curve moved the share ``pool`` (one, or one per curve, in [0, 1]) of the way
+    towards the :func:`neighbour_mean` of the batch's curves in ``(log tau, logit p, log k)``:
+    within a family the network's own differences between look-alike texts are mostly noise,
+    and what sets them apart is left to the length shift. 0 leaves them as they are."""
+    pool = np.broadcast_to(np.asarray(pool, dtype=float), curves.tau.shape)
+    if len(texts) != len(curves):
+        raise ValueError(f"pool_look_alikes: {len(texts)} texts for {len(curves)} curves")
+    if not np.any(pool > 0) or len(curves) < 2:
+        return curves
+    p = np.clip(curves.p, 1e-9, 1 - 1e-9)
+    v = np.stack([np.log(curves.tau), np.log(p / (1 - p)), np.log(curves.k)], axis=1)
+    v = v + pool[:, None] * (neighbour_mean(texts, v, neighbours, min_similarity) - v)
+    return Curves(np.exp(v[:, 0]), 1.0 / (1.0 + np.exp(-v[:, 1])), np.exp(v[:, 2]))
+
+
 def apply_batch_context(curves: Curves, texts: Sequence[str], ctx: BatchContext) -> Curves:
-    """The curves shifted by each text's log length relative to its look-alikes in the batch."""
+    """The curves pooled with their look-alikes' (``ctx.pool``), then shifted by each text's
+    log length relative to its look-alikes in the batch."""
     texts = list(texts)
     if len(texts) != len(curves):
         raise ValueError(f"apply_batch_context: {len(texts)} texts for {len(curves)} curves")
+    curves = pool_look_alikes(curves, texts, ctx.pool, ctx.neighbours, ctx.min_similarity)
     return shift_by_length(curves, ctx.offsets(texts), ctx.tau_slope, ctx.p_slope)

@@ -163,8 +163,11 @@ def _context_line(cfg: PredictorConfig) -> str:
     ctx = cfg.stages.batch_context
     if ctx is None:
         return "- batch context: none (each text's curve depends on that text alone)"
-    return (f"- batch context: a text d = log(len) above the mean of its look-alikes in the "
-            f"same call (its {ctx.neighbours} most similar texts by TF-IDF cosine"
+    pooled = (f"each curve moves {ctx.pool:g} of the way towards the similarity-weighted mean "
+              "curve of itself and its look-alikes (log tau, logit p, log k); then "
+              if ctx.pool > 0 else "")
+    return (f"- batch context: {pooled}a text d = log(len) above the mean of its look-alikes in "
+            f"the same call (its {ctx.neighbours} most similar texts by TF-IDF cosine"
             + (f", those >= {ctx.min_similarity}" if ctx.min_similarity > 0 else "")
             + f") gets tau x exp({ctx.tau_slope:.3f} d) and "
             f"logit p {ctx.p_slope:+.3f} d (within-family slopes of its training data"

@@ -2,8 +2,9 @@
 
 The shipped predictor is three steps: the encoder's curve (``tau, p, k``), then
 
-1. ``batch_context`` (:data:`BATCH_CONTEXT`): each curve shifted by its text's log length
-   relative to its look-alikes in the same batch (:mod:`.batch_context`);
+1. ``batch_context`` (:data:`BATCH_CONTEXT`): each curve pooled with its look-alikes' in the
+   same batch, then shifted by its text's log length relative to theirs
+   (:mod:`.batch_context`);
 2. ``tau_spread`` (:data:`TAU_SPREAD`): each curve widened by a threshold uncertainty of sd
    ``tau_spread * tau`` (:mod:`.calibration`).
 
@@ -20,8 +21,8 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from ..curves import Curves
-from .batch_context import (BatchContext, apply_batch_context, clip_offsets, relative_log_length,
-                            shift_by_length)
+from .batch_context import (BatchContext, apply_batch_context, clip_offsets, pool_look_alikes,
+                            relative_log_length, shift_by_length)
 from .config import Stages
 
 __all__ = ["BATCH_CONTEXT", "TAU_SPREAD", "STAGES", "LEARNED", "LEARNED_RAW",
@@ -62,8 +63,9 @@ def postprocess(network: Curves, texts: Sequence[str], stages: Stages, *,
 
     Returns
     -------
-    Curves : ``network``'s, then ``tau * exp(s_tau d)``, ``logit p + s_p d`` with ``d`` the
-        text's clipped log length less its look-alikes' (batch context); then ``tau, k``
+    Curves : ``network``'s, moved the share ``pool`` towards its look-alikes' mean curve,
+        then ``tau * exp(s_tau d)``, ``logit p + s_p d`` with ``d`` the text's clipped log
+        length less its look-alikes' (batch context); then ``tau, k``
         moment-matched to a threshold of sd ``spread * tau``
         (:func:`~clear_learn.curves.widen_threshold`).
     """
@@ -81,6 +83,8 @@ def postprocess(network: Curves, texts: Sequence[str], stages: Stages, *,
             if len(contexts) != len(texts):
                 raise ValueError(f"postprocess: {len(contexts)} contexts for {len(texts)} "
                                  "texts")
+            curves = pool_look_alikes(curves, texts, np.array([c.pool for c in contexts]),
+                                      ctx.neighbours, ctx.min_similarity)
             d = clip_offsets(relative_log_length(texts, ctx.neighbours, ctx.min_similarity),
                              [c.max_offset for c in contexts])
             curves = shift_by_length(curves, d, np.array([c.tau_slope for c in contexts]),

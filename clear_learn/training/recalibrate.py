@@ -202,7 +202,8 @@ def recalibration_config(base: "ClearPredictor", base_dir: str | os.PathLike, re
                   "init_from": str(Path(base_dir).resolve()),
                   "freeze_encoder": mode == "head"},
         "batch_context": ({"enabled": True, "neighbours": ctx.neighbours,
-                           "min_similarity": ctx.min_similarity} if ctx is not None
+                           "min_similarity": ctx.min_similarity, "pool": ctx.pool}
+                          if ctx is not None
                           else {"enabled": False}),
         "calibration": {"tau_spread": st.tau_spread},
         "trainer": {"accelerator": "auto", "devices": 1, "gradient_clip_val": 1.0,
