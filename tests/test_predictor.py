@@ -599,7 +599,8 @@ def test_main_job_evaluates_then_refits_on_every_query(sim_file, tmp_path, capsy
     card = (tmp_path / "pred" / "README.md").read_text()
     assert "refitted on every query for 1 epochs" in card and metrics["refit_epochs"] == 1
     assert "gap closed on the held-out queries" in card and "| 64 | 0.000 |" in card
-    assert "- batch context: a text d = log(len)" in card
+    assert "- batch context: each curve moves 0.5 of the way towards" in card  # the recipe's
+    assert "then a text d = log(len) above" in card
     assert "## On task families it never saw" in card and "variant `mine`" in card
     assert "| one batch | 0.61 +- 0.01 | 0.31 +- 0.01 | 0.32 +- 0.01 |" in card
     assert "| each family its own batch | 0.71 +- 0.03 | 0.69 +- 0.03 | 0.57 +- 0.03 |" in card

@@ -69,6 +69,7 @@ CURVE_BASES = {"lora": "LoRA, the shipped recipe", "frozen": "frozen encoder"}
 ABLATION = [
     ("every stage (shipped)", [], LEARNED),
     ("without the threshold spread", [], LEARNED_NARROW),
+    ("without the look-alike pooling", ["batch_context.pool=0"], LEARNED),
     ("without the batch context", ["batch_context.enabled=false"], LEARNED),
     ("without context and spread", [], LEARNED_RAW),
     ("TF-IDF baseline (same stages)", [], TFIDF),
