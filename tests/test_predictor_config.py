@@ -98,7 +98,7 @@ def test_format_1_is_migrated_in_one_place():
     cfg = PredictorConfig.from_dict(v1)
     assert cfg == PredictorConfig.from_dict({**v1, "tau_k_source": "encoder"})
     assert cfg.stages.tau_spread == V1["tau_spread"]
-    assert cfg.stages.batch_context.to_dict() == V1["batch_context"]
+    assert cfg.stages.batch_context.to_dict() == {**V1["batch_context"], "pool": 0.0}  # no pooling
     assert cfg.head.n_tokens_range == tuple(V1["n_tokens_range"])
     assert cfg.encoder.lora.r == V1["lora"]["lora_r"] and cfg.training.text_sha256 is None
     assert cfg.generator.max_new_tokens == V1["generator"]["max_new_tokens"]

@@ -45,8 +45,8 @@ def predictor_section(path: Path) -> list[str]:
                    + (f", refitted on every query for {m.get('refit_epochs')} epochs after a "
                       f"held-out run on the {t.held_out_split} split" if t.refit_all else "")
                    + f"); stages: batch context "
-                   f"{'on' if cfg.stages.batch_context else 'off'}, threshold spread "
-                   f"{cfg.stages.tau_spread:g}.")
+                   + (f"on (pool {cfg.stages.batch_context.pool:g})" if cfg.stages.batch_context
+                      else "off") + f", threshold spread {cfg.stages.tau_spread:g}.")
         out.append("")
     budgets, gaps = m.get("budgets_per_query"), m.get("gap_closed")
     if not budgets or not gaps:
