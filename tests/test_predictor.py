@@ -609,7 +609,8 @@ def test_main_job_evaluates_then_refits_on_every_query(sim_file, tmp_path, capsy
     assert f"- threshold spread: curves widened by a threshold uncertainty of sd {spread:g}" in card
     assert pred.tau_spread == spread
     assert set(pred.batch_context.to_dict()) == {"tau_slope", "p_slope", "neighbours",
-                                                 "min_similarity", "max_offset"}
+                                                 "min_similarity", "max_offset", "pool"}
+    assert pred.batch_context.pool == _default_config()["batch_context"]["pool"]
     assert {"clear-learned-raw", "clear-learned-narrow"} <= set(metrics["gap_closed"])
 
 
