@@ -42,7 +42,8 @@ import numpy as np
 from ..curves import Curves
 
 __all__ = ["BatchContext", "within_task_slopes", "neighbour_log_length", "relative_log_length",
-           "clip_offsets", "shift_by_length", "pool_look_alikes", "apply_batch_context"]
+           "clip_offsets", "shift_by_length", "pool_look_alikes", "pool_and_offsets",
+           "apply_batch_context"]
 
 
 @dataclass(frozen=True)
@@ -228,21 +229,35 @@ def shift_by_length(curves: Curves, d: np.ndarray, tau_slope: np.ndarray | float
                   1.0 / (1.0 + np.exp(-logit)), curves.k.copy())
 
 
+def pool_and_offsets(curves: Curves, texts: Sequence[str], pool: np.ndarray | float,
+                     neighbours: int = 10, min_similarity: float = 0.0
+                     ) -> tuple[Curves, np.ndarray]:
+    """:func:`pool_look_alikes` and the unclipped :func:`relative_log_length` of ``texts``
+    from one neighbourhood (one TF-IDF fit and one similarity pass for both)."""
+    texts = list(texts)
+    if len(texts) != len(curves):
+        raise ValueError(f"pool_and_offsets: {len(texts)} texts for {len(curves)} curves")
+    pool = np.broadcast_to(np.asarray(pool, dtype=float), curves.tau.shape)
+    if not np.any(pool > 0) or len(curves) < 2:
+        return curves, relative_log_length(texts, neighbours, min_similarity)
+    x = _log_length(texts)
+    p = np.clip(curves.p, 1e-9, 1 - 1e-9)
+    v = np.stack([np.log(curves.tau), np.log(p / (1 - p)), np.log(curves.k), x], axis=1)
+    m = neighbour_mean(texts, v, neighbours, min_similarity)
+    c = v[:, :3] + pool[:, None] * (m[:, :3] - v[:, :3])
+    return (Curves(np.exp(c[:, 0]), 1.0 / (1.0 + np.exp(-c[:, 1])), np.exp(c[:, 2])),
+            x - m[:, 3])
+
+
 def pool_look_alikes(curves: Curves, texts: Sequence[str], pool: np.ndarray | float,
                      neighbours: int = 10, min_similarity: float = 0.0) -> Curves:
     """Each curve moved the share ``pool`` (one, or one per curve, in [0, 1]) of the way
     towards the :func:`neighbour_mean` of the batch's curves in ``(log tau, logit p, log k)``:
     within a family the network's own differences between look-alike texts are mostly noise,
     and what sets them apart is left to the length shift. 0 leaves them as they are."""
-    pool = np.broadcast_to(np.asarray(pool, dtype=float), curves.tau.shape)
-    if len(texts) != len(curves):
-        raise ValueError(f"pool_look_alikes: {len(texts)} texts for {len(curves)} curves")
-    if not np.any(pool > 0) or len(curves) < 2:
+    if not np.any(np.asarray(pool) > 0) and len(texts) == len(curves):
         return curves
-    p = np.clip(curves.p, 1e-9, 1 - 1e-9)
-    v = np.stack([np.log(curves.tau), np.log(p / (1 - p)), np.log(curves.k)], axis=1)
-    v = v + pool[:, None] * (neighbour_mean(texts, v, neighbours, min_similarity) - v)
-    return Curves(np.exp(v[:, 0]), 1.0 / (1.0 + np.exp(-v[:, 1])), np.exp(v[:, 2]))
+    return pool_and_offsets(curves, texts, pool, neighbours, min_similarity)[0]
 
 
 def apply_batch_context(curves: Curves, texts: Sequence[str], ctx: BatchContext) -> Curves:
@@ -251,5 +266,5 @@ def apply_batch_context(curves: Curves, texts: Sequence[str], ctx: BatchContext)
     texts = list(texts)
     if len(texts) != len(curves):
         raise ValueError(f"apply_batch_context: {len(texts)} texts for {len(curves)} curves")
-    curves = pool_look_alikes(curves, texts, ctx.pool, ctx.neighbours, ctx.min_similarity)
-    return shift_by_length(curves, ctx.offsets(texts), ctx.tau_slope, ctx.p_slope)
+    curves, d = pool_and_offsets(curves, texts, ctx.pool, ctx.neighbours, ctx.min_similarity)
+    return shift_by_length(curves, clip_offsets(d, ctx.max_offset), ctx.tau_slope, ctx.p_slope)

@@ -21,8 +21,8 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from ..curves import Curves
-from .batch_context import (BatchContext, apply_batch_context, clip_offsets, pool_look_alikes,
-                            relative_log_length, shift_by_length)
+from .batch_context import (BatchContext, apply_batch_context, clip_offsets, pool_and_offsets,
+                            shift_by_length)
 from .config import Stages
 
 __all__ = ["BATCH_CONTEXT", "TAU_SPREAD", "STAGES", "LEARNED", "LEARNED_RAW",
@@ -83,10 +83,9 @@ def postprocess(network: Curves, texts: Sequence[str], stages: Stages, *,
             if len(contexts) != len(texts):
                 raise ValueError(f"postprocess: {len(contexts)} contexts for {len(texts)} "
                                  "texts")
-            curves = pool_look_alikes(curves, texts, np.array([c.pool for c in contexts]),
-                                      ctx.neighbours, ctx.min_similarity)
-            d = clip_offsets(relative_log_length(texts, ctx.neighbours, ctx.min_similarity),
-                             [c.max_offset for c in contexts])
+            curves, d = pool_and_offsets(curves, texts, np.array([c.pool for c in contexts]),
+                                         ctx.neighbours, ctx.min_similarity)
+            d = clip_offsets(d, [c.max_offset for c in contexts])
             curves = shift_by_length(curves, d, np.array([c.tau_slope for c in contexts]),
                                      np.array([c.p_slope for c in contexts]))
     if until == BATCH_CONTEXT:
